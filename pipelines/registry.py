@@ -1,0 +1,237 @@
+"""What to load for each profile: hub files for `real`, in-memory toy models for `tiny`.
+
+The registry only *describes* components (keys and loader functions); the cache decides when they
+load and where they live. Keys say what a component is — source file, dtype, every adapter merged
+into it — so tabs that need the same thing share one entry, and a UNet with a LoRA merged in never
+collides with the plain one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from pipelines import tiny
+from pipelines.cache import Component
+from pipelines.convert.lora import merge_lora_
+from pipelines.convert.magictime import (
+    SwiftLoraConfig,
+    animatediff_module_name,
+    clip_text_module_name,
+    clip_text_state_dict_from_single_file,
+    motion_adapter_state_dict,
+    spatial_lora_deltas,
+    swift_lora_deltas,
+    temporal_lora_deltas,
+    text_encoder_lora_deltas,
+)
+from pipelines.hub import HubFile
+
+PROFILES = ("real", "tiny")
+
+# ----------------------------------------------------------------- MagicTime's hub layout (reference/timelapse.md)
+MAGICTIME = "BestWishYsh/MagicTime"
+BASE = "Base_Model/stable-diffusion-v1-5"
+BASE_FILES = (
+    "tokenizer/merges.txt", "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
+    "tokenizer/vocab.json", "text_encoder/config.json", "unet/config.json", "vae/config.json",
+)
+MOTION_MODULE = "Base_Model/motion_module/motion_module.ckpt"   # AnimateDiff v3
+SPATIAL_LORA = "Magic_Weights/magic_adapter_s/magic_adapter_s.ckpt"
+TEMPORAL_LORA = "Magic_Weights/magic_adapter_t"
+TEXT_ENCODER_LORA = "Magic_Weights/magic_text_encoder"
+SWIFT_FILES = ("configuration.json", "default/adapter_config.json", "default/adapter_model.bin")
+STYLES = {
+    "Realistic Vision": "DreamBooth/RealisticVisionV60B1_v51VAE.safetensors",
+    "ToonYou": "DreamBooth/ToonYou_beta6.safetensors",
+    "RcnzCartoon": "DreamBooth/RcnzCartoon.safetensors",
+}
+# AnimateDiff v3's motion adapter, as diffusers names it (guoyww/animatediff-motion-adapter-v1-5-3):
+# no mid-block motion module, position encoding length 32.
+MOTION_ADAPTER_V3 = dict(
+    block_out_channels=(320, 640, 1280, 1280), motion_layers_per_block=2, motion_mid_block_layers_per_block=1,
+    motion_num_attention_heads=8, motion_norm_num_groups=32, motion_max_seq_length=32, use_motion_mid_block=False,
+)
+# The original's sampler (AnimateDiff inference config): DDIM, linear betas 0.00085 -> 0.012.
+DDIM_CONFIG = dict(
+    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="linear",
+    steps_offset=1, clip_sample=False, timestep_spacing="leading",
+)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class TimelapseModels:
+    """Everything one time-lapse call needs, for one style."""
+
+    tokenizer: Component
+    text_encoder: Component   # the style's CLIP + MagicTime's text-encoder LoRA
+    vae: Component
+    unet: Component           # UNetMotionModel: style UNet + v3 motion module + magic spatial & temporal LoRAs
+    scheduler_config: dict
+
+
+class Registry:
+    def __init__(self, profile: str = "real", dtype: str = "float32"):
+        if profile not in PROFILES:
+            raise ValueError(f"profile must be one of {PROFILES}, not {profile!r}")
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {tuple(DTYPES)}, not {dtype!r}")
+        self.profile, self.dtype_name, self.dtype = profile, dtype, DTYPES[dtype]
+
+    def _key(self, *parts: str) -> str:
+        return "|".join((self.profile, *parts, self.dtype_name))
+
+    # ----------------------------------------------------------------- time-lapse
+    def timelapse(self, style: str) -> TimelapseModels:
+        if style not in STYLES:
+            raise ValueError(f"Unknown style {style!r}; choose one of: {', '.join(STYLES)}")
+        checkpoint = STYLES[style]
+        load = _TinyLoaders(self.dtype) if self.profile == "tiny" else _RealLoaders(self.dtype)
+        tokenizer = Component(f"{self.profile}|tokenizer|{MAGICTIME}/{BASE}", load.tokenizer)
+        unet2d = Component(self._key("unet2d", checkpoint), partial(load.unet2d, checkpoint))
+        adapter = Component(self._key("motion-adapter", MOTION_MODULE), load.motion_adapter)
+        return TimelapseModels(
+            tokenizer=tokenizer,
+            text_encoder=Component(self._key("clip-text", checkpoint, f"+{TEXT_ENCODER_LORA}"),
+                                   partial(load.text_encoder, checkpoint)),
+            vae=Component(self._key("vae", checkpoint), partial(load.vae, checkpoint)),
+            unet=Component(
+                self._key("unet-motion", checkpoint, MOTION_MODULE, f"+{SPATIAL_LORA}x4", f"+{TEMPORAL_LORA}"),
+                partial(load.magic_unet, checkpoint), deps=(unet2d, adapter),
+            ),
+            scheduler_config=DDIM_CONFIG,
+        )
+
+    def downloads(self, tab: str = "timelapse") -> list[HubFile]:
+        """Every hub file a tab needs in the real profile (for `python -m studio download`)."""
+        if tab != "timelapse":
+            raise ValueError(f"No downloads are defined for tab {tab!r} yet")
+        files = [f"{BASE}/{f}" for f in BASE_FILES] + [MOTION_MODULE, SPATIAL_LORA, *STYLES.values()]
+        files += [f"{folder}/{f}" for folder in (TEMPORAL_LORA, TEXT_ENCODER_LORA) for f in SWIFT_FILES]
+        return [HubFile(MAGICTIME, f) for f in files]
+
+
+def _compose_magic_unet(unet2d, adapter, spatial: dict, temporal: dict):
+    """UNetMotionModel from a style UNet and the motion adapter, then MagicTime's LoRAs merged for good,
+    in the original's order (spatial, then temporal)."""
+    from diffusers import UNetMotionModel
+
+    unet = UNetMotionModel.from_unet2d(unet2d, adapter)
+    merge_lora_(unet, spatial)
+    merge_lora_(unet, temporal)
+    return unet
+
+
+# ----------------------------------------------------------------- real: MagicTime's own files
+class _RealLoaders:
+    def __init__(self, dtype: torch.dtype):
+        self.dtype = dtype
+
+    @staticmethod
+    def _file(name: str) -> Path:
+        return HubFile(MAGICTIME, name).path()
+
+    def _base(self) -> Path:
+        """The SD1.5 folder (configs + tokenizer only: the style checkpoint supplies every weight)."""
+        for f in BASE_FILES:
+            path = self._file(f"{BASE}/{f}")
+        return path.parents[1]
+
+    def _swift_folder(self, folder: str) -> Path:
+        for f in SWIFT_FILES:
+            path = self._file(f"{folder}/{f}")
+        return path.parents[1]
+
+    def tokenizer(self):
+        from transformers import CLIPTokenizer
+
+        path = self._base() / "tokenizer"
+        tok = CLIPTokenizer.from_pretrained(path)
+        # transformers can "load" a tokenizer with an empty vocabulary instead of failing; that would
+        # silently turn every prompt into noise.
+        if len(tok) < 1000:
+            raise RuntimeError(f"The tokenizer in {path} loaded with only {len(tok)} tokens: its files are incomplete")
+        return tok
+
+    def text_encoder(self, checkpoint: str):
+        from safetensors import safe_open
+        from transformers import CLIPTextConfig, CLIPTextModel
+
+        config = CLIPTextConfig.from_pretrained(self._base() / "text_encoder")
+        with safe_open(self._file(checkpoint), framework="pt") as f:
+            single = {k: f.get_tensor(k) for k in f.keys() if k.startswith("cond_stage_model.")}
+        model = CLIPTextModel(config)
+        model.load_state_dict(clip_text_state_dict_from_single_file(single), strict=True)
+        merge_lora_(model, text_encoder_lora_deltas(self._swift_folder(TEXT_ENCODER_LORA)))
+        return model.to(self.dtype).eval()
+
+    def vae(self, checkpoint: str):
+        from diffusers import AutoencoderKL
+
+        return AutoencoderKL.from_single_file(
+            self._file(checkpoint), config=str(self._base()), subfolder="vae", torch_dtype=self.dtype,
+            local_files_only=True,
+        ).eval()
+
+    def unet2d(self, checkpoint: str):
+        from diffusers import UNet2DConditionModel
+
+        # float32 here: LoRAs merge in float32 and the composed UNet is cast once, at the end.
+        return UNet2DConditionModel.from_single_file(
+            self._file(checkpoint), config=str(self._base()), subfolder="unet", torch_dtype=torch.float32,
+            local_files_only=True,
+        ).eval()
+
+    def motion_adapter(self):
+        from diffusers import MotionAdapter
+
+        original = torch.load(self._file(MOTION_MODULE), map_location="cpu", weights_only=True)
+        adapter = MotionAdapter(**MOTION_ADAPTER_V3)
+        adapter.load_state_dict(motion_adapter_state_dict(original), strict=True)
+        return adapter.eval()
+
+    def magic_unet(self, checkpoint: str, unet2d, adapter):
+        spatial = torch.load(self._file(SPATIAL_LORA), map_location="cpu", weights_only=True)
+        unet = _compose_magic_unet(
+            unet2d, adapter, spatial_lora_deltas(spatial), temporal_lora_deltas(self._swift_folder(TEMPORAL_LORA))
+        )
+        return unet.to(self.dtype).eval()
+
+
+# ----------------------------------------------------------------- tiny: toy models, same code paths
+class _TinyLoaders:
+    def __init__(self, dtype: torch.dtype):
+        self.dtype = dtype
+
+    def tokenizer(self):
+        return tiny.tokenizer()
+
+    def text_encoder(self, checkpoint: str):
+        model = tiny.text_encoder(tiny.seed_of("clip", checkpoint))
+        config, weights = tiny.text_encoder_lora_files(model, tiny.seed_of("text-lora"))
+        merge_lora_(model, swift_lora_deltas(SwiftLoraConfig.from_dict(config), weights, rename=clip_text_module_name))
+        return model.to(self.dtype).eval()
+
+    def vae(self, checkpoint: str):
+        return tiny.vae(tiny.seed_of("vae", checkpoint)).to(self.dtype).eval()
+
+    def unet2d(self, checkpoint: str):
+        return tiny.unet2d(tiny.seed_of("unet", checkpoint)).eval()
+
+    def motion_adapter(self):
+        return tiny.motion_adapter(tiny.seed_of("motion", MOTION_MODULE)).eval()
+
+    def magic_unet(self, checkpoint: str, unet2d, adapter):
+        from diffusers import UNetMotionModel
+
+        probe = UNetMotionModel.from_unet2d(unet2d, adapter)   # only to lay out the adapters' keys
+        spatial = tiny.spatial_lora_file(probe, tiny.seed_of("spatial-lora"))
+        config, weights = tiny.temporal_lora_files(probe, tiny.seed_of("temporal-lora"))
+        temporal = swift_lora_deltas(SwiftLoraConfig.from_dict(config), weights, rename=animatediff_module_name)
+        return _compose_magic_unet(unet2d, adapter, spatial_lora_deltas(spatial), temporal).to(self.dtype).eval()

@@ -1,0 +1,240 @@
+"""Metamorphic time-lapse (MagicTime): AnimateDiff v3 + MagicTime's adapters, with keyframed stages.
+
+diffusers' AnimateDiffPipeline does the sampling; this file composes the cached components, checks the
+request before any model work, times each stage and reports what the text encoder dropped.
+Keyframes ("0: a closed bud", "24: a rose in full bloom") and clips past 16 frames go through
+diffusers' FreeNoise: sliding 16-frame context windows with per-frame prompt interpolation.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from types import SimpleNamespace
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from diffusers import AnimateDiffPipeline, DDIMScheduler
+
+from pipelines.cache import ModelCache
+from pipelines.errors import Cancelled, InputError
+from pipelines.registry import STYLES, Registry
+from pipelines.video import to_uint8
+
+DEFAULT_NEGATIVE = "worst quality, low quality, letterboxed"
+DEFAULT_STYLE = "Realistic Vision"
+FPS = 8
+CONTEXT_FRAMES = 16      # what the motion module was trained on; it breaks beyond this without FreeNoise
+CONTEXT_STRIDE = 4
+MIN_FRAMES, MAX_FRAMES = 8, 64
+MAX_STEPS = 100
+MIN_GUIDANCE, MAX_GUIDANCE = 1.0, 20.0
+MAX_SEED = 2**32 - 1
+
+Progress = Callable[[float, str], None]
+
+
+def noop(fraction: float, desc: str) -> None:
+    pass
+
+
+_KEYFRAME_LINE = re.compile(r"^\s*(\d+)\s*[:=]\s*(.*?)\s*$")
+
+
+def parse_keyframes(text: str) -> dict[int, str]:
+    """'0: a closed rose bud' / '24: a rose in full bloom' (one stage per line) -> {0: ..., 24: ...}."""
+    stages: dict[int, str] = {}
+    for number, line in enumerate((text or "").splitlines(), start=1):
+        if not line.strip():
+            continue
+        match = _KEYFRAME_LINE.match(line)
+        if not match:
+            raise InputError(
+                f"Keyframe line {number} ({line.strip()!r}) does not parse: write one stage per line as "
+                "`frame: description`, for example `0: a closed rose bud`."
+            )
+        frame, description = int(match.group(1)), match.group(2)
+        if not description:
+            raise InputError(f"Keyframe line {number} has no description after '{frame}:'.")
+        if frame in stages:
+            raise InputError(f"Keyframe line {number} repeats frame {frame}: give each frame one stage.")
+        stages[frame] = description
+    return dict(sorted(stages.items()))
+
+
+@dataclass(frozen=True)
+class TimelapseRequest:
+    prompt: str
+    keyframes: dict[int, str] = field(default_factory=dict)   # frame -> stage; frame 0 defaults to `prompt`
+    negative_prompt: str = DEFAULT_NEGATIVE
+    style: str = DEFAULT_STYLE
+    num_frames: int = 16
+    steps: int = 25
+    guidance: float = 8.5
+    seed: int = 0
+    width: int = 512
+    height: int = 512
+
+    def validate(self) -> None:
+        """Every check a request can fail, with a message a person can act on. No model work happens here."""
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise InputError("Write a prompt: describe what changes over time, e.g. 'a seed grows into a sunflower'.")
+        if self.style not in STYLES:
+            raise InputError(f"Unknown style {self.style!r}; choose one of: {', '.join(STYLES)}.")
+        _check_int("Frames", self.num_frames, MIN_FRAMES, MAX_FRAMES)
+        if self.num_frames > CONTEXT_FRAMES and not self.keyframes:
+            raise InputError(
+                f"More than {CONTEXT_FRAMES} frames needs keyframes: the motion model breaks beyond "
+                f"{CONTEXT_FRAMES} frames unless stages guide it. Add keyframes or use {CONTEXT_FRAMES} frames."
+            )
+        _check_int("Steps", self.steps, 1, MAX_STEPS)
+        if not isinstance(self.guidance, (int, float)) or not MIN_GUIDANCE <= self.guidance <= MAX_GUIDANCE:
+            raise InputError(f"Guidance must be between {MIN_GUIDANCE:g} and {MAX_GUIDANCE:g}, not {self.guidance}.")
+        _check_int("Seed", self.seed, 0, MAX_SEED)
+        for name, size in (("Width", self.width), ("Height", self.height)):
+            _check_int(name, size, 64, 1024)
+            if size % 8:
+                raise InputError(f"{name} must be a multiple of 8, not {size}.")
+        for frame, stage in self.keyframes.items():
+            if not 0 <= frame < self.num_frames:
+                raise InputError(
+                    f"Keyframe {frame} is past the last frame ({self.num_frames - 1}): the clip has "
+                    f"{self.num_frames} frames, numbered 0 to {self.num_frames - 1}."
+                )
+            if not stage.strip():
+                raise InputError(f"Keyframe {frame} has no description.")
+
+    def stages(self) -> dict[int, str]:
+        """The per-frame prompts FreeNoise gets: the keyframes, with the main prompt as frame 0 by default."""
+        return {0: self.prompt.strip(), **self.keyframes} if self.keyframes else {}
+
+
+def _check_int(name: str, value, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"{name} must be a whole number, not {value!r}.")
+    if not low <= value <= high:
+        raise InputError(f"{name} must be between {low} and {high}, not {value}.")
+
+
+@dataclass
+class TimelapseResult:
+    frames: np.ndarray            # (T, H, W, 3) uint8
+    seed: int
+    fps: int
+    timings: dict[str, float]     # seconds: load, denoise (includes text encoding), decode
+    prompt_tokens: int            # tokens of the main prompt, without start/end markers
+    warnings: list[str]           # e.g. the words CLIP dropped past its 77-token window
+
+
+def clip_overflow(tokenizer, text: str) -> tuple[int, str]:
+    """(number of tokens, the words past CLIP's window that the encoder never sees).
+
+    Reported in whole words as the user wrote them; a word cut in two by the window counts as dropped.
+    """
+    count = lambda words: len(tokenizer(" ".join(words), add_special_tokens=False).input_ids)  # noqa: E731
+    words = text.split()
+    total, room = count(words), tokenizer.model_max_length - 2   # start and end markers take two places
+    if total <= room:
+        return total, ""
+    low, high = 0, len(words)            # the longest prefix of words that fits: binary search
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if count(words[:middle]) <= room else (low, middle - 1)
+    return total, " ".join(words[low:])
+
+
+def _disable_free_noise(pipe: AnimateDiffPipeline) -> None:
+    """`pipe.disable_free_noise()` without its crash: diffusers 0.42 lists `mid_block` unconditionally there
+    and fails on UNets without a motion mid-block, which AnimateDiff v3 (MagicTime's) is. Same steps otherwise."""
+    if hasattr(pipe.unet.mid_block, "motion_modules"):
+        pipe.disable_free_noise()
+        return
+    pipe._free_noise_context_length = None
+    for block in [*pipe.unet.down_blocks, *pipe.unet.up_blocks]:
+        pipe._disable_free_noise_in_block(block)
+
+
+class TimelapsePipeline:
+    def __init__(self, cache: ModelCache, registry: Registry):
+        self.cache, self.registry = cache, registry
+
+    def __call__(self, request: TimelapseRequest, progress: Progress = noop) -> TimelapseResult:
+        request.validate()
+        models = self.registry.timelapse(request.style)
+        timings: dict[str, float] = {}
+
+        progress(0.0, "Loading models")
+        start = time.perf_counter()
+        with self.cache.use(models.tokenizer, models.text_encoder, models.vae, models.unet) as (tok, te, vae, unet):
+            timings["load"] = time.perf_counter() - start
+            warnings = self._prompt_warnings(tok, request)
+            prompt_tokens, _ = clip_overflow(tok, request.prompt)
+
+            pipe = AnimateDiffPipeline(
+                vae=vae, text_encoder=te, tokenizer=tok, unet=unet, motion_adapter=None,
+                scheduler=DDIMScheduler.from_config(models.scheduler_config),
+            )
+            pipe.set_progress_bar_config(disable=True)
+
+            def on_step_end(pipe, step, timestep, tensors):
+                progress((step + 1) / request.steps, f"Denoising step {step + 1}/{request.steps}")
+                return tensors
+
+            stages = request.stages()
+            if stages:
+                # enable_free_noise reads one number from the motion adapter's config; the adapter itself is
+                # already merged into the UNet, so hand it that number instead of keeping a second copy on the GPU.
+                pipe.motion_adapter = SimpleNamespace(config=SimpleNamespace(
+                    motion_max_seq_length=unet.config.motion_max_seq_length))
+                # FreeNoise replaces the motion module's transformer blocks in place: undo it whatever happens.
+                pipe.enable_free_noise(context_length=min(CONTEXT_FRAMES, request.num_frames),
+                                       context_stride=CONTEXT_STRIDE)
+            try:
+                start = time.perf_counter()
+                latents = pipe(
+                    prompt=stages or request.prompt,
+                    negative_prompt=request.negative_prompt or None,
+                    num_frames=request.num_frames,
+                    height=request.height,
+                    width=request.width,
+                    num_inference_steps=request.steps,
+                    guidance_scale=request.guidance,
+                    generator=torch.Generator("cpu").manual_seed(request.seed),
+                    output_type="latent",
+                    callback_on_step_end=on_step_end,
+                ).frames
+                timings["denoise"] = time.perf_counter() - start
+            finally:
+                if stages:
+                    _disable_free_noise(pipe)
+
+            progress(1.0, "Decoding frames")
+            start = time.perf_counter()
+            with torch.inference_mode():
+                video = pipe.decode_latents(latents, decode_chunk_size=CONTEXT_FRAMES)
+                frames = pipe.video_processor.postprocess_video(video=video, output_type="np")[0]
+            timings["decode"] = time.perf_counter() - start
+
+        return TimelapseResult(
+            frames=to_uint8(frames), seed=request.seed, fps=FPS, prompt_tokens=prompt_tokens,
+            timings={k: round(v, 3) for k, v in timings.items()}, warnings=warnings,
+        )
+
+    @staticmethod
+    def _prompt_warnings(tokenizer, request: TimelapseRequest) -> list[str]:
+        texts = {"The prompt": request.prompt, "The negative prompt": request.negative_prompt or ""}
+        texts.update({f"Keyframe {frame}": stage for frame, stage in request.keyframes.items()})
+        warnings = []
+        for name, text in texts.items():
+            count, dropped = clip_overflow(tokenizer, text)
+            if dropped:
+                warnings.append(
+                    f"{name} is {count} tokens long; CLIP reads only the first {tokenizer.model_max_length - 2}, "
+                    f"so these words were dropped: “{dropped}”"
+                )
+        return warnings
+
+
+__all__ = ["Cancelled", "TimelapsePipeline", "TimelapseRequest", "TimelapseResult", "parse_keyframes"]

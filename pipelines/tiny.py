@@ -1,0 +1,142 @@
+"""The `tiny` profile: the real component classes at toy sizes, with random weights made in memory.
+
+No files and no network. Weights are random but deterministic (a fixed seed per component), so an
+evicted component reloads identically and tests can compare frames across processes. Adapters are
+made as *files' contents* in MagicTime's own key layouts and go through the same converters as the
+real ones, so the tiny profile exercises the conversion code too.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import zlib
+
+import torch
+from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
+from tokenizers.pre_tokenizers import ByteLevel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+# torch has one global CPU generator; module constructors draw from it. Building under a lock with a
+# forked RNG makes the weights depend on the seed alone, and leaves the caller's RNG untouched.
+_RNG_LOCK = threading.Lock()
+
+CROSS_ATTENTION_DIM = 8
+LORA_RANK = 2
+
+
+def seed_of(*parts: str) -> int:
+    return zlib.crc32("/".join(parts).encode())
+
+
+def build(cls, seed: int, **config):
+    with _RNG_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return cls(**config)
+
+
+def tokenizer() -> CLIPTokenizer:
+    """A byte-level CLIP tokenizer with a full single-character vocabulary: any text encodes."""
+    alphabet = sorted(ByteLevel.alphabet())
+    tokens = ["<|startoftext|>", "<|endoftext|>", *alphabet, *(c + "</w>" for c in alphabet)]
+    return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=[], model_max_length=77)
+
+
+def text_encoder(seed: int) -> CLIPTextModel:
+    config = CLIPTextConfig(
+        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=CROSS_ATTENTION_DIM,
+        intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=len(tokenizer()),
+        max_position_embeddings=77,
+    )
+    return build(CLIPTextModel, seed, config=config)
+
+
+def vae(seed: int) -> AutoencoderKL:
+    return build(
+        # Four blocks, as SD's VAE has: 8x downsampling, so a 64 px clip denoises an 8x8 latent.
+        AutoencoderKL, seed, block_out_channels=(8, 8, 8, 8), layers_per_block=1, in_channels=3, out_channels=3,
+        latent_channels=4, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        norm_num_groups=2, sample_size=32,
+    )
+
+
+def unet2d(seed: int) -> UNet2DConditionModel:
+    return build(
+        UNet2DConditionModel, seed, block_out_channels=(8, 8), layers_per_block=1, norm_num_groups=2,
+        sample_size=8, in_channels=4, out_channels=4, cross_attention_dim=CROSS_ATTENTION_DIM,
+        attention_head_dim=2, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    )
+
+
+def motion_adapter(seed: int) -> MotionAdapter:
+    adapter = build(
+        MotionAdapter, seed, block_out_channels=(8, 8), motion_layers_per_block=1, motion_norm_num_groups=2,
+        motion_num_attention_heads=2, motion_max_seq_length=32, use_motion_mid_block=False,
+    )
+    # diffusers zero-initialises each motion module's output projection (a trained module is not zero);
+    # give it weights so that, as with real weights, frames influence each other.
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in adapter.named_parameters():
+            if ".proj_out." in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return adapter
+
+
+# ----------------------------------------------------------------- adapters in MagicTime's file layouts
+def _lora_pair(module: torch.nn.Linear, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    down = torch.randn(LORA_RANK, module.in_features, generator=g) * 0.1
+    up = torch.randn(module.out_features, LORA_RANK, generator=g) * 0.1
+    return down, up
+
+
+def spatial_lora_file(unet: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    """`magic_adapter_s.ckpt` contents: processor-style keys on every spatial attention projection."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, module in unet.named_modules():
+        if ".attentions." in name and name.rsplit(".", 1)[-1] in ("attn1", "attn2"):
+            for proj, target in (("to_q", module.to_q), ("to_k", module.to_k), ("to_v", module.to_v),
+                                 ("to_out", module.to_out[0])):
+                down, up = _lora_pair(target, g)
+                out[f"{name}.processor.{proj}_lora.down.weight"] = down
+                out[f"{name}.processor.{proj}_lora.up.weight"] = up
+    return out
+
+
+def _original_motion_name(name: str) -> str:
+    """diffusers motion-module path -> the original AnimateDiff path the temporal LoRA file uses."""
+    name = re.sub(r"(\.motion_modules\.\d+)\.", r"\1.temporal_transformer.", name)
+    return name.replace(".attn1", ".attention_blocks.0").replace(".attn2", ".attention_blocks.1")
+
+
+def swift_lora_files(model: torch.nn.Module, select, seed: int, rename=lambda n: n) -> tuple[dict, dict]:
+    """An ms-swift LoRA folder's `(adapter_config.json, adapter_model.bin)` contents for the Linear layers
+    of `model` whose path `select` accepts."""
+    g = torch.Generator().manual_seed(seed)
+    weights, targets = {}, set()
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and select(name):
+            down, up = _lora_pair(module, g)
+            weights[f"{rename(name)}.lora_A.default.weight"] = down
+            weights[f"{rename(name)}.lora_B.default.weight"] = up
+            targets.add(name.rsplit(".", 1)[-1])
+    config = {"r": LORA_RANK, "lora_alpha": 2 * LORA_RANK, "target_modules": sorted(targets),
+              "use_rslora": False, "rank_pattern": {}, "alpha_pattern": {}, "swift_type": "LORA"}
+    return config, weights
+
+
+def temporal_lora_files(unet_motion: torch.nn.Module, seed: int) -> tuple[dict, dict]:
+    return swift_lora_files(
+        unet_motion, lambda n: ".motion_modules." in n and (".attn1.to_" in n or ".attn2.to_" in n), seed,
+        rename=_original_motion_name,
+    )
+
+
+def text_encoder_lora_files(text_model: torch.nn.Module, seed: int) -> tuple[dict, dict]:
+    """MagicTime's file names CLIP layers as `text_model.encoder.layers.N...` whatever transformers does now."""
+    return swift_lora_files(
+        text_model, lambda n: n.endswith(("q_proj", "k_proj", "v_proj", "out_proj")), seed,
+        rename=lambda n: n if n.startswith("text_model.") else f"text_model.{n}",
+    )
