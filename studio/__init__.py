@@ -1,0 +1,1 @@
+"""Video Studio: the user interface and its settings (no model code lives here)."""

@@ -1,0 +1,64 @@
+"""Command line: `python -m studio [serve]` starts the studio; `python -m studio download [--tab T]` pre-fetches weights."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+TABS = ("timelapse",)
+
+
+def serve() -> None:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from studio.demo import build_demo, launch_kwargs
+    from studio.engine import Engine
+    from studio.settings import Settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings.from_env()
+    # Cached examples are noise in the tiny profile: keep each profile's cache apart.
+    os.environ.setdefault("GRADIO_EXAMPLES_CACHE", os.path.join(".gradio", "cached_examples", settings.profile))
+    engine = Engine(settings)
+    if settings.preload:
+        engine.preload()
+    demo = build_demo(engine)
+    demo.queue(default_concurrency_limit=1).launch(
+        server_name=settings.host, server_port=settings.port, **launch_kwargs()
+    )
+
+
+def download(tabs: list[str]) -> int:
+    """Fetch every hub file the tabs need into the Hugging Face cache, with progress bars."""
+    from huggingface_hub import hf_hub_download
+
+    from pipelines.hub import hub_reachable
+    from pipelines.registry import Registry
+
+    files = [f for tab in tabs for f in Registry("real").downloads(tab)]
+    if not hub_reachable():
+        print("The Hugging Face Hub cannot be reached from this machine; nothing was downloaded.", file=sys.stderr)
+        return 1
+    for number, file in enumerate(files, start=1):
+        print(f"[{number}/{len(files)}] {file.repo_id}: {file.filename}", flush=True)
+        hf_hub_download(file.repo_id, file.filename)
+    print(f"All {len(files)} files are in the Hugging Face cache.")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m studio", description=__doc__)
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("serve", help="start the studio (the default)")
+    fetch = commands.add_parser("download", help="pre-fetch model weights for the real profile")
+    fetch.add_argument("--tab", choices=TABS, action="append", help="only this tab's weights (repeatable)")
+    args = parser.parse_args(argv)
+    if args.command == "download":
+        return download(args.tab or list(TABS))
+    serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

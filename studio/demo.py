@@ -1,0 +1,38 @@
+"""build_demo(): the four tabs in their final order, a System panel, and the tiny-profile banner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from studio.engine import Engine
+from studio.tabs import system, timelapse, upcoming
+
+CSS = (Path(__file__).parents[1] / "assets" / "studio.css").read_text()
+TINY_BANNER = (
+    "**Test profile (`STUDIO_PROFILE=tiny`)**: every model is a tiny network with random weights. "
+    "Outputs are noise: this profile checks the plumbing, not the methods."
+)
+
+
+def build_demo(engine: Engine) -> gr.Blocks:
+    with gr.Blocks(title="Video Studio", delete_cache=(3600, 3600)) as demo:
+        gr.Markdown("# Video Studio\nFour research video tools on one GPU and one model cache.",
+                    elem_id="studio-header")
+        if engine.settings.profile == "tiny":
+            gr.Markdown(TINY_BANNER, elem_id="tiny-banner", elem_classes="studio-banner")
+        with gr.Tabs(selected="timelapse"):
+            upcoming.build("identity")
+            generate = timelapse.build(engine)
+            upcoming.build("safety")
+            upcoming.build("segmentation")
+        report, report_outputs = system.build(engine)
+        generate.then(report, None, report_outputs, queue=False, api_name=False)
+        demo.load(report, None, report_outputs, queue=False, api_name=False)
+    return demo
+
+
+def launch_kwargs() -> dict:
+    """What Blocks.launch needs besides host and port (Gradio 6 takes theme and CSS here)."""
+    return dict(theme=gr.themes.Soft(primary_hue="indigo", secondary_hue="amber"), css=CSS)

@@ -1,0 +1,181 @@
+"""The bridge between Gradio events and the pipelines: one model cache, one output folder, the
+UI-facing functions (their parameter names are the API's), errors turned into messages.
+
+Tabs wire these functions to components; they hold no logic of their own.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import gradio as gr
+
+from pipelines.cache import ModelCache
+from pipelines.errors import Cancelled, InputError
+from pipelines.hub import MissingWeightsError
+from pipelines.registry import Registry
+from pipelines.timelapse import (
+    DEFAULT_NEGATIVE, DEFAULT_STYLE, MAX_SEED, TimelapsePipeline, TimelapseRequest, parse_keyframes,
+)
+from pipelines.video import write_mp4
+from studio.settings import Settings
+
+try:  # ZeroGPU: attaches a GPU for the duration of the call; a no-op everywhere else.
+    import spaces
+
+    gpu = spaces.GPU(duration=120)
+except ImportError:  # pragma: no cover - spaces is in requirements.txt
+    def gpu(fn):
+        return fn
+
+logger = logging.getLogger(__name__)
+
+
+def randomize_seed(seed: int, randomize: bool) -> int:
+    """The UI's step before a generating call: a fresh seed when asked for, else the seed as it is."""
+    import random
+
+    return random.randint(0, MAX_SEED) if randomize else seed
+
+
+class OutputDir:
+    """Where generated files go before Gradio copies them to its own cache. Files older than `ttl_s`
+    are deleted whenever a new one is made, so they do not pile up over a long-running Space."""
+
+    def __init__(self, root: Path, ttl_s: int):
+        self.root, self.ttl_s = Path(root), ttl_s
+
+    def new(self, suffix: str) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        cutoff = time.time() - self.ttl_s
+        for old in self.root.iterdir():
+            if old.is_file() and old.stat().st_mtime < cutoff:
+                old.unlink(missing_ok=True)
+        return self.root / f"{uuid.uuid4().hex}{suffix}"
+
+
+class Engine:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.cache = ModelCache(settings.device, settings.device_budget, settings.ram_budget)
+        self.registry = Registry(settings.profile, settings.dtype)
+        self.outputs = OutputDir(settings.output_dir, settings.output_ttl_s)
+        self.timelapse_pipeline = TimelapsePipeline(self.cache, self.registry)
+        self._stop_flags: dict[str, threading.Event] = {}
+
+    def preload(self) -> None:
+        """Load the default style's time-lapse models now (ZeroGPU wants weights on cuda at start-up)."""
+        models = self.registry.timelapse(DEFAULT_STYLE)
+        self.cache.preload(models.tokenizer, models.text_encoder, models.vae, models.unet)
+
+    # ----------------------------------------------------------------- time-lapse
+    def timelapse(
+        self,
+        prompt: str,
+        keyframes: str = "",
+        negative_prompt: str = DEFAULT_NEGATIVE,
+        style: str = DEFAULT_STYLE,
+        num_frames: int = 16,
+        steps: int = 25,
+        guidance: float = 8.5,
+        seed: int = 0,
+        request: gr.Request = None,
+        progress: gr.Progress = gr.Progress(track_tqdm=True),
+    ) -> tuple[str, str, dict]:
+        """Generate a time-lapse. Returns (MP4 path, warnings as Markdown, info dict)."""
+        with self._user_errors():
+            job = TimelapseRequest(
+                prompt=prompt, keyframes=parse_keyframes(keyframes), negative_prompt=negative_prompt,
+                style=style, num_frames=_whole(num_frames), steps=_whole(steps), guidance=guidance,
+                seed=_whole(seed), width=self.settings.resolution, height=self.settings.resolution,
+            )
+            job.validate()  # before the GPU is asked for
+            result = self._run_timelapse(job, self._progress(request, progress))
+            start = time.perf_counter()
+            path = write_mp4(result.frames, self.outputs.new(".mp4"), fps=result.fps)
+            result.timings["encode_mp4"] = round(time.perf_counter() - start, 3)
+        for warning in result.warnings:
+            gr.Warning(warning)
+        info = {
+            "seed": result.seed,
+            "num_frames": int(result.frames.shape[0]),
+            "fps": result.fps,
+            "size": [int(result.frames.shape[2]), int(result.frames.shape[1])],
+            "style": job.style,
+            "keyframes": {str(k): v for k, v in job.stages().items()},
+            "prompt_tokens": result.prompt_tokens,
+            "timings": result.timings,
+            "warnings": result.warnings,
+            "profile": self.settings.profile,
+        }
+        return str(path), _warnings_markdown(result.warnings), info
+
+    @gpu
+    def _run_timelapse(self, job: TimelapseRequest, progress):
+        return self.timelapse_pipeline(job, progress)
+
+    # ----------------------------------------------------------------- stopping, progress, errors
+    def stop(self, request: gr.Request = None) -> None:
+        """Ask the running call of this browser session to stop at its next step."""
+        if request is not None and request.session_hash in self._stop_flags:
+            self._stop_flags[request.session_hash].set()
+
+    def _progress(self, request: gr.Request | None, progress: gr.Progress):
+        flag = threading.Event()
+        if request is not None and request.session_hash:
+            self._stop_flags[request.session_hash] = flag
+
+        def report(fraction: float, desc: str) -> None:
+            if flag.is_set():
+                raise Cancelled("Stopped.")
+            progress(fraction, desc=desc)
+
+        return report
+
+    class _user_errors:
+        """Turn errors a person can act on into `gr.Error` (shown in the UI, sent to API clients)."""
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, kind, exc, tb):
+            if isinstance(exc, (InputError, MissingWeightsError)):
+                raise gr.Error(str(exc), print_exception=False) from exc
+            if isinstance(exc, Cancelled):
+                raise gr.Error("Stopped before the end; nothing was saved.", print_exception=False) from exc
+            if isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower():
+                raise gr.Error("The GPU ran out of memory: try fewer frames or fewer keyframes.") from exc
+            return False
+
+    # ----------------------------------------------------------------- system panel
+    def system_report(self) -> tuple[str, list[list]]:
+        stats = self.cache.stats()
+        gib = lambda n: f"{n / 2**30:.2f} GiB" if n is not None else "no limit"  # noqa: E731
+        resident = ", ".join(f"{dev}: {gib(n)}" for dev, n in stats["bytes_by_device"].items()) or "nothing loaded"
+        summary = (
+            f"**Profile** `{self.settings.profile}` · **device** `{stats['device']}` · **dtype** `{self.settings.dtype}`  \n"
+            f"**Resident** {resident} · **device budget** {gib(stats['device_budget'])} · "
+            f"**RAM budget** {gib(stats['ram_budget'])}  \n"
+            f"**Hits** {stats['hits']} · **misses** {stats['misses']} · **loads** {stats['loads']} "
+            f"({stats['load_seconds']:.1f} s) · **offloads** {stats['offloads']} · **drops** {stats['drops']} · "
+            f"**over budget** {stats['over_budget']}"
+        )
+        rows = [[c["key"], c["device"], round(c["bytes"] / 2**20, 1), "yes" if c["locked"] else ""]
+                for c in stats["components"]]
+        return summary, rows
+
+
+def _whole(value):
+    """Gradio's Number and Slider send floats; a whole float is the int the user meant, anything else is
+    left for validation to refuse with a message."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _warnings_markdown(warnings: list[str]) -> str:
+    return "\n".join(f"⚠️ {w}" for w in warnings)

@@ -1,0 +1,83 @@
+"""Every knob of the studio, read once from the environment (the CLI sets the same variables)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROFILES = ("real", "tiny")
+SAFETY_MODES = ("optional", "enforced")
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default).strip()
+
+
+def _gib(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    return int(float(value) * 2**30) if value else None
+
+
+def _on_zerogpu() -> bool:
+    return os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "true")
+
+
+@dataclass(frozen=True)
+class Settings:
+    profile: str = "real"
+    device: str = "cpu"
+    dtype: str = "float32"
+    resolution: int = 512                 # the profile's default; tiny uses 64
+    device_budget: int | None = None      # bytes of weights allowed on the device (None: total - reserve)
+    ram_budget: int | None = None         # bytes of weights allowed in RAM (None: no limit)
+    preload: bool = False                 # load weights at start-up (ZeroGPU wants them on cuda then)
+    safety: str = "optional"
+    output_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "video-studio")
+    output_ttl_s: int = 3600              # generated files older than this are deleted
+    host: str = "127.0.0.1"
+    port: int = 7860
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        profile = _env("STUDIO_PROFILE", "real")
+        if profile not in PROFILES:
+            raise SystemExit(f"STUDIO_PROFILE must be one of {', '.join(PROFILES)}, not {profile!r}")
+        safety = _env("STUDIO_SAFETY", "optional")
+        if safety not in SAFETY_MODES:
+            raise SystemExit(f"STUDIO_SAFETY must be one of {', '.join(SAFETY_MODES)}, not {safety!r}")
+        device = _env("STUDIO_DEVICE", "") or _default_device()
+        # fp16 on a GPU as the originals ran; fp32 on CPU (CPU fp16 kernels are slow or missing).
+        dtype = _env("STUDIO_DTYPE", "") or ("float16" if device.startswith("cuda") else "float32")
+        resolution = int(_env("STUDIO_RESOLUTION", "64" if profile == "tiny" else "512"))
+        device_budget = _gib("STUDIO_DEVICE_BUDGET_GB")
+        if device_budget is None and device.startswith("cuda"):
+            device_budget = _cuda_total() - int(float(_env("STUDIO_WORKING_MEMORY_GB", "8")) * 2**30)
+        return cls(
+            profile=profile,
+            device=device,
+            dtype=dtype,
+            resolution=resolution,
+            device_budget=device_budget,
+            ram_budget=_gib("STUDIO_RAM_BUDGET_GB"),
+            preload=_env("STUDIO_PRELOAD", "1" if _on_zerogpu() else "0") == "1",
+            safety=safety,
+            output_dir=Path(_env("STUDIO_OUTPUT_DIR", str(Path(tempfile.gettempdir()) / "video-studio"))),
+            host=_env("STUDIO_HOST", _env("GRADIO_SERVER_NAME", "127.0.0.1")),
+            port=int(_env("STUDIO_PORT", _env("GRADIO_SERVER_PORT", "7860"))),
+        )
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() or _on_zerogpu() else "cpu"
+
+
+def _cuda_total() -> int:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_properties(0).total_memory
+    return 48 * 2**30  # ZeroGPU before the GPU is attached: half an RTX Pro 6000

@@ -1,0 +1,14 @@
+"""System panel: what the model cache holds and how it has behaved."""
+
+import gradio as gr
+
+from studio.engine import Engine
+
+
+def build(engine: Engine) -> tuple[gr.Button, callable, list]:
+    with gr.Accordion("System", open=False, elem_id="system"):
+        summary = gr.Markdown()
+        table = gr.Dataframe(headers=["component", "device", "MiB", "in use"], interactive=False, wrap=True)
+        refresh = gr.Button("Refresh", size="sm")
+    refresh.click(engine.system_report, None, [summary, table], queue=False, api_name="system")
+    return engine.system_report, [summary, table]

@@ -1,0 +1,77 @@
+"""Time-lapse tab (MagicTime): layout and wiring only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gradio as gr
+
+from pipelines.registry import STYLES
+from pipelines.timelapse import (
+    CONTEXT_FRAMES, DEFAULT_NEGATIVE, DEFAULT_STYLE, MAX_FRAMES, MAX_GUIDANCE, MAX_SEED, MAX_STEPS,
+    MIN_FRAMES, MIN_GUIDANCE,
+)
+from studio.engine import Engine, randomize_seed
+
+EXAMPLES = json.loads((Path(__file__).parents[2] / "assets" / "timelapse_examples.json").read_text())
+
+
+def build(engine: Engine) -> gr.Dependency:
+    """Lay out the tab; return the generate event (the System panel refreshes after it)."""
+    with gr.Tab("Time-lapse", id="timelapse"):
+        gr.Markdown(
+            "Describe something that changes over time and get a metamorphic time-lapse "
+            "([MagicTime](https://github.com/PKU-YuanGroup/MagicTime): AnimateDiff v3 with MagicTime's adapters). "
+            "Add keyframes to steer its stages or to go past 16 frames."
+        )
+        with gr.Row():
+            with gr.Column(scale=5):
+                prompt = gr.Textbox(
+                    label="What changes over time", lines=3, max_lines=8,
+                    placeholder="Time-lapse of a seed growing into a sunflower: the seed sprouts, leaves unfold, "
+                                "the stem rises and the flower finally opens.",
+                )
+                keyframes = gr.Textbox(
+                    label="Keyframes (optional)", lines=3, max_lines=10,
+                    placeholder="0: a closed rose bud\n24: a rose in full bloom",
+                    info="One stage per line as `frame: description`. Frame 0 defaults to the prompt above.",
+                )
+                with gr.Row():
+                    style = gr.Dropdown(label="Style", choices=list(STYLES), value=DEFAULT_STYLE)
+                    num_frames = gr.Slider(
+                        label="Frames", minimum=MIN_FRAMES, maximum=MAX_FRAMES, step=1, value=CONTEXT_FRAMES,
+                        info=f"More than {CONTEXT_FRAMES} needs keyframes",
+                    )
+                with gr.Accordion("Advanced", open=False):
+                    negative_prompt = gr.Textbox(label="Negative prompt", value=DEFAULT_NEGATIVE)
+                    with gr.Row():
+                        steps = gr.Slider(label="Steps", minimum=1, maximum=MAX_STEPS, step=1, value=25)
+                        guidance = gr.Slider(
+                            label="Guidance", minimum=MIN_GUIDANCE, maximum=MAX_GUIDANCE, step=0.5, value=8.5,
+                        )
+                    with gr.Row():
+                        seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
+                        randomize = gr.Checkbox(label="Randomize seed", value=True)
+                with gr.Row():
+                    run = gr.Button("Generate time-lapse", variant="primary", elem_id="timelapse-run", scale=3)
+                    stop = gr.Button("Stop", variant="stop", scale=1)
+            with gr.Column(scale=5):
+                video = gr.Video(label="Time-lapse", autoplay=True, loop=True, elem_id="timelapse-video")
+                warnings = gr.Markdown(elem_classes="studio-warnings")
+                info = gr.JSON(label="Details", open=False)
+
+        inputs = [prompt, keyframes, negative_prompt, style, num_frames, steps, guidance, seed]
+        outputs = [video, warnings, info]
+        gr.Examples(
+            examples=[[e["prompt"], e["keyframes"], DEFAULT_NEGATIVE, e["style"], e["num_frames"], 25, 8.5, e["seed"]]
+                      for e in EXAMPLES],
+            inputs=inputs, outputs=outputs, fn=engine.timelapse, cache_examples=True, cache_mode="lazy",
+            examples_per_page=5,
+        )
+
+    generate = gr.on(
+        [prompt.submit, run.click], randomize_seed, [seed, randomize], seed, queue=False, api_name=False,
+    ).then(engine.timelapse, inputs, outputs, api_name="timelapse", concurrency_id="gpu")
+    stop.click(engine.stop, None, None, cancels=[generate], queue=False, api_name=False)
+    return generate
