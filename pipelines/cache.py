@@ -219,8 +219,8 @@ class ModelCache:
             entry.last_used = time.monotonic()
             self._stats["loads"] += 1
             self._load_seconds += time.monotonic() - start
+            entry.ready.set()
             self._fit_ram(extra=0)
-        entry.ready.set()
         logger.info("loaded %s (%.1f MB) in %.2fs", entry.key, entry.nbytes / 2**20, time.monotonic() - start)
 
     # ----------------------------------------------------------------- placement (hold self._lock)

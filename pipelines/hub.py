@@ -18,10 +18,12 @@ from urllib.parse import urlparse
 from huggingface_hub import constants, hf_hub_download
 from huggingface_hub.errors import LocalEntryNotFoundError
 
+from pipelines.errors import WeightsError
+
 PROBE_TIMEOUT_S = 5.0
 
 
-class MissingWeightsError(RuntimeError):
+class MissingWeightsError(WeightsError):
     """Weights are neither cached nor downloadable. The message says what is missing and what to do."""
 
     def __init__(self, repo_id: str, filename: str, reason: str):

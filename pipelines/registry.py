@@ -29,6 +29,7 @@ from pipelines.convert.magictime import (
     temporal_lora_deltas,
     text_encoder_lora_deltas,
 )
+from pipelines.errors import WeightsError
 from pipelines.hub import HubFile
 
 PROFILES = ("real", "tiny")
@@ -153,10 +154,13 @@ class _RealLoaders:
 
         path = self._base() / "tokenizer"
         tok = CLIPTokenizer.from_pretrained(path)
-        # transformers can "load" a tokenizer with an empty vocabulary instead of failing; that would
-        # silently turn every prompt into noise.
-        if len(tok) < 1000:
-            raise RuntimeError(f"The tokenizer in {path} loaded with only {len(tok)} tokens: its files are incomplete")
+        # transformers can "load" a tokenizer that holds only its special tokens instead of failing; every
+        # prompt would then encode to nothing and the clip would be noise that looks like a result.
+        if len(tok) <= len(set(tok.all_special_tokens)):
+            raise WeightsError(
+                f"The tokenizer in {path} loaded empty ({len(tok)} tokens): its files are missing or incomplete. "
+                "Download the weights again with `python -m studio download`."
+            )
         return tok
 
     def text_encoder(self, checkpoint: str):

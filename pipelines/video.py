@@ -18,9 +18,16 @@ def to_uint8(frames: np.ndarray) -> np.ndarray:
 def write_mp4(frames: np.ndarray, path: str | Path, fps: int = 8, crf: int = 18) -> Path:
     """Write (T, H, W, 3) uint8 frames as H.264 (yuv420p, +faststart) at `fps`.
 
+    The encoder runs as an ffmpeg subprocess (imageio-ffmpeg's bundled binary) rather than in-process
+    through PyAV: in a process that has just run torch, in-process libx264 produced a different
+    bitstream for the same frames now and then (stale memory read somewhere in the encode path), and
+    same seed => same file is a promise the studio makes. A fresh process costs ~50 ms.
+
     yuv420p halves chroma resolution, so odd sizes are padded by one edge pixel (repeated) rather than
     refused: the picture keeps every source pixel.
     """
+    import imageio_ffmpeg
+
     frames = to_uint8(np.asarray(frames))
     if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
         raise ValueError(f"expected frames shaped (T, H, W, 3), got {frames.shape}")
@@ -28,16 +35,17 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: int = 8, crf: int = 18)
     if pad_h or pad_w:
         frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
     path = Path(path)
-    with av.open(str(path), mode="w", options={"movflags": "+faststart"}) as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf), "preset": "medium"}
+    writer = imageio_ffmpeg.write_frames(
+        str(path), (frames.shape[2], frames.shape[1]), fps=fps, codec="libx264", pix_fmt_in="rgb24",
+        pix_fmt_out="yuv420p", macro_block_size=1, ffmpeg_log_level="error",
+        output_params=["-crf", str(crf), "-preset", "medium", "-movflags", "+faststart"],
+    )
+    writer.send(None)  # start ffmpeg
+    try:
         for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+            writer.send(np.ascontiguousarray(frame))
+    finally:
+        writer.close()
     return path
 
 

@@ -15,8 +15,7 @@ from pathlib import Path
 import gradio as gr
 
 from pipelines.cache import ModelCache
-from pipelines.errors import Cancelled, InputError
-from pipelines.hub import MissingWeightsError
+from pipelines.errors import Cancelled, StudioError
 from pipelines.registry import Registry
 from pipelines.timelapse import (
     DEFAULT_NEGATIVE, DEFAULT_STYLE, MAX_SEED, TimelapsePipeline, TimelapseRequest, parse_keyframes,
@@ -143,10 +142,10 @@ class Engine:
             return self
 
         def __exit__(self, kind, exc, tb):
-            if isinstance(exc, (InputError, MissingWeightsError)):
-                raise gr.Error(str(exc), print_exception=False) from exc
             if isinstance(exc, Cancelled):
                 raise gr.Error("Stopped before the end; nothing was saved.", print_exception=False) from exc
+            if isinstance(exc, StudioError):
+                raise gr.Error(str(exc), print_exception=False) from exc
             if isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower():
                 raise gr.Error("The GPU ran out of memory: try fewer frames or fewer keyframes.") from exc
             return False

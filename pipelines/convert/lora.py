@@ -12,10 +12,12 @@ from dataclasses import dataclass
 
 import torch
 
+from pipelines.errors import WeightsError
+
 MAX_LISTED_PROBLEMS = 20
 
 
-class ConversionError(ValueError):
+class ConversionError(WeightsError, ValueError):
     """A checkpoint key or shape we cannot place. Message names the key(s)."""
 
 

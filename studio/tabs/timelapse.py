@@ -33,7 +33,7 @@ def build(engine: Engine) -> gr.Dependency:
                                 "the stem rises and the flower finally opens.",
                 )
                 keyframes = gr.Textbox(
-                    label="Keyframes (optional)", lines=3, max_lines=10,
+                    label="Keyframes (optional)", value="", lines=3, max_lines=10,
                     placeholder="0: a closed rose bud\n24: a rose in full bloom",
                     info="One stage per line as `frame: description`. Frame 0 defaults to the prompt above.",
                 )

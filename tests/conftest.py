@@ -1,0 +1,62 @@
+"""Shared fixtures: offline environment, a tiny-profile engine, and one real server for API/browser tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import threading
+from pathlib import Path
+
+# Before anything imports huggingface_hub or gradio: no hub (an unreachable hub hangs instead of failing),
+# no analytics, and every file Gradio writes under one temporary folder.
+_TMP = Path(tempfile.mkdtemp(prefix="studio-tests-"))
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ["GRADIO_TEMP_DIR"] = str(_TMP / "gradio")
+os.environ["GRADIO_EXAMPLES_CACHE"] = str(_TMP / "examples")
+
+import pytest  # noqa: E402
+
+from studio.settings import Settings  # noqa: E402
+
+ROOT = Path(__file__).parents[1]
+
+
+def tiny_settings(output_dir: Path, **overrides) -> Settings:
+    return Settings(profile="tiny", device="cpu", dtype="float32", resolution=64, output_dir=output_dir, **overrides)
+
+
+@pytest.fixture(scope="session")
+def server_outputs() -> Path:
+    return _TMP / "outputs"
+
+
+@pytest.fixture(scope="session")
+def server(server_outputs):
+    """The studio in the tiny profile, launched for real on a free port. Yields (engine, url)."""
+    from studio.demo import build_demo, launch_kwargs
+    from studio.engine import Engine
+
+    engine = Engine(tiny_settings(server_outputs))
+    demo = build_demo(engine).queue(default_concurrency_limit=1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
+                            quiet=True, **launch_kwargs())
+    try:
+        yield engine, url
+    finally:
+        # Bounded teardown: closing must not hang the suite.
+        closer = threading.Thread(target=demo.close, daemon=True)
+        closer.start()
+        closer.join(timeout=20)
+
+
+@pytest.fixture(scope="session")
+def client(server):
+    from gradio_client import Client
+
+    _, url = server
+    return Client(url, verbose=False, download_files=str(_TMP / "client"))

@@ -1,0 +1,76 @@
+"""The studio over HTTP: a launched server and a real gradio_client, as an API user sees it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gradio_client.exceptions import AppError
+
+from pipelines.video import read_video
+
+
+def frames_of(result) -> np.ndarray:
+    frames, fps, codec = read_video(result[0])
+    assert codec == "h264" and fps == 8
+    return frames
+
+
+def test_timelapse_returns_a_playable_h264_mp4_with_the_requested_frames(client):
+    result = client.predict(prompt="ice melting", api_name="/timelapse")
+    import av
+
+    with av.open(result[0]) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264" and stream.codec_context.pix_fmt == "yuv420p"
+        assert sum(1 for _ in container.decode(stream)) == 16
+    info = result[-1]
+    assert info["seed"] == 0 and info["num_frames"] == 16 and info["size"] == [64, 64]
+    assert {"load", "denoise", "decode", "encode_mp4"} <= set(info["timings"])
+    assert info["prompt_tokens"] > 0 and info["warnings"] == []
+
+
+def test_keyframes_through_the_api(client):
+    result = client.predict(prompt="a rose", keyframes="0: a closed rose bud\n24: a rose in full bloom",
+                            num_frames=32, steps=3, api_name="/timelapse")
+    assert frames_of(result).shape == (32, 64, 64, 3)
+    assert result[-1]["keyframes"] == {"0": "a closed rose bud", "24": "a rose in full bloom"}
+
+
+def test_same_seed_gives_identical_frames_another_seed_different_ones(client):
+    call = lambda seed: frames_of(client.predict(prompt="a seed grows", steps=3, seed=seed, api_name="/timelapse"))  # noqa: E731
+    first, again, other = call(123), call(123), call(124)
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_long_prompt_warning_reaches_the_user(client):
+    prompt = " ".join(f"stage{i}" for i in range(30))
+    result = client.predict(prompt=prompt, steps=2, api_name="/timelapse")
+    assert result[1].startswith("⚠️") and "dropped" in result[1]
+    assert result[-1]["warnings"] and "stage29" in result[-1]["warnings"][0]
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (dict(prompt=""), "Write a prompt"),
+    (dict(prompt="ice", num_frames=200), "200 is greater than maximum value 64"),
+    (dict(prompt="ice", num_frames=32), "needs keyframes"),
+    (dict(prompt="ice", keyframes="zero: bud"), "does not parse"),
+    (dict(prompt="ice", keyframes="0: bud\n40: bloom"), "past the last frame"),
+    (dict(prompt="ice", steps=0), "0 is less than minimum value 1"),
+    (dict(prompt="ice", seed=-1), "-1 is less than minimum value 0"),
+])
+def test_bad_input_gets_a_clear_error_and_the_server_keeps_serving(client, server_outputs, arguments, message):
+    before = sorted(server_outputs.glob("*")) if server_outputs.exists() else []
+    with pytest.raises(AppError, match=message):
+        client.predict(api_name="/timelapse", **arguments)
+    after = sorted(server_outputs.glob("*")) if server_outputs.exists() else []
+    assert after == before                                   # nothing written for a refused call
+    assert client.predict(prompt="still here", steps=1, api_name="/timelapse")[-1]["num_frames"] == 16
+
+
+def test_system_endpoint_reports_the_cache(client):
+    client.predict(prompt="warm", steps=1, api_name="/timelapse")
+    summary, table = client.predict(api_name="/system")
+    assert "tiny" in summary and "**loads**" in summary
+    keys = [row[0] for row in table["data"]]
+    assert any("unet-motion" in key for key in keys) and any("clip-text" in key for key in keys)
