@@ -3,7 +3,7 @@
 Both run on the SAME tiny components (one ModelCache), same seed, steps, prompts, guidance and size.
 First the frames must match exactly (else exit 1); then both are timed, interleaved, and compared by median.
 
-    .venv/bin/python bench/overhead.py [--repeats 7] [--steps 25] [--frames 16] [--profile]
+    .venv/bin/python bench/overhead.py [--repeats 7] [--steps 25] [--frames 16] [--threads 1] [--profile]
 
 Last line: `overhead_ratio: <studio median / bare median>` (goal <= 1.05).
 """
@@ -35,9 +35,8 @@ from pipelines.video import to_uint8
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--repeats", type=int, default=7, help="timed calls of each, after one warm-up each")
 parser.add_argument("--steps", type=int, default=25)
-parser.add_argument("--frames", type=int, default=16)
+parser.add_argument("--frames", type=int, default=16, help="8 to 16 (longer clips need keyframes)")
 parser.add_argument("--seed", type=int, default=0)
-parser.add_argument("--device", default="cpu")
 parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default). On a busy "
                     "machine use 1: torch's thread pool stalls badly when other processes share the cores")
 parser.add_argument("--profile", action="store_true", help="also cProfile one call of each and print the top")
@@ -46,7 +45,7 @@ if args.threads:
     torch.set_num_threads(args.threads)
 
 # ----------------------------------------------------------------------------- one cache, two callers
-cache, registry = ModelCache(args.device), Registry("tiny")
+cache, registry = ModelCache("cpu"), Registry("tiny")
 request = TimelapseRequest(prompt="a rose bud opens into a full bloom", num_frames=args.frames, steps=args.steps,
                            seed=args.seed, width=64, height=64)
 studio = TimelapsePipeline(cache, registry)
@@ -94,7 +93,7 @@ for i in range(args.repeats):
         bare_s.append(timed(run_bare)[0])
 
 studio_med, bare_med = statistics.median(studio_s), statistics.median(bare_s)
-print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
+print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
       f"{args.frames} frames x {args.steps} steps at 64x64, {args.repeats} repeats")
 print(f"{'call':<10}{'median s':>10}{'min s':>10}{'max s':>10}")
 for name, xs in (("studio", studio_s), ("bare", bare_s)):

@@ -19,7 +19,7 @@ import torch
 from diffusers import AnimateDiffPipeline, DDIMScheduler
 
 from pipelines.cache import ModelCache
-from pipelines.errors import Cancelled, InputError
+from pipelines.errors import InputError
 from pipelines.registry import STYLES, Registry
 from pipelines.video import to_uint8
 
@@ -169,8 +169,7 @@ class TimelapsePipeline:
         start = time.perf_counter()
         with self.cache.use(models.tokenizer, models.text_encoder, models.vae, models.unet) as (tok, te, vae, unet):
             timings["load"] = time.perf_counter() - start
-            warnings = self._prompt_warnings(tok, request)
-            prompt_tokens, _ = clip_overflow(tok, request.prompt)
+            prompt_tokens, warnings = self._check_prompts(tok, request)
 
             pipe = AnimateDiffPipeline(
                 vae=vae, text_encoder=te, tokenizer=tok, unet=unet, motion_adapter=None,
@@ -223,18 +222,18 @@ class TimelapsePipeline:
         )
 
     @staticmethod
-    def _prompt_warnings(tokenizer, request: TimelapseRequest) -> list[str]:
+    def _check_prompts(tokenizer, request: TimelapseRequest) -> tuple[int, list[str]]:
+        """(tokens in the prompt, a warning for every text CLIP will cut short)."""
         texts = {"The prompt": request.prompt, "The negative prompt": request.negative_prompt or ""}
         texts.update({f"Keyframe {frame}": stage for frame, stage in request.keyframes.items()})
-        warnings = []
+        counts, warnings = {}, []
         for name, text in texts.items():
-            count, dropped = clip_overflow(tokenizer, text)
+            counts[name], dropped = clip_overflow(tokenizer, text)
             if dropped:
                 warnings.append(
-                    f"{name} is {count} tokens long; CLIP reads only the first {tokenizer.model_max_length - 2}, "
+                    f"{name} is {counts[name]} tokens long; CLIP reads only the first {tokenizer.model_max_length - 2}, "
                     f"so these words were dropped: “{dropped}”"
                 )
-        return warnings
+        return counts["The prompt"], warnings
 
 
-__all__ = ["Cancelled", "TimelapsePipeline", "TimelapseRequest", "TimelapseResult", "parse_keyframes"]

@@ -111,7 +111,7 @@ class Engine:
             "warnings": result.warnings,
             "profile": self.settings.profile,
         }
-        return str(path), _warnings_markdown(result.warnings), info
+        return str(path), _summary_markdown(info), info
 
     @gpu
     def _run_timelapse(self, job: TimelapseRequest, progress):
@@ -176,5 +176,12 @@ def _whole(value):
     return value
 
 
-def _warnings_markdown(warnings: list[str]) -> str:
-    return "\n".join(f"⚠️ {w}" for w in warnings)
+def _summary_markdown(info: dict) -> str:
+    """Warnings first (a person must see them), then one line on what was made and how long it took."""
+    lines = [f"⚠️ {w}" for w in info["warnings"]]
+    timings = " · ".join(f"{stage} {seconds:.2f} s" for stage, seconds in info["timings"].items())
+    lines.append(
+        f"**Seed** {info['seed']} · {info['num_frames']} frames at {info['fps']} fps · "
+        f"{info['size'][0]}×{info['size'][1]} · {info['prompt_tokens']} prompt tokens  \n{timings}"
+    )
+    return "\n\n".join(lines)

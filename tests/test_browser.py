@@ -6,7 +6,6 @@ Every wait is on a condition in the page (a selector, a JS predicate), never a f
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,6 @@ ROOT = Path(__file__).parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "tests" / "artifacts"
 SCREENSHOT = ARTIFACTS / "browser-timelapse.png"
-README_SCREENSHOT = ROOT / "docs" / "screenshot.png"
 
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -110,9 +108,8 @@ def test_generate_in_browser_plays_video(page):
     page.mouse.move(0, 0)
     page.wait_for_function("() => document.querySelector('#timelapse-run').getAnimations().length === 0")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOT), full_page=True)
-    README_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(SCREENSHOT, README_SCREENSHOT)
+    page.screenshot(path=str(SCREENSHOT), full_page=True)   # look at it; docs/screenshot.png is a copy
+    assert SCREENSHOT.stat().st_size > 10_000
 
 
 def test_bad_input_shows_error_and_server_keeps_serving(page):

@@ -38,10 +38,10 @@ def build(engine: Engine) -> gr.Dependency:
                     info="One stage per line as `frame: description`. Frame 0 defaults to the prompt above.",
                 )
                 with gr.Row():
-                    style = gr.Dropdown(label="Style", choices=list(STYLES), value=DEFAULT_STYLE)
+                    style = gr.Dropdown(label="Style", choices=list(STYLES), value=DEFAULT_STYLE, scale=1)
                     num_frames = gr.Slider(
-                        label="Frames", minimum=MIN_FRAMES, maximum=MAX_FRAMES, step=1, value=CONTEXT_FRAMES,
-                        info=f"More than {CONTEXT_FRAMES} needs keyframes",
+                        label="Frames", minimum=MIN_FRAMES, maximum=MAX_FRAMES, step=1, value=CONTEXT_FRAMES, scale=2,
+                        info=f"over {CONTEXT_FRAMES} needs keyframes",
                     )
                 with gr.Accordion("Advanced", open=False):
                     negative_prompt = gr.Textbox(label="Negative prompt", value=DEFAULT_NEGATIVE)
@@ -57,17 +57,18 @@ def build(engine: Engine) -> gr.Dependency:
                     run = gr.Button("Generate time-lapse", variant="primary", elem_id="timelapse-run", scale=3)
                     stop = gr.Button("Stop", variant="stop", scale=1)
             with gr.Column(scale=5):
-                video = gr.Video(label="Time-lapse", autoplay=True, loop=True, elem_id="timelapse-video")
-                warnings = gr.Markdown(elem_classes="studio-warnings")
-                info = gr.JSON(label="Details", open=False)
+                video = gr.Video(label="Time-lapse", autoplay=True, loop=True, height=440, elem_id="timelapse-video")
+                summary = gr.Markdown(elem_id="timelapse-summary")
+                with gr.Accordion("Details (JSON)", open=False):
+                    info = gr.JSON(show_label=False)
 
         inputs = [prompt, keyframes, negative_prompt, style, num_frames, steps, guidance, seed]
-        outputs = [video, warnings, info]
+        outputs = [video, summary, info]
         gr.Examples(
             examples=[[e["prompt"], e["keyframes"], DEFAULT_NEGATIVE, e["style"], e["num_frames"], 25, 8.5, e["seed"]]
                       for e in EXAMPLES],
             inputs=inputs, outputs=outputs, fn=engine.timelapse, cache_examples=True, cache_mode="lazy",
-            examples_per_page=5,
+            example_labels=[e["label"] for e in EXAMPLES], examples_per_page=5,
         )
 
     generate = gr.on(
