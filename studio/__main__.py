@@ -30,19 +30,19 @@ def serve() -> None:
 
 
 def download(tabs: list[str]) -> int:
-    """Fetch every hub file the tabs need into the Hugging Face cache, with progress bars."""
-    from huggingface_hub import hf_hub_download
-
-    from pipelines.hub import hub_reachable
+    """Fetch every hub file the tabs need into the Hugging Face cache (tqdm progress per file).
+    Files already cached are not fetched again, so this also checks that a copied cache is complete."""
+    from pipelines.hub import MissingWeightsError
     from pipelines.registry import Registry
 
     files = [f for tab in tabs for f in Registry("real").downloads(tab)]
-    if not hub_reachable():
-        print("The Hugging Face Hub cannot be reached from this machine; nothing was downloaded.", file=sys.stderr)
-        return 1
     for number, file in enumerate(files, start=1):
         print(f"[{number}/{len(files)}] {file.repo_id}: {file.filename}", flush=True)
-        hf_hub_download(file.repo_id, file.filename)
+        try:
+            file.path()
+        except MissingWeightsError as error:
+            print(error, file=sys.stderr)
+            return 1
     print(f"All {len(files)} files are in the Hugging Face cache.")
     return 0
 

@@ -10,9 +10,11 @@ import logging
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import gradio as gr
+import torch
 
 from pipelines.cache import ModelCache
 from pipelines.errors import Cancelled, StudioError
@@ -85,15 +87,16 @@ class Engine:
         request: gr.Request = None,
         progress: gr.Progress = gr.Progress(track_tqdm=True),
     ) -> tuple[str, str, dict]:
-        """Generate a time-lapse. Returns (MP4 path, warnings as Markdown, info dict)."""
-        with self._user_errors():
+        """Generate a time-lapse. Returns (MP4 path, summary Markdown with any warnings first, info dict)."""
+        with user_errors():
             job = TimelapseRequest(
                 prompt=prompt, keyframes=parse_keyframes(keyframes), negative_prompt=negative_prompt,
                 style=style, num_frames=_whole(num_frames), steps=_whole(steps), guidance=guidance,
                 seed=_whole(seed), width=self.settings.resolution, height=self.settings.resolution,
             )
             job.validate()  # before the GPU is asked for
-            result = self._run_timelapse(job, self._progress(request, progress))
+            with self._progress(request, progress) as report:
+                result = self._run_timelapse(job, report)
             start = time.perf_counter()
             path = write_mp4(result.frames, self.outputs.new(".mp4"), fps=result.fps)
             result.timings["encode_mp4"] = round(time.perf_counter() - start, 3)
@@ -123,32 +126,23 @@ class Engine:
         if request is not None and request.session_hash in self._stop_flags:
             self._stop_flags[request.session_hash].set()
 
+    @contextmanager
     def _progress(self, request: gr.Request | None, progress: gr.Progress):
-        flag = threading.Event()
-        if request is not None and request.session_hash:
-            self._stop_flags[request.session_hash] = flag
+        """A progress callback for one call, which raises `Cancelled` once this session pressed Stop."""
+        flag, session = threading.Event(), getattr(request, "session_hash", None)
+        if session:
+            self._stop_flags[session] = flag
 
         def report(fraction: float, desc: str) -> None:
             if flag.is_set():
                 raise Cancelled("Stopped.")
             progress(fraction, desc=desc)
 
-        return report
-
-    class _user_errors:
-        """Turn errors a person can act on into `gr.Error` (shown in the UI, sent to API clients)."""
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, kind, exc, tb):
-            if isinstance(exc, Cancelled):
-                raise gr.Error("Stopped before the end; nothing was saved.", print_exception=False) from exc
-            if isinstance(exc, StudioError):
-                raise gr.Error(str(exc), print_exception=False) from exc
-            if isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower():
-                raise gr.Error("The GPU ran out of memory: try fewer frames or fewer keyframes.") from exc
-            return False
+        try:
+            yield report
+        finally:
+            if session and self._stop_flags.get(session) is flag:
+                del self._stop_flags[session]
 
     # ----------------------------------------------------------------- system panel
     def system_report(self) -> tuple[str, list[list]]:
@@ -166,6 +160,20 @@ class Engine:
         rows = [[c["key"], c["device"], round(c["bytes"] / 2**20, 1), "yes" if c["locked"] else ""]
                 for c in stats["components"]]
         return summary, rows
+
+
+@contextmanager
+def user_errors():
+    """Turn errors a person can act on into `gr.Error` (shown in the UI, sent to API clients as they are).
+    Anything else is a bug and keeps its traceback."""
+    try:
+        yield
+    except Cancelled as exc:
+        raise gr.Error("Stopped before the end; nothing was saved.", print_exception=False) from exc
+    except StudioError as exc:
+        raise gr.Error(str(exc), print_exception=False) from exc
+    except torch.OutOfMemoryError as exc:
+        raise gr.Error("The GPU ran out of memory: try fewer frames, or a shorter clip with keyframes.") from exc
 
 
 def _whole(value):

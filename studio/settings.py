@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PROFILES = ("real", "tiny")
-SAFETY_MODES = ("optional", "enforced")
 
 
 def _env(name: str, default: str) -> str:
@@ -33,7 +32,6 @@ class Settings:
     device_budget: int | None = None      # bytes of weights allowed on the device (None: total - reserve)
     ram_budget: int | None = None         # bytes of weights allowed in RAM (None: no limit)
     preload: bool = False                 # load weights at start-up (ZeroGPU wants them on cuda then)
-    safety: str = "optional"
     output_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "video-studio")
     output_ttl_s: int = 3600              # generated files older than this are deleted
     host: str = "127.0.0.1"
@@ -44,9 +42,6 @@ class Settings:
         profile = _env("STUDIO_PROFILE", "real")
         if profile not in PROFILES:
             raise SystemExit(f"STUDIO_PROFILE must be one of {', '.join(PROFILES)}, not {profile!r}")
-        safety = _env("STUDIO_SAFETY", "optional")
-        if safety not in SAFETY_MODES:
-            raise SystemExit(f"STUDIO_SAFETY must be one of {', '.join(SAFETY_MODES)}, not {safety!r}")
         device = _env("STUDIO_DEVICE", "") or _default_device()
         # fp16 on a GPU as the originals ran; fp32 on CPU (CPU fp16 kernels are slow or missing).
         dtype = _env("STUDIO_DTYPE", "") or ("float16" if device.startswith("cuda") else "float32")
@@ -62,7 +57,6 @@ class Settings:
             device_budget=device_budget,
             ram_budget=_gib("STUDIO_RAM_BUDGET_GB"),
             preload=_env("STUDIO_PRELOAD", "1" if _on_zerogpu() else "0") == "1",
-            safety=safety,
             output_dir=Path(_env("STUDIO_OUTPUT_DIR", str(Path(tempfile.gettempdir()) / "video-studio"))),
             host=_env("STUDIO_HOST", _env("GRADIO_SERVER_NAME", "127.0.0.1")),
             port=int(_env("STUDIO_PORT", _env("GRADIO_SERVER_PORT", "7860"))),

@@ -74,3 +74,19 @@ def test_system_endpoint_reports_the_cache(client):
     assert "tiny" in summary and "**loads**" in summary
     keys = [row[0] for row in table["data"]]
     assert any("unet-motion" in key for key in keys) and any("clip-text" in key for key in keys)
+
+
+def test_stop_interrupts_the_running_call_of_that_session_only(server):
+    from types import SimpleNamespace
+
+    from pipelines.errors import Cancelled
+
+    engine, _ = server
+    mine, other = SimpleNamespace(session_hash="mine"), SimpleNamespace(session_hash="other")
+    with engine._progress(mine, lambda *a, **k: None) as report_mine, \
+            engine._progress(other, lambda *a, **k: None) as report_other:
+        engine.stop(mine)
+        with pytest.raises(Cancelled):
+            report_mine(0.5, "Denoising step 2/4")
+        report_other(0.5, "Denoising step 2/4")     # another browser's call goes on
+    assert engine._stop_flags == {}                 # nothing kept once the calls end

@@ -159,3 +159,16 @@ def test_real_magic_unet_merges_spatial_4x_and_temporal_lora(hub_cache):
     expected = before["up_blocks.1.motion_modules.0.transformer_blocks.0.attn1.to_q.weight"] + scale * (
         weights[f"{original}.lora_B.default.weight"] @ weights[f"{original}.lora_A.default.weight"])
     torch.testing.assert_close(merged["up_blocks.1.motion_modules.0.transformer_blocks.0.attn1.to_q.weight"], expected)
+
+
+# ----------------------------------------------------------------- python -m studio download
+def test_download_checks_the_cache_and_names_what_is_missing(hub_cache, capsys):
+    from studio.__main__ import main
+
+    assert main(["download", "--tab", "timelapse"]) == 1
+    assert "Base_Model/stable-diffusion-v1-5/tokenizer/merges.txt" in capsys.readouterr().err
+    for file in Registry("real").downloads("timelapse"):       # a complete (copied) cache
+        (hub_cache / file.filename).parent.mkdir(parents=True, exist_ok=True)
+        (hub_cache / file.filename).write_bytes(b"x")
+    assert main(["download"]) == 0
+    assert f"All {len(Registry('real').downloads('timelapse'))} files" in capsys.readouterr().out
