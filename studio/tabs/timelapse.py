@@ -73,6 +73,6 @@ def build(engine: Engine) -> gr.Dependency:
 
     generate = gr.on(
         [prompt.submit, run.click], randomize_seed, [seed, randomize], seed, queue=False, api_name=False,
-    ).then(engine.timelapse, inputs, outputs, api_name="timelapse", concurrency_id="gpu")
+    ).then(engine.timelapse, inputs, outputs, api_name="timelapse", concurrency_id="gpu", show_progress_on=video)
     stop.click(engine.stop, None, None, cancels=[generate], queue=False, api_name=False)
     return generate
