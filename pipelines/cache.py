@@ -101,10 +101,11 @@ class ModelCache:
 
     # ----------------------------------------------------------------- public API
     @contextmanager
-    def use(self, *components: Component) -> Iterator[tuple[Any, ...]]:
+    def use(self, *components: Component, place: bool = True) -> Iterator[tuple[Any, ...]]:
         """Load (if needed), lock and place `components` on the execution device; yield the objects.
 
-        The same component named twice is yielded twice (locks are re-entrant).
+        The same component named twice is yielded twice (locks are re-entrant). `place=False` locks them
+        where they are: dependencies are only read on CPU while building what needs them.
         """
         entries: list[_Entry] = []
         try:
@@ -115,8 +116,9 @@ class ModelCache:
                 # wait for each other instead of deadlocking.
                 for entry in sorted({e.key: e for e in entries}.values(), key=lambda e: e.key):
                     stack.enter_context(entry.mutex)
-                with self._lock:
-                    self._place(entries)
+                if place:
+                    with self._lock:
+                        self._place(entries)
                 yield tuple(e.obj for e in entries)
         finally:
             with self._lock:
@@ -199,12 +201,13 @@ class ModelCache:
         start = time.monotonic()
         try:
             if component.deps:
-                with self.use(*component.deps) as deps:
+                # Dependencies stay where they are (on CPU unless a call placed them): building on CPU
+                # keeps the device free for calls, at the price of a slower first load.
+                with self.use(*component.deps, place=False) as deps:
                     obj = component.load(*deps)
             else:
                 obj = component.load()
-            # Dependencies may have been placed on the device; what we built goes to CPU first.
-            _move(obj, torch.device("cpu"))
+            _move(obj, torch.device("cpu"))   # everything enters the cache on CPU
         except BaseException as exc:
             with self._lock:
                 entry.error = exc

@@ -85,8 +85,8 @@ class Registry:
             raise ValueError(f"dtype must be one of {tuple(DTYPES)}, not {dtype!r}")
         self.profile, self.dtype_name, self.dtype = profile, dtype, DTYPES[dtype]
 
-    def _key(self, *parts: str) -> str:
-        return "|".join((self.profile, *parts, self.dtype_name))
+    def _key(self, *parts: str, dtype: str | None = None) -> str:
+        return "|".join((self.profile, *parts, dtype or self.dtype_name))
 
     # ----------------------------------------------------------------- time-lapse
     def timelapse(self, style: str) -> TimelapseModels:
@@ -95,8 +95,9 @@ class Registry:
         checkpoint = STYLES[style]
         load = _TinyLoaders(self.dtype) if self.profile == "tiny" else _RealLoaders(self.dtype)
         tokenizer = Component(f"{self.profile}|tokenizer|{MAGICTIME}/{BASE}", load.tokenizer)
-        unet2d = Component(self._key("unet2d", checkpoint), partial(load.unet2d, checkpoint))
-        adapter = Component(self._key("motion-adapter", MOTION_MODULE), load.motion_adapter)
+        # Ingredients of the motion UNet stay float32: LoRAs merge in float32, the result is cast once.
+        unet2d = Component(self._key("unet2d", checkpoint, dtype="float32"), partial(load.unet2d, checkpoint))
+        adapter = Component(self._key("motion-adapter", MOTION_MODULE, dtype="float32"), load.motion_adapter)
         return TimelapseModels(
             tokenizer=tokenizer,
             text_encoder=Component(self._key("clip-text", checkpoint, f"+{TEXT_ENCODER_LORA}"),
@@ -186,7 +187,6 @@ class _RealLoaders:
     def unet2d(self, checkpoint: str):
         from diffusers import UNet2DConditionModel
 
-        # float32 here: LoRAs merge in float32 and the composed UNet is cast once, at the end.
         return UNet2DConditionModel.from_single_file(
             self._file(checkpoint), config=str(self._base()), subfolder="unet", torch_dtype=torch.float32,
             local_files_only=True,

@@ -7,7 +7,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PROFILES = ("real", "tiny")
+from pipelines.registry import DTYPES, PROFILES
+
 
 
 def _env(name: str, default: str) -> str:
@@ -45,6 +46,8 @@ class Settings:
         device = _env("STUDIO_DEVICE", "") or _default_device()
         # fp16 on a GPU as the originals ran; fp32 on CPU (CPU fp16 kernels are slow or missing).
         dtype = _env("STUDIO_DTYPE", "") or ("float16" if device.startswith("cuda") else "float32")
+        if dtype not in DTYPES:
+            raise SystemExit(f"STUDIO_DTYPE must be one of {', '.join(DTYPES)}, not {dtype!r}")
         resolution = int(_env("STUDIO_RESOLUTION", "64" if profile == "tiny" else "512"))
         device_budget = _gib("STUDIO_DEVICE_BUDGET_GB")
         if device_budget is None and device.startswith("cuda"):

@@ -168,3 +168,17 @@ def test_stats_report_bytes_by_device():
         stats = cache.stats()
     assert stats["bytes_by_device"] == {"cpu": LAYER_BYTES}
     assert stats["components"][0] == {"key": "a", "device": "cpu", "bytes": LAYER_BYTES, "locked": True}
+
+
+def test_dependencies_are_built_where_they_are_not_placed_on_the_device():
+    placed = []
+
+    class Recording(ModelCache):
+        def _place(self, entries):
+            placed.extend(e.key for e in entries)
+
+    base = counted("base", 1, [])
+    derived = Component("derived", lambda b: torch.nn.Sequential(linear(5), b), deps=(base,))
+    with Recording("cpu").use(derived):
+        pass
+    assert placed == ["derived"]
