@@ -7,11 +7,14 @@ Tabs wire these functions to components; they hold no logic of their own.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import uuid
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 import torch
@@ -20,18 +23,28 @@ from pipelines.cache import ModelCache
 from pipelines.errors import Cancelled, StudioError
 from pipelines.registry import Registry
 from pipelines.timelapse import (
-    DEFAULT_NEGATIVE, DEFAULT_STYLE, MAX_SEED, TimelapsePipeline, TimelapseRequest, parse_keyframes,
+    CONTEXT_FRAMES, CONTEXT_STRIDE, DEFAULT_NEGATIVE, DEFAULT_STYLE, MAX_SEED, TimelapsePipeline, TimelapseRequest, TimelapseResult, parse_keyframes,
 )
 from pipelines.video import write_mp4
 from studio.settings import Settings
 
-try:  # ZeroGPU: attaches a GPU for the duration of the call; a no-op everywhere else.
+try:  # ZeroGPU: attaches a GPU for the duration of a call; a no-op everywhere else.
     import spaces
-
-    gpu = spaces.GPU(duration=120)
 except ImportError:  # pragma: no cover - spaces is in requirements.txt
-    def gpu(fn):
-        return fn
+    spaces = None
+
+
+def _gpu_seconds(engine: str, job: TimelapseRequest, report) -> int:
+    """The GPU time ZeroGPU reserves for a call (shorter reservations queue sooner; longer ones spend users'
+    quota). An estimate, not a measurement: ~0.8 s per step per 16-frame window at 512 px, plus loading.
+    FreeNoise slides its 16-frame window by 4, so 64 frames are 13 windows."""
+    windows = 1 + math.ceil(max(0, job.num_frames - CONTEXT_FRAMES) / CONTEXT_STRIDE) if job.keyframes else 1
+    return int(20 + 0.8 * job.steps * windows)
+
+
+def gpu(fn):
+    return spaces.GPU(duration=_gpu_seconds)(fn) if spaces is not None else fn
+
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +72,33 @@ class OutputDir:
         return self.root / f"{uuid.uuid4().hex}{suffix}"
 
 
+# ZeroGPU runs a @spaces.GPU function in a forked worker and sends it the arguments by pickling them,
+# so a GPU function takes only picklable arguments: engines travel by name and are looked up here, in
+# the worker's copy of this process (models are already on cuda there). Off Spaces `gpu` is a no-op.
+_ENGINES: dict[str, Engine] = {}
+_STOP_FLAGS: dict[str, threading.Event] = {}   # browser session -> "Stop was pressed" for its running call
+
+
+@dataclass(frozen=True)
+class Reporter:
+    """Progress for one call (picklable): forwards to gr.Progress, raises Cancelled once Stop was pressed.
+    In a ZeroGPU worker the flag is a copy and Stop cannot reach it; Gradio's cancel still ends the call."""
+
+    progress: Any
+    session: str | None = None
+
+    def __call__(self, fraction: float, desc: str) -> None:
+        flag = _STOP_FLAGS.get(self.session) if self.session else None
+        if flag is not None and flag.is_set():
+            raise Cancelled("Stopped.")
+        self.progress(fraction, desc=desc)
+
+
+@gpu
+def _generate_timelapse(engine: str, job: TimelapseRequest, report: Reporter) -> TimelapseResult:
+    return _ENGINES[engine].timelapse_pipeline(job, report)
+
+
 class Engine:
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -66,7 +106,8 @@ class Engine:
         self.registry = Registry(settings.profile, settings.dtype)
         self.outputs = OutputDir(settings.output_dir, settings.output_ttl_s)
         self.timelapse_pipeline = TimelapsePipeline(self.cache, self.registry)
-        self._stop_flags: dict[str, threading.Event] = {}
+        self.name = f"engine-{uuid.uuid4().hex[:8]}"
+        _ENGINES[self.name] = self
 
     def preload(self) -> None:
         """Load the default style's time-lapse models now (ZeroGPU wants weights on cuda at start-up)."""
@@ -95,8 +136,8 @@ class Engine:
                 seed=_whole(seed), width=self.settings.resolution, height=self.settings.resolution,
             )
             job.validate()  # before the GPU is asked for
-            with self._progress(request, progress) as report:
-                result = self._run_timelapse(job, report)
+            with self._reporter(request, progress) as report:
+                result = _generate_timelapse(self.name, job, report)
             start = time.perf_counter()
             path = write_mp4(result.frames, self.outputs.new(".mp4"), fps=result.fps)
             result.timings["encode_mp4"] = round(time.perf_counter() - start, 3)
@@ -116,33 +157,25 @@ class Engine:
         }
         return str(path), _summary_markdown(info), info
 
-    @gpu
-    def _run_timelapse(self, job: TimelapseRequest, progress):
-        return self.timelapse_pipeline(job, progress)
-
     # ----------------------------------------------------------------- stopping, progress, errors
     def stop(self, request: gr.Request = None) -> None:
         """Ask the running call of this browser session to stop at its next step."""
-        if request is not None and request.session_hash in self._stop_flags:
-            self._stop_flags[request.session_hash].set()
+        flag = _STOP_FLAGS.get(getattr(request, "session_hash", None))
+        if flag is not None:
+            flag.set()
 
+    @staticmethod
     @contextmanager
-    def _progress(self, request: gr.Request | None, progress: gr.Progress):
-        """A progress callback for one call, which raises `Cancelled` once this session pressed Stop."""
+    def _reporter(request: gr.Request | None, progress: gr.Progress):
+        """A Reporter for one call; its session's stop flag lives as long as the call."""
         flag, session = threading.Event(), getattr(request, "session_hash", None)
         if session:
-            self._stop_flags[session] = flag
-
-        def report(fraction: float, desc: str) -> None:
-            if flag.is_set():
-                raise Cancelled("Stopped.")
-            progress(fraction, desc=desc)
-
+            _STOP_FLAGS[session] = flag
         try:
-            yield report
+            yield Reporter(progress, session)
         finally:
-            if session and self._stop_flags.get(session) is flag:
-                del self._stop_flags[session]
+            if session and _STOP_FLAGS.get(session) is flag:
+                del _STOP_FLAGS[session]
 
     # ----------------------------------------------------------------- system panel
     def system_report(self) -> tuple[str, list[list]]:

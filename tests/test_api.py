@@ -80,13 +80,31 @@ def test_stop_interrupts_the_running_call_of_that_session_only(server):
     from types import SimpleNamespace
 
     from pipelines.errors import Cancelled
+    from studio.engine import _STOP_FLAGS
 
     engine, _ = server
     mine, other = SimpleNamespace(session_hash="mine"), SimpleNamespace(session_hash="other")
-    with engine._progress(mine, lambda *a, **k: None) as report_mine, \
-            engine._progress(other, lambda *a, **k: None) as report_other:
+    with engine._reporter(mine, lambda *a, **k: None) as report_mine, \
+            engine._reporter(other, lambda *a, **k: None) as report_other:
         engine.stop(mine)
         with pytest.raises(Cancelled):
             report_mine(0.5, "Denoising step 2/4")
         report_other(0.5, "Denoising step 2/4")     # another browser's call goes on
-    assert engine._stop_flags == {}                 # nothing kept once the calls end
+    assert "mine" not in _STOP_FLAGS and "other" not in _STOP_FLAGS   # nothing kept once the calls end
+
+
+def test_the_gpu_call_takes_only_picklable_arguments(server):
+    """ZeroGPU pickles a @spaces.GPU function's arguments into its GPU worker; an unpicklable one fails there."""
+    import pickle
+
+    import gradio as gr
+
+    from pipelines.timelapse import TimelapseRequest
+    from studio.engine import Reporter, _generate_timelapse
+
+    engine, _ = server
+    job = TimelapseRequest(prompt="ice", steps=1, width=64, height=64)
+    arguments = pickle.loads(pickle.dumps((engine.name, job, Reporter(gr.Progress(track_tqdm=True), "s"))))
+    result = _generate_timelapse(*arguments[:2], Reporter(lambda *a, **k: None))
+    assert result.frames.shape == (16, 64, 64, 3)
+    pickle.dumps(result)                              # and the result travels back
