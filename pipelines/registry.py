@@ -17,6 +17,7 @@ import torch
 
 from pipelines import tiny
 from pipelines.cache import Component
+from pipelines.convert.id_animator import IDENTITY_ADAPTER_NAME, load_face_adapter, use_identity_mixing
 from pipelines.convert.lora import merge_lora_
 from pipelines.convert.magictime import (
     SwiftLoraConfig,
@@ -63,6 +64,15 @@ DDIM_CONFIG = dict(
     steps_offset=1, clip_sample=False, timestep_spacing="leading",
 )
 
+# ----------------------------------------------------------------- ID-Animator's files (reference/identity.md)
+ID_ANIMATOR = "ID-Animator/ID-Animator"
+ANIMATOR_CKPT = "animator.ckpt"
+MOTION_ADAPTER_V2 = "guoyww/animatediff-motion-adapter-v1-5-2"     # AnimateDiff v2, diffusers layout
+MOTION_ADAPTER_V2_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
+IP_ADAPTER = "h94/IP-Adapter"                                       # OpenCLIP ViT-H/14 image encoder
+IMAGE_ENCODER_FILES = ("models/image_encoder/config.json", "models/image_encoder/model.safetensors")
+IDENTITY_CHECKPOINT = STYLES["Realistic Vision"]   # ID-Animator's base is the file MagicTime ships: shared
+
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -74,6 +84,19 @@ class TimelapseModels:
     text_encoder: Component   # the style's CLIP + MagicTime's text-encoder LoRA
     vae: Component
     unet: Component           # UNetMotionModel: style UNet + v3 motion module + magic spatial & temporal LoRAs
+    scheduler_config: dict
+
+
+@dataclass(frozen=True)
+class IdentityModels:
+    """Everything one identity call needs."""
+
+    tokenizer: Component
+    text_encoder: Component     # Realistic Vision's own CLIP
+    vae: Component              # shared with the time-lapse tab's Realistic Vision style
+    unet: Component             # UNetMotionModel: RV UNet + v2 motion module + ID-Animator face adapter (LoRA fused)
+    image_encoder: Component    # OpenCLIP ViT-H/14 (CLIPVisionModelWithProjection)
+    image_processor: Component
     scheduler_config: dict
 
 
@@ -93,30 +116,66 @@ class Registry:
         if style not in STYLES:
             raise ValueError(f"Unknown style {style!r}; choose one of: {', '.join(STYLES)}")
         checkpoint = STYLES[style]
-        load = _TinyLoaders(self.dtype) if self.profile == "tiny" else _RealLoaders(self.dtype)
-        tokenizer = Component(f"{self.profile}|tokenizer|{MAGICTIME}/{BASE}", load.tokenizer)
-        # Ingredients of the motion UNet stay float32: LoRAs merge in float32, the result is cast once.
-        unet2d = Component(self._key("unet2d", checkpoint, dtype="float32"), partial(load.unet2d, checkpoint))
+        load = self._loaders()
         adapter = Component(self._key("motion-adapter", MOTION_MODULE, dtype="float32"), load.motion_adapter)
         return TimelapseModels(
-            tokenizer=tokenizer,
+            tokenizer=self._tokenizer(load),
             text_encoder=Component(self._key("clip-text", checkpoint, f"+{TEXT_ENCODER_LORA}"),
                                    partial(load.text_encoder, checkpoint)),
-            vae=Component(self._key("vae", checkpoint), partial(load.vae, checkpoint)),
+            vae=self._vae(load, checkpoint),
             unet=Component(
                 self._key("unet-motion", checkpoint, MOTION_MODULE, f"+{SPATIAL_LORA}x4", f"+{TEMPORAL_LORA}"),
-                partial(load.magic_unet, checkpoint), deps=(unet2d, adapter),
+                partial(load.magic_unet, checkpoint), deps=(self._unet2d(load, checkpoint), adapter),
             ),
             scheduler_config=DDIM_CONFIG,
         )
 
+    # ----------------------------------------------------------------- identity video
+    def identity(self) -> IdentityModels:
+        load, checkpoint = self._loaders(), IDENTITY_CHECKPOINT
+        image_encoder = Component(self._key("clip-vision", f"{IP_ADAPTER}/models/image_encoder"), load.image_encoder)
+        adapter = Component(self._key("motion-adapter", MOTION_ADAPTER_V2, dtype="float32"), load.motion_adapter_v2)
+        return IdentityModels(
+            tokenizer=self._tokenizer(load),
+            text_encoder=Component(self._key("clip-text", checkpoint), partial(load.clip_text, checkpoint)),
+            vae=self._vae(load, checkpoint),
+            unet=Component(
+                self._key("unet-motion", checkpoint, MOTION_ADAPTER_V2, f"+{ID_ANIMATOR}/{ANIMATOR_CKPT}"),
+                load.identity_unet, deps=(self._unet2d(load, checkpoint), adapter, image_encoder),
+            ),
+            image_encoder=image_encoder,
+            image_processor=Component(f"{self.profile}|clip-image-processor", load.image_processor),
+            scheduler_config=DDIM_CONFIG,
+        )
+
+    # ----------------------------------------------------------------- shared by the tabs
+    def _loaders(self):
+        return _TinyLoaders(self.dtype) if self.profile == "tiny" else _RealLoaders(self.dtype)
+
+    def _tokenizer(self, load) -> Component:
+        return Component(f"{self.profile}|tokenizer|{MAGICTIME}/{BASE}", load.tokenizer)
+
+    def _vae(self, load, checkpoint: str) -> Component:
+        return Component(self._key("vae", checkpoint), partial(load.vae, checkpoint))
+
+    def _unet2d(self, load, checkpoint: str) -> Component:
+        # An ingredient of motion UNets, kept float32: LoRAs merge in float32 and each result is cast once.
+        return Component(self._key("unet2d", checkpoint, dtype="float32"), partial(load.unet2d, checkpoint))
+
     def downloads(self, tab: str = "timelapse") -> list[HubFile]:
         """Every hub file a tab needs in the real profile (for `python -m studio download`)."""
-        if tab != "timelapse":
-            raise ValueError(f"No downloads are defined for tab {tab!r} yet")
-        files = [f"{BASE}/{f}" for f in BASE_FILES] + [MOTION_MODULE, SPATIAL_LORA, *STYLES.values()]
-        files += [f"{folder}/{f}" for folder in (TEMPORAL_LORA, TEXT_ENCODER_LORA) for f in SWIFT_FILES]
-        return [HubFile(MAGICTIME, f) for f in files]
+        base = [HubFile(MAGICTIME, f"{BASE}/{f}") for f in BASE_FILES]
+        if tab == "timelapse":
+            files = [MOTION_MODULE, SPATIAL_LORA, *STYLES.values()]
+            files += [f"{folder}/{f}" for folder in (TEMPORAL_LORA, TEXT_ENCODER_LORA) for f in SWIFT_FILES]
+            return base + [HubFile(MAGICTIME, f) for f in files]
+        if tab == "identity":
+            return base + [
+                HubFile(MAGICTIME, IDENTITY_CHECKPOINT), HubFile(ID_ANIMATOR, ANIMATOR_CKPT),
+                *(HubFile(MOTION_ADAPTER_V2, f) for f in MOTION_ADAPTER_V2_FILES),
+                *(HubFile(IP_ADAPTER, f) for f in IMAGE_ENCODER_FILES),
+            ]
+        raise ValueError(f"No downloads are defined for tab {tab!r}")
 
 
 def _compose_magic_unet(unet2d, adapter, spatial: dict, temporal: dict):
@@ -128,6 +187,24 @@ def _compose_magic_unet(unet2d, adapter, spatial: dict, temporal: dict):
     merge_lora_(unet, spatial)
     merge_lora_(unet, temporal)
     return unet
+
+
+def _compose_identity_unet(unet2d, adapter, image_encoder, animator: dict, dtype: torch.dtype):
+    """UNetMotionModel from the RV UNet and the v2 motion adapter, with ID-Animator's face adapter: image
+    projection and face keys/values through diffusers' IP-Adapter loader, the rank-128 LoRA through
+    load_lora_adapter on the 2-D cross-attention layers only, then fused (it is never switched off, so
+    PEFT's extra matmuls would only cost time), and several photos averaged as the original does."""
+    from diffusers import AnimateDiffPipeline, UNetMotionModel
+
+    unet = UNetMotionModel.from_unet2d(unet2d, adapter)
+    # The loaders are pipeline methods: a throwaway pipeline around the UNet gives them a home.
+    host = AnimateDiffPipeline(vae=None, text_encoder=None, tokenizer=None, unet=unet, motion_adapter=None,
+                               scheduler=None, image_encoder=image_encoder)
+    load_face_adapter(host, animator, unet2d)
+    unet.fuse_lora(adapter_names=[IDENTITY_ADAPTER_NAME])
+    unet.unload_lora()
+    use_identity_mixing(unet)
+    return unet.to(dtype).eval()
 
 
 # ----------------------------------------------------------------- real: MagicTime's own files
@@ -164,7 +241,8 @@ class _RealLoaders:
             )
         return tok
 
-    def text_encoder(self, checkpoint: str):
+    def clip_text(self, checkpoint: str, lora: bool = False):
+        """The style checkpoint's own CLIP text encoder (it replaces SD1.5's), with MagicTime's LoRA if asked."""
         from safetensors import safe_open
         from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -173,8 +251,12 @@ class _RealLoaders:
             single = {k: f.get_tensor(k) for k in f.keys() if k.startswith("cond_stage_model.")}
         model = CLIPTextModel(config)
         model.load_state_dict(clip_text_state_dict_from_single_file(single), strict=True)
-        merge_lora_(model, text_encoder_lora_deltas(self._swift_folder(TEXT_ENCODER_LORA)))
+        if lora:
+            merge_lora_(model, text_encoder_lora_deltas(self._swift_folder(TEXT_ENCODER_LORA)))
         return model.to(self.dtype).eval()
+
+    def text_encoder(self, checkpoint: str):
+        return self.clip_text(checkpoint, lora=True)
 
     def _single_file_part(self, cls, checkpoint: str, subfolder: str, dtype: torch.dtype):
         """One model of a single-file SD checkpoint, through diffusers' own converter.
@@ -214,6 +296,27 @@ class _RealLoaders:
         adapter.load_state_dict(motion_adapter_state_dict(original), strict=True)
         return adapter.eval()
 
+    def motion_adapter_v2(self):
+        from diffusers import MotionAdapter
+
+        paths = [HubFile(MOTION_ADAPTER_V2, f).path() for f in MOTION_ADAPTER_V2_FILES]
+        return MotionAdapter.from_pretrained(paths[0].parent, torch_dtype=torch.float32).eval()
+
+    def image_encoder(self):
+        from transformers import CLIPVisionModelWithProjection
+
+        paths = [HubFile(IP_ADAPTER, f).path() for f in IMAGE_ENCODER_FILES]
+        return CLIPVisionModelWithProjection.from_pretrained(paths[0].parent, dtype=self.dtype).eval()
+
+    def image_processor(self):
+        from transformers import CLIPImageProcessor
+
+        return CLIPImageProcessor()   # 224 px, CLIP's mean and std: what the IP-Adapter image encoder saw
+
+    def identity_unet(self, unet2d, adapter, image_encoder):
+        animator = torch.load(HubFile(ID_ANIMATOR, ANIMATOR_CKPT).path(), map_location="cpu", weights_only=True)
+        return _compose_identity_unet(unet2d, adapter, image_encoder, animator, self.dtype)
+
     def magic_unet(self, checkpoint: str, unet2d, adapter):
         spatial = torch.load(self._file(SPATIAL_LORA), map_location="cpu", weights_only=True)
         unet = _compose_magic_unet(
@@ -229,6 +332,22 @@ class _TinyLoaders:
 
     def tokenizer(self):
         return tiny.tokenizer()
+
+    def clip_text(self, checkpoint: str):
+        return tiny.text_encoder(tiny.seed_of("clip", checkpoint)).to(self.dtype).eval()
+
+    def motion_adapter_v2(self):
+        return tiny.motion_adapter(tiny.seed_of("motion", MOTION_ADAPTER_V2)).eval()
+
+    def image_encoder(self):
+        return tiny.image_encoder(tiny.seed_of("image-encoder")).to(self.dtype).eval()
+
+    def image_processor(self):
+        return tiny.image_processor()
+
+    def identity_unet(self, unet2d, adapter, image_encoder):
+        animator = tiny.animator_file(unet2d, tiny.seed_of("animator"))
+        return _compose_identity_unet(unet2d, adapter, image_encoder, animator, self.dtype)
 
     def text_encoder(self, checkpoint: str):
         model = tiny.text_encoder(tiny.seed_of("clip", checkpoint))

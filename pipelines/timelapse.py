@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import time
 from types import SimpleNamespace
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +18,7 @@ import torch
 from diffusers import AnimateDiffPipeline, DDIMScheduler
 
 from pipelines.cache import ModelCache
+from pipelines.common import MAX_SEED, Progress, check_int, clip_overflow, noop
 from pipelines.errors import InputError
 from pipelines.registry import STYLES, Registry
 from pipelines.video import to_uint8
@@ -31,14 +31,6 @@ CONTEXT_STRIDE = 4
 MIN_FRAMES, MAX_FRAMES = 8, 64
 MAX_STEPS = 100
 MIN_GUIDANCE, MAX_GUIDANCE = 1.0, 20.0
-MAX_SEED = 2**32 - 1
-
-Progress = Callable[[float, str], None]
-
-
-def noop(fraction: float, desc: str) -> None:
-    pass
-
 
 _KEYFRAME_LINE = re.compile(r"^\s*(\d+)\s*[:=]\s*(.*?)\s*$")
 
@@ -83,18 +75,18 @@ class TimelapseRequest:
             raise InputError("Write a prompt: describe what changes over time, e.g. 'a seed grows into a sunflower'.")
         if self.style not in STYLES:
             raise InputError(f"Unknown style {self.style!r}; choose one of: {', '.join(STYLES)}.")
-        _check_int("Frames", self.num_frames, MIN_FRAMES, MAX_FRAMES)
+        check_int("Frames", self.num_frames, MIN_FRAMES, MAX_FRAMES)
         if self.num_frames > CONTEXT_FRAMES and not self.keyframes:
             raise InputError(
                 f"More than {CONTEXT_FRAMES} frames needs keyframes: the motion model breaks beyond "
                 f"{CONTEXT_FRAMES} frames unless stages guide it. Add keyframes or use {CONTEXT_FRAMES} frames."
             )
-        _check_int("Steps", self.steps, 1, MAX_STEPS)
+        check_int("Steps", self.steps, 1, MAX_STEPS)
         if not isinstance(self.guidance, (int, float)) or not MIN_GUIDANCE <= self.guidance <= MAX_GUIDANCE:
             raise InputError(f"Guidance must be between {MIN_GUIDANCE:g} and {MAX_GUIDANCE:g}, not {self.guidance}.")
-        _check_int("Seed", self.seed, 0, MAX_SEED)
+        check_int("Seed", self.seed, 0, MAX_SEED)
         for name, size in (("Width", self.width), ("Height", self.height)):
-            _check_int(name, size, 64, 1024)
+            check_int(name, size, 64, 1024)
             if size % 8:
                 raise InputError(f"{name} must be a multiple of 8, not {size}.")
         for frame, stage in self.keyframes.items():
@@ -111,13 +103,6 @@ class TimelapseRequest:
         return {0: self.prompt.strip(), **self.keyframes} if self.keyframes else {}
 
 
-def _check_int(name: str, value, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InputError(f"{name} must be a whole number, not {value!r}.")
-    if not low <= value <= high:
-        raise InputError(f"{name} must be between {low} and {high}, not {value}.")
-
-
 @dataclass
 class TimelapseResult:
     frames: np.ndarray            # (T, H, W, 3) uint8
@@ -126,23 +111,6 @@ class TimelapseResult:
     timings: dict[str, float]     # seconds: load, denoise (includes text encoding), decode
     prompt_tokens: int            # tokens of the main prompt, without start/end markers
     warnings: list[str]           # e.g. the words CLIP dropped past its 77-token window
-
-
-def clip_overflow(tokenizer, text: str) -> tuple[int, str]:
-    """(number of tokens, the words past CLIP's window that the encoder never sees).
-
-    Reported in whole words as the user wrote them; a word cut in two by the window counts as dropped.
-    """
-    count = lambda words: len(tokenizer(" ".join(words), add_special_tokens=False).input_ids)  # noqa: E731
-    words = text.split()
-    total, room = count(words), tokenizer.model_max_length - 2   # start and end markers take two places
-    if total <= room:
-        return total, ""
-    low, high = 0, len(words)            # the longest prefix of words that fits: binary search
-    while low < high:
-        middle = (low + high + 1) // 2
-        low, high = (middle, high) if count(words[:middle]) <= room else (low, middle - 1)
-    return total, " ".join(words[low:])
 
 
 def _disable_free_noise(pipe: AnimateDiffPipeline) -> None:

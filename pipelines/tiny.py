@@ -140,3 +140,55 @@ def text_encoder_lora_files(text_model: torch.nn.Module, seed: int) -> tuple[dic
         text_model, lambda n: n.endswith(("q_proj", "k_proj", "v_proj", "out_proj")), seed,
         rename=lambda n: n if n.startswith("text_model.") else f"text_model.{n}",
     )
+
+
+# ----------------------------------------------------------------- identity video (ID-Animator)
+IMAGE_ENCODER_WIDTH = 12    # the resampler's embedding_dim
+RESAMPLER_QUERIES = 4       # ID-Animator has 16 face tokens; diffusers fixes the head size at 64
+
+
+def image_encoder(seed: int):
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    config = CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=IMAGE_ENCODER_WIDTH, intermediate_size=24,
+                              num_attention_heads=2, num_hidden_layers=2, projection_dim=16)
+    return build(CLIPVisionModelWithProjection, seed, config=config)
+
+
+def image_processor():
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+
+
+def animator_file(unet2d: torch.nn.Module, seed: int) -> dict:
+    """`animator.ckpt` contents in ID-Animator's layout: an IP-Adapter-Plus resampler (depth 4, head size 64,
+    feed-forward x4, original key names) and, per 2-D cross-attention layer, to_k_face/to_v_face and a LoRA
+    on q/k/v/out under ID-Animator's processor numbering."""
+    from pipelines.convert.id_animator import attn2_names
+
+    g = torch.Generator().manual_seed(seed)
+    rand = lambda *shape, s=0.3: torch.randn(*shape, generator=g) * s  # noqa: E731
+    width, inner = 16, 2 * 64
+
+    def norm(prefix, n):
+        return {f"{prefix}.weight": 1 + rand(n, s=0.1), f"{prefix}.bias": rand(n, s=0.1)}
+
+    image_proj = {"latents": rand(1, RESAMPLER_QUERIES, width, s=1.0), "proj_in.weight": rand(width, IMAGE_ENCODER_WIDTH),
+                  "proj_in.bias": rand(width, s=0.1), "proj_out.weight": rand(CROSS_ATTENTION_DIM, width),
+                  "proj_out.bias": rand(CROSS_ATTENTION_DIM, s=0.1), **norm("norm_out", CROSS_ATTENTION_DIM)}
+    for n in range(4):
+        image_proj |= {**norm(f"layers.{n}.0.norm1", width), **norm(f"layers.{n}.0.norm2", width),
+                       f"layers.{n}.0.to_q.weight": rand(inner, width), f"layers.{n}.0.to_kv.weight": rand(2 * inner, width),
+                       f"layers.{n}.0.to_out.weight": rand(width, inner, s=0.1), **norm(f"layers.{n}.1.0", width),
+                       f"layers.{n}.1.1.weight": rand(4 * width, width), f"layers.{n}.1.3.weight": rand(width, 4 * width, s=0.1)}
+    face_adapter = {}
+    for index, path in attn2_names(unet2d).items():
+        attn = unet2d.get_submodule(path)
+        face_adapter[f"{index}.to_k_face.weight"] = rand(attn.to_k.out_features, CROSS_ATTENTION_DIM, s=0.5)
+        face_adapter[f"{index}.to_v_face.weight"] = rand(attn.to_v.out_features, CROSS_ATTENTION_DIM, s=0.5)
+        for proj, layer in (("to_q", attn.to_q), ("to_k", attn.to_k), ("to_v", attn.to_v), ("to_out", attn.to_out[0])):
+            down, up = _lora_pair(layer, g)
+            face_adapter[f"{index}.{proj}_lora.down.weight"] = down
+            face_adapter[f"{index}.{proj}_lora.up.weight"] = up
+    return {"image_proj": image_proj, "face_adapter": face_adapter}

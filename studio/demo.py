@@ -7,7 +7,7 @@ from pathlib import Path
 import gradio as gr
 
 from studio.engine import Engine
-from studio.tabs import system, timelapse, upcoming
+from studio.tabs import identity, system, timelapse, upcoming
 
 CSS = (Path(__file__).parents[1] / "assets" / "studio.css").read_text()
 TINY_BANNER = (
@@ -23,12 +23,12 @@ def build_demo(engine: Engine) -> gr.Blocks:
         if engine.settings.profile == "tiny":
             gr.Markdown(TINY_BANNER, elem_id="tiny-banner", elem_classes="studio-banner")
         with gr.Tabs(selected="timelapse"):
-            upcoming.build("identity")
-            generate = timelapse.build(engine)
+            generating = [identity.build(engine), timelapse.build(engine)]
             upcoming.build("safety")
             upcoming.build("segmentation")
         report, report_outputs = system.build(engine)
-        generate.then(report, None, report_outputs, queue=False, api_name=False)
+        for generate in generating:
+            generate.then(report, None, report_outputs, queue=False, api_name=False)
         demo.load(report, None, report_outputs, queue=False, api_name=False)
     return demo
 

@@ -17,13 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import pandas as pd
 import torch
 
 from pipelines.cache import ModelCache
 from pipelines.errors import Cancelled, StudioError
+from pipelines import identity as id_
+from pipelines.common import MAX_SEED
+from pipelines.faces import FaceAnalyzer, load_photo
+from pipelines.identity import IdentityPipeline, IdentityRequest, IdentityResult, ReferenceFaces
 from pipelines.registry import Registry
 from pipelines.timelapse import (
-    CONTEXT_FRAMES, CONTEXT_STRIDE, DEFAULT_NEGATIVE, DEFAULT_STYLE, MAX_SEED, TimelapsePipeline, TimelapseRequest, TimelapseResult, parse_keyframes,
+    CONTEXT_FRAMES, CONTEXT_STRIDE, DEFAULT_NEGATIVE, DEFAULT_STYLE, TimelapsePipeline, TimelapseRequest,
+    TimelapseResult, parse_keyframes,
 )
 from pipelines.video import write_mp4
 from studio.settings import Settings
@@ -34,11 +40,12 @@ except ImportError:  # pragma: no cover - spaces is in requirements.txt
     spaces = None
 
 
-def _gpu_seconds(engine: str, job: TimelapseRequest, report) -> int:
+def _gpu_seconds(engine: str, job, *rest) -> int:
     """The GPU time ZeroGPU reserves for a call (shorter reservations queue sooner; longer ones spend users'
     quota). An estimate, not a measurement: ~0.8 s per step per 16-frame window at 512 px, plus loading.
     FreeNoise slides its 16-frame window by 4, so 64 frames are 13 windows."""
-    windows = 1 + math.ceil(max(0, job.num_frames - CONTEXT_FRAMES) / CONTEXT_STRIDE) if job.keyframes else 1
+    keyframes = getattr(job, "keyframes", None)
+    windows = 1 + math.ceil(max(0, job.num_frames - CONTEXT_FRAMES) / CONTEXT_STRIDE) if keyframes else 1
     return int(20 + 0.8 * job.steps * windows)
 
 
@@ -99,6 +106,11 @@ def _generate_timelapse(engine: str, job: TimelapseRequest, report: Reporter) ->
     return _ENGINES[engine].timelapse_pipeline(job, report)
 
 
+@gpu
+def _generate_identity(engine: str, job: IdentityRequest, faces: ReferenceFaces, report: Reporter) -> IdentityResult:
+    return _ENGINES[engine].identity_pipeline(job, report, faces=faces)
+
+
 class Engine:
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -106,6 +118,7 @@ class Engine:
         self.registry = Registry(settings.profile, settings.dtype)
         self.outputs = OutputDir(settings.output_dir, settings.output_ttl_s)
         self.timelapse_pipeline = TimelapsePipeline(self.cache, self.registry)
+        self.identity_pipeline = IdentityPipeline(self.cache, self.registry, FaceAnalyzer())
         self.name = f"engine-{uuid.uuid4().hex[:8]}"
         _ENGINES[self.name] = self
 
@@ -156,6 +169,73 @@ class Engine:
             "profile": self.settings.profile,
         }
         return str(path), _summary_markdown(info), info
+
+    # ----------------------------------------------------------------- identity video
+    def identity_faces(self, photos: list[str] | None) -> tuple[list[tuple[Any, str]], str]:
+        """What the model will see: the aligned face crop of each photo, and notes (problems per photo)."""
+        crops, notes = [], []
+        for number, photo in enumerate(photos or [], start=1):
+            try:
+                face, photo_notes = self.identity_pipeline.faces.photo_face(load_photo(photo, number), number)
+            except StudioError as error:
+                notes.append(f"⚠️ {error}")
+                continue
+            crops.append((face.crop, f"Photo {number}"))
+            notes += [f"ℹ️ {note}" for note in photo_notes]
+        if len(photos or []) > id_.MAX_PHOTOS:
+            notes.append(f"⚠️ Use at most {id_.MAX_PHOTOS} photos.")
+        return crops, "\n\n".join(notes)
+
+    def identity(
+        self,
+        photos: list[str],
+        prompt: str,
+        negative_prompt: str = id_.DEFAULT_NEGATIVE,
+        identity_strength: float = 0.8,
+        num_frames: int = 16,
+        steps: int = 30,
+        guidance: float = 8.0,
+        seed: int = 0,
+        request: gr.Request = None,
+        progress: gr.Progress = gr.Progress(track_tqdm=True),
+    ) -> tuple[str, str, Any, dict]:
+        """A clip of the person in `photos`. Returns (MP4 path, summary Markdown, similarity plot data, info)."""
+        with user_errors():
+            job = IdentityRequest(
+                photos=tuple(photos or ()), prompt=prompt, negative_prompt=negative_prompt,
+                identity_strength=identity_strength, num_frames=_whole(num_frames), steps=_whole(steps),
+                guidance=guidance, seed=_whole(seed), width=self.settings.resolution, height=self.settings.resolution,
+            )
+            job.validate()
+            start = time.perf_counter()
+            faces = self.identity_pipeline.reference_faces(job.photos)   # on CPU, before the GPU is asked for
+            faces_seconds = time.perf_counter() - start
+            with self._reporter(request, progress) as report:
+                result = _generate_identity(self.name, job, faces, report)
+            result.timings = {"faces": round(faces_seconds, 3), **result.timings}
+            start = time.perf_counter()
+            path = write_mp4(result.frames, self.outputs.new(".mp4"), fps=result.fps)
+            result.timings["encode_mp4"] = round(time.perf_counter() - start, 3)
+        for warning in result.warnings:
+            gr.Warning(warning)
+        missing = sum(s is None for s in result.face_similarity)
+        info = {
+            "seed": result.seed,
+            "num_frames": int(result.frames.shape[0]),
+            "fps": result.fps,
+            "size": [int(result.frames.shape[2]), int(result.frames.shape[1])],
+            "photos": len(job.photos),
+            "identity_strength": job.identity_strength,
+            "face_similarity": {"per_frame": result.face_similarity, "mean": result.mean_similarity,
+                                "frames_without_face": missing},
+            "prompt_tokens": result.prompt_tokens,
+            "timings": result.timings,
+            "warnings": result.warnings,
+            "profile": self.settings.profile,
+        }
+        plot = pd.DataFrame({"frame": range(len(result.face_similarity)),
+                             "similarity": [float("nan") if s is None else s for s in result.face_similarity]})
+        return str(path), _identity_markdown(info), plot, info
 
     # ----------------------------------------------------------------- stopping, progress, errors
     def stop(self, request: gr.Request = None) -> None:
@@ -215,6 +295,17 @@ def _whole(value):
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value
+
+
+def _identity_markdown(info: dict) -> str:
+    similarity = info["face_similarity"]
+    found = info["num_frames"] - similarity["frames_without_face"]
+    identity = (f"**Identity** {similarity['mean']:.2f} mean face similarity over {found} of {info['num_frames']} frames"
+                if similarity["mean"] is not None else
+                f"**Identity** no face found in any of the {info['num_frames']} frames")
+    if similarity["frames_without_face"] and similarity["mean"] is not None:
+        identity += f"; {similarity['frames_without_face']} without a detectable face"
+    return identity + "\n\n" + _summary_markdown(info)
 
 
 def _summary_markdown(info: dict) -> str:

@@ -9,7 +9,8 @@ from pipelines.cache import ModelCache
 from pipelines.errors import Cancelled, InputError
 from pipelines.registry import Registry
 from pipelines.tiny import tokenizer as tiny_tokenizer
-from pipelines.timelapse import TimelapsePipeline, TimelapseRequest, clip_overflow, parse_keyframes
+from pipelines.common import clip_overflow
+from pipelines.timelapse import TimelapsePipeline, TimelapseRequest, parse_keyframes
 
 SIZE = dict(width=64, height=64)
 

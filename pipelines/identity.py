@@ -1,0 +1,184 @@
+"""Identity-preserving video (ID-Animator): 1–4 photos of one person + a prompt -> a clip of that person.
+
+Faces are found, aligned and checked first (clear errors before any model work); the aligned crops go
+through the OpenCLIP image encoder, ID-Animator's face adapter turns them into face tokens (averaged over
+photos, as the original does) and diffusers' AnimateDiffPipeline samples with them. Afterwards every frame
+is compared with the reference faces: the identity report.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from diffusers import AnimateDiffPipeline, DDIMScheduler
+
+from pipelines.cache import ModelCache
+from pipelines.errors import InputError
+from pipelines.faces import FaceAnalyzer, face_similarity, identity_warnings, load_photo
+from pipelines.registry import Registry
+from pipelines.common import MAX_SEED, Progress, check_int, clip_overflow, noop
+from pipelines.video import to_uint8
+
+DEFAULT_PROMPT_SUFFIX = "8k uhd, high quality, medium shot"   # the original appends it to every prompt
+DEFAULT_NEGATIVE = "long shots, full body"
+FPS = 9                       # the original's
+MIN_PHOTOS, MAX_PHOTOS = 1, 4
+MIN_FRAMES, MAX_FRAMES = 8, 16   # v2 motion module: 16 frames is what it was trained on
+MAX_STEPS = 100
+
+
+@dataclass(frozen=True)
+class IdentityRequest:
+    photos: tuple                 # 1–4 reference photos: paths or RGB uint8 arrays
+    prompt: str
+    negative_prompt: str = DEFAULT_NEGATIVE
+    identity_strength: float = 0.8
+    num_frames: int = 16
+    steps: int = 30
+    guidance: float = 8.0
+    seed: int = 0
+    width: int = 512
+    height: int = 512
+
+    def validate(self) -> None:
+        if not MIN_PHOTOS <= len(self.photos) <= MAX_PHOTOS:
+            raise InputError(f"Give {MIN_PHOTOS} to {MAX_PHOTOS} photos of the same person, not {len(self.photos)}.")
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise InputError("Write a prompt: what should the person do, and where?")
+        if not isinstance(self.identity_strength, (int, float)) or not 0.0 <= self.identity_strength <= 1.5:
+            raise InputError(f"Identity strength must be between 0 and 1.5, not {self.identity_strength}.")
+        check_int("Frames", self.num_frames, MIN_FRAMES, MAX_FRAMES)
+        check_int("Steps", self.steps, 1, MAX_STEPS)
+        if not isinstance(self.guidance, (int, float)) or not 1.0 <= self.guidance <= 20.0:
+            raise InputError(f"Guidance must be between 1 and 20, not {self.guidance}.")
+        check_int("Seed", self.seed, 0, MAX_SEED)
+        for name, size in (("Width", self.width), ("Height", self.height)):
+            check_int(name, size, 64, 1024)
+            if size % 8:
+                raise InputError(f"{name} must be a multiple of 8, not {size}.")
+
+
+@dataclass
+class ReferenceFaces:
+    crops: list[np.ndarray]       # (224, 224, 3) uint8 aligned crops: what the image encoder sees
+    embeddings: list[np.ndarray]  # face descriptors, for the identity report
+    notes: list[str]              # several faces in a photo, photos that look like different people
+
+
+@dataclass
+class IdentityResult:
+    frames: np.ndarray            # (T, H, W, 3) uint8
+    seed: int
+    fps: int
+    faces: ReferenceFaces
+    face_similarity: list[float | None]   # per frame; None where no face was found
+    timings: dict[str, float]
+    prompt_tokens: int
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def mean_similarity(self) -> float | None:
+        found = [s for s in self.face_similarity if s is not None]
+        return round(float(np.mean(found)), 4) if found else None
+
+
+class IdentityPipeline:
+    def __init__(self, cache: ModelCache, registry: Registry, faces: FaceAnalyzer | None = None):
+        self.cache, self.registry, self.faces = cache, registry, faces or FaceAnalyzer()
+
+    def reference_faces(self, photos) -> ReferenceFaces:
+        """Find, align and check the face in every photo. Raises InputError with the photo's number."""
+        crops, embeddings, notes = [], [], []
+        for number, photo in enumerate(photos, start=1):
+            face, photo_notes = self.faces.photo_face(load_photo(photo, number), number)
+            crops.append(face.crop)
+            embeddings.append(face.embedding)
+            notes += photo_notes
+        return ReferenceFaces(crops, embeddings, notes + identity_warnings(embeddings))
+
+    def __call__(self, request: IdentityRequest, progress: Progress = noop,
+                 faces: ReferenceFaces | None = None) -> IdentityResult:
+        """`faces`: the result of `reference_faces(request.photos)` when the caller already checked them."""
+        request.validate()
+        timings: dict[str, float] = {}
+        if faces is None:
+            progress(0.0, "Finding faces")
+            start = time.perf_counter()
+            faces = self.reference_faces(request.photos)
+            timings["faces"] = time.perf_counter() - start
+
+        models = self.registry.identity()
+        progress(0.0, "Loading models")
+        start = time.perf_counter()
+        with self.cache.use(models.tokenizer, models.text_encoder, models.vae, models.unet, models.image_encoder,
+                            models.image_processor) as (tok, te, vae, unet, image_encoder, processor):
+            timings["load"] = time.perf_counter() - start
+            prompt = f"{request.prompt.strip()}, {DEFAULT_PROMPT_SUFFIX}"
+            prompt_tokens, dropped = clip_overflow(tok, prompt)
+            warnings = [f"The prompt is {prompt_tokens} tokens long with the quality suffix; CLIP dropped: “{dropped}”"
+                        ] if dropped else []
+
+            start = time.perf_counter()
+            face_embeds = self._face_embeds(image_encoder, processor, faces.crops)
+            timings["encode_faces"] = time.perf_counter() - start
+
+            pipe = AnimateDiffPipeline(
+                vae=vae, text_encoder=te, tokenizer=tok, unet=unet, motion_adapter=None,
+                scheduler=DDIMScheduler.from_config(models.scheduler_config),
+            )
+            pipe.set_progress_bar_config(disable=True)
+            pipe.set_ip_adapter_scale(float(request.identity_strength))   # per call: the UNet is ours while locked
+
+            def on_step_end(pipe, step, timestep, tensors):
+                progress((step + 1) / request.steps, f"Denoising step {step + 1}/{request.steps}")
+                return tensors
+
+            start = time.perf_counter()
+            latents = pipe(
+                prompt=prompt, negative_prompt=request.negative_prompt or None, num_frames=request.num_frames,
+                height=request.height, width=request.width, num_inference_steps=request.steps,
+                guidance_scale=request.guidance, ip_adapter_image_embeds=[face_embeds],
+                generator=torch.Generator("cpu").manual_seed(request.seed), output_type="latent",
+                callback_on_step_end=on_step_end,
+            ).frames
+            timings["denoise"] = time.perf_counter() - start
+
+            progress(1.0, "Decoding frames")
+            start = time.perf_counter()
+            with torch.inference_mode():
+                video = pipe.decode_latents(latents, decode_chunk_size=request.num_frames)
+                frames = to_uint8(pipe.video_processor.postprocess_video(video=video, output_type="np")[0])
+            timings["decode"] = time.perf_counter() - start
+
+        progress(1.0, "Measuring identity")
+        start = time.perf_counter()
+        similarity = self.identity_report(frames, faces.embeddings)
+        timings["identity_report"] = time.perf_counter() - start
+        return IdentityResult(
+            frames=frames, seed=request.seed, fps=FPS, faces=faces, face_similarity=similarity,
+            timings={k: round(v, 3) for k, v in timings.items()}, prompt_tokens=prompt_tokens,
+            warnings=faces.notes + warnings,
+        )
+
+    @staticmethod
+    @torch.inference_mode()
+    def _face_embeds(image_encoder, processor, crops: list[np.ndarray]) -> torch.Tensor:
+        """(2, photos, tokens, width): the unconditional branch (the encoder's output for an all-zero image,
+        as IP-Adapter-Plus and ID-Animator use) stacked on the photos' penultimate hidden states."""
+        pixels = processor(images=crops, return_tensors="pt").pixel_values
+        pixels = pixels.to(device=image_encoder.device, dtype=image_encoder.dtype)
+        cond = image_encoder(pixels, output_hidden_states=True).hidden_states[-2]
+        uncond = image_encoder(torch.zeros_like(pixels), output_hidden_states=True).hidden_states[-2]
+        return torch.stack([uncond, cond])
+
+    def identity_report(self, frames: np.ndarray, references: list[np.ndarray]) -> list[float | None]:
+        """Per frame: similarity of the largest face to the reference identity (mean descriptor), or None."""
+        reference = np.mean(references, axis=0)
+        report = []
+        for frame in frames:
+            embedding = self.faces.frame_embedding(frame)
+            report.append(None if embedding is None else round(face_similarity(embedding, reference), 4))
+        return report

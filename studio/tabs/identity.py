@@ -1,0 +1,79 @@
+"""Identity video tab (ID-Animator): layout and wiring only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from pipelines import identity as id_
+from pipelines.common import MAX_SEED
+from studio.engine import Engine, randomize_seed
+
+EXAMPLE_PHOTO = str(Path(__file__).parents[2] / "assets" / "examples" / "astronaut.jpg")   # public domain (NASA)
+
+
+def add_webcam_photo(photos: list[str] | None, shot: str | None) -> list[str]:
+    return [*(photos or []), shot] if shot else (photos or [])
+
+
+def build(engine: Engine) -> gr.Dependency:
+    with gr.Tab("Identity video", id="identity"):
+        gr.Markdown(
+            "Upload one to four photos of **one** person and describe a scene: you get a clip of that person "
+            "([ID-Animator](https://github.com/ID-Animator/ID-Animator): AnimateDiff v2 with a face adapter). "
+            "Several photos are averaged into one identity."
+        )
+        with gr.Row():
+            with gr.Column(scale=5):
+                photos = gr.File(label="Photos of one person (1–4)", file_count="multiple", file_types=["image"],
+                                 type="filepath", elem_id="identity-photos")
+                with gr.Accordion("Take a photo with the webcam", open=False):
+                    webcam = gr.Image(sources=["webcam"], type="filepath", label="Webcam", height=240)
+                    add = gr.Button("Add this photo", size="sm")
+                crops = gr.Gallery(label="Faces the model will see (aligned crops)", columns=4, height=150,
+                                   object_fit="contain", elem_id="identity-crops")
+                face_notes = gr.Markdown(elem_id="identity-face-notes")
+                prompt = gr.Textbox(label="Scene", lines=2, placeholder="a woman walking on a beach at sunset",
+                                    elem_id="identity-prompt")
+                identity_strength = gr.Slider(label="Identity strength", minimum=0.0, maximum=1.5, step=0.05,
+                                              value=0.8, info="How strongly the face adapter steers the clip")
+                with gr.Accordion("Advanced", open=False):
+                    negative_prompt = gr.Textbox(label="Negative prompt", value=id_.DEFAULT_NEGATIVE)
+                    with gr.Row():
+                        num_frames = gr.Slider(label="Frames", minimum=id_.MIN_FRAMES, maximum=id_.MAX_FRAMES,
+                                               step=1, value=16)
+                        steps = gr.Slider(label="Steps", minimum=1, maximum=id_.MAX_STEPS, step=1, value=30)
+                        guidance = gr.Slider(label="Guidance", minimum=1.0, maximum=20.0, step=0.5, value=8.0)
+                    with gr.Row():
+                        seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
+                        randomize = gr.Checkbox(label="Randomize seed", value=True)
+                with gr.Row():
+                    run = gr.Button("Generate identity video", variant="primary", elem_id="identity-run", scale=3)
+                    stop = gr.Button("Stop", variant="stop", scale=1)
+            with gr.Column(scale=5):
+                video = gr.Video(label="Identity video", autoplay=True, loop=True, height=440,
+                                 elem_id="identity-video")
+                summary = gr.Markdown(elem_id="identity-summary")
+                similarity = gr.LinePlot(x="frame", y="similarity", y_lim=[0, 1], height=180,
+                                         label="Face similarity to the reference, per frame",
+                                         elem_id="identity-similarity")
+                with gr.Accordion("Details (JSON)", open=False):
+                    info = gr.JSON(show_label=False)
+
+        inputs = [photos, prompt, negative_prompt, identity_strength, num_frames, steps, guidance, seed]
+        outputs = [video, summary, similarity, info]
+        gr.Examples(
+            examples=[[[EXAMPLE_PHOTO], "a woman in a spacesuit smiling, walking through a flower field", 0.8],
+                      [[EXAMPLE_PHOTO], "a woman reading a book in a cozy cafe, soft window light", 1.0]],
+            inputs=[photos, prompt, identity_strength], example_labels=["Astronaut in a flower field",
+                                                                          "Astronaut in a cafe"],
+        )
+
+    photos.change(engine.identity_faces, photos, [crops, face_notes], api_name="identity_faces")
+    add.click(add_webcam_photo, [photos, webcam], photos, queue=False, api_name=False)
+    generate = gr.on(
+        [prompt.submit, run.click], randomize_seed, [seed, randomize], seed, queue=False, api_name=False,
+    ).then(engine.identity, inputs, outputs, api_name="identity", concurrency_id="gpu", show_progress_on=video)
+    stop.click(engine.stop, None, None, cancels=[generate], queue=False, api_name=False)
+    return generate
