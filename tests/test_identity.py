@@ -1,0 +1,146 @@
+"""The identity pipeline and endpoint on the tiny profile, with a real photo (skimage's public-domain astronaut)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from gradio_client import handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+from skimage import data
+
+from pipelines.cache import ModelCache
+from pipelines.errors import InputError
+from pipelines.faces import FaceAnalyzer
+from pipelines.identity import IdentityPipeline, IdentityRequest
+from pipelines.registry import Registry
+from pipelines.video import read_video, write_mp4
+from tests.conftest import ROOT
+
+ASTRONAUT = data.astronaut()
+SIZE = dict(width=64, height=64)
+
+
+@pytest.fixture(scope="module")
+def pipeline() -> IdentityPipeline:
+    return IdentityPipeline(ModelCache("cpu"), Registry("tiny"), FaceAnalyzer())
+
+
+def run(pipeline, **fields):
+    return pipeline(IdentityRequest(**{"photos": (ASTRONAUT,), "prompt": "a woman on a beach", "steps": 3,
+                                       **SIZE, **fields}))
+
+
+def test_a_photo_gives_a_16_frame_clip_and_a_report(pipeline):
+    result = run(pipeline)
+    assert result.frames.shape == (16, 64, 64, 3) and result.frames.dtype == np.uint8 and result.fps == 9
+    assert len(result.face_similarity) == 16
+    assert result.faces.crops[0].shape == (224, 224, 3)
+    assert {"faces", "load", "encode_faces", "denoise", "decode", "identity_report"} <= set(result.timings)
+
+
+def test_same_seed_same_frames_and_the_identity_reaches_the_model(pipeline):
+    first, again = run(pipeline, seed=4), run(pipeline, seed=4)
+    assert np.array_equal(first.frames, again.frames)
+    assert not np.array_equal(first.frames, run(pipeline, seed=5).frames)
+    assert not np.array_equal(first.frames, run(pipeline, seed=4, identity_strength=0.0).frames)
+    other_face = np.ascontiguousarray(ASTRONAUT[:, ::-1])        # the mirror image: another face embedding
+    assert not np.array_equal(first.frames, run(pipeline, seed=4, photos=(other_face,)).frames)
+
+
+def test_several_photos_average_the_projected_face_tokens(pipeline):
+    """ID-Animator's identity mixing: the mean of each photo's face tokens, not their concatenation."""
+    models = pipeline.registry.identity()
+    faces = pipeline.reference_faces((ASTRONAUT, np.ascontiguousarray(ASTRONAUT[:, ::-1])))
+    with pipeline.cache.use(models.unet, models.image_encoder, models.image_processor) as (unet, encoder, processor):
+        embeds = pipeline._face_embeds(encoder, processor, faces.crops)          # (2, photos, tokens, width)
+        with torch.no_grad():
+            both = unet.encoder_hid_proj([embeds])[0]
+            each = [unet.encoder_hid_proj([embeds[:, i:i + 1]])[0] for i in range(2)]
+    assert both.shape == each[0].shape                                           # as many tokens as one photo
+    torch.testing.assert_close(both, (each[0] + each[1]) / 2, rtol=1e-5, atol=1e-6)
+
+
+def test_identity_report_on_real_faces(pipeline):
+    """A 'clip' of the reference photo itself scores ~1; a frame without a face is counted, not guessed."""
+    smaller = np.asarray(Image.fromarray(ASTRONAUT).resize((256, 256)).resize((512, 512)))   # a blurrier copy
+    frames = np.stack([ASTRONAUT, smaller, np.full((512, 512, 3), 128, np.uint8)])
+    report = pipeline.identity_report(frames, pipeline.reference_faces((ASTRONAUT,)).embeddings)
+    assert report[0] == pytest.approx(1.0, abs=1e-3)
+    assert 0.4 < report[1] < 0.99           # the same person (similarity 0.4 is dlib's 0.6 distance threshold)
+    assert report[2] is None
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(photos=()), "Give 1 to 4 photos"),
+    (dict(photos=(ASTRONAUT,) * 5), "Give 1 to 4 photos"),
+    (dict(prompt=" "), "Write a prompt"),
+    (dict(photos=(ASTRONAUT, np.full((300, 300, 3), 90, np.uint8))), "No face found in photo 2"),
+    (dict(num_frames=24), "Frames must be between 8 and 16"),
+    (dict(identity_strength=3.0), "Identity strength must be between 0 and 1.5"),
+    (dict(steps=0), "Steps must be between 1 and 100"),
+])
+def test_bad_requests_are_refused_before_any_model_work(fields, message):
+    cache = ModelCache("cpu")
+    with pytest.raises(InputError, match=message):
+        IdentityPipeline(cache, Registry("tiny"))(
+            IdentityRequest(**{"photos": (ASTRONAUT,), "prompt": "a woman", **SIZE, **fields}))
+    assert cache.stats()["misses"] == 0
+
+
+# ----------------------------------------------------------------- through the server
+PHOTO = str(ROOT / "assets" / "examples" / "astronaut.jpg")
+
+
+def test_identity_endpoint_returns_an_h264_clip_and_the_identity_report(client):
+    video, summary, plot, info = client.predict(photos=[handle_file(PHOTO)], prompt="a woman on a beach", steps=2,
+                                                api_name="/identity")
+    frames, fps, codec = read_video(video)
+    assert frames.shape == (16, 64, 64, 3) and codec == "h264" and fps == 9
+    assert info["seed"] == 0 and info["photos"] == 1
+    similarity = info["face_similarity"]
+    assert len(similarity["per_frame"]) == 16 and similarity["frames_without_face"] == 16 - sum(
+        s is not None for s in similarity["per_frame"])
+    assert "Identity" in summary
+
+
+def test_face_preview_shows_the_aligned_crop(client):
+    crops, notes = client.predict(photos=[handle_file(PHOTO)], api_name="/identity_faces")
+    assert len(crops) == 1 and crops[0]["caption"] == "Photo 1"
+    assert Image.open(crops[0]["image"]).size == (224, 224)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("wall.png", "No face found in photo 2"),
+    ("notes.png", "Photo 2 is not an image"),
+])
+def test_bad_photos_get_a_clear_error_and_the_server_keeps_serving(client, tmp_path, name, message):
+    Image.new("RGB", (320, 240), (90, 90, 90)).save(tmp_path / "wall.png")      # a photo of a wall
+    (tmp_path / "notes.png").write_text("not an image")                         # a text file named .png
+    with pytest.raises(AppError, match=message):
+        client.predict(photos=[handle_file(PHOTO), handle_file(str(tmp_path / name))], prompt="a woman",
+                       api_name="/identity")
+    assert client.predict(photos=[handle_file(PHOTO)], prompt="still here", steps=1, api_name="/identity")[-1]["photos"] == 1
+
+
+def test_identity_calls_leave_no_trace_on_the_time_lapse_tab(client, tmp_path):
+    """Adapter state must not leak between tabs: the time-lapse frames after identity calls equal those of a
+    fresh process."""
+    client.predict(photos=[handle_file(PHOTO)], prompt="a woman", steps=1, identity_strength=1.2, api_name="/identity")
+    after = read_video(client.predict(prompt="ice melting", steps=2, seed=9, api_name="/timelapse")[0])[0]
+    fresh = subprocess.run(
+        [sys.executable, "-c", (
+            "import os, sys; os.environ['HF_HUB_OFFLINE'] = '1'; sys.path.insert(0, '.');"
+            "from pipelines.cache import ModelCache; from pipelines.registry import Registry;"
+            "from pipelines.timelapse import TimelapsePipeline, TimelapseRequest;"
+            "f = TimelapsePipeline(ModelCache('cpu'), Registry('tiny'))(TimelapseRequest("
+            "prompt='ice melting', steps=2, seed=9, width=64, height=64)).frames;"
+            "sys.stdout.buffer.write(f.tobytes())")],
+        cwd=ROOT, capture_output=True, check=True, timeout=120,
+    ).stdout
+    fresh_frames = np.frombuffer(fresh, np.uint8).reshape(16, 64, 64, 3)
+    assert np.array_equal(read_video(write_mp4(fresh_frames, tmp_path / "fresh.mp4"))[0], after)
