@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-TABS = ("timelapse",)
+TABS = ("timelapse", "identity")
 
 
 def serve() -> None:

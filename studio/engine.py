@@ -123,9 +123,10 @@ class Engine:
         _ENGINES[self.name] = self
 
     def preload(self) -> None:
-        """Load the default style's time-lapse models now (ZeroGPU wants weights on cuda at start-up)."""
-        models = self.registry.timelapse(DEFAULT_STYLE)
-        self.cache.preload(models.tokenizer, models.text_encoder, models.vae, models.unet)
+        """Load the tabs' default models now (ZeroGPU wants weights on cuda at start-up)."""
+        timelapse, identity = self.registry.timelapse(DEFAULT_STYLE), self.registry.identity()
+        self.cache.preload(timelapse.tokenizer, timelapse.text_encoder, timelapse.vae, timelapse.unet)
+        self.cache.preload(identity.text_encoder, identity.unet, identity.image_encoder, identity.image_processor)
 
     # ----------------------------------------------------------------- time-lapse
     def timelapse(

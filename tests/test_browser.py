@@ -14,6 +14,8 @@ ROOT = Path(__file__).parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "tests" / "artifacts"
 SCREENSHOT = ARTIFACTS / "browser-timelapse.png"
+IDENTITY_SCREENSHOT = ARTIFACTS / "browser-identity.png"
+PORTRAIT = ROOT / "assets" / "examples" / "astronaut.jpg"   # one real face (public domain)
 
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -22,11 +24,17 @@ CHROMIUM_ARGS = [
 TABS = ["Identity video", "Time-lapse", "Safe generation", "Referring segmentation"]
 GENERATE_TIMEOUT_MS = 60_000
 UI_TIMEOUT_MS = 15_000
+FACES_TIMEOUT_MS = 30_000   # face detection on an uploaded photo runs on the CPU (~3 s here)
 
 # The video has loaded when its <video> has a source and at least its current frame decoded.
-VIDEO_READY_JS = """() => {
-    const v = document.querySelector('#timelapse-video video');
+VIDEO_READY_JS = """(root) => {
+    const v = document.querySelector(root + ' video');
     return Boolean(v && v.currentSrc && v.readyState >= 2);
+}"""
+# The crops gallery shows exactly `want` images, each loaded (decoded, with a size).
+CROPS_SHOWN_JS = """(want) => {
+    const imgs = [...document.querySelectorAll('#identity-crops img')];
+    return imgs.length === want && imgs.every(img => img.complete && img.naturalWidth > 0);
 }"""
 ERROR_TOAST = "[data-testid='toast-body'].error"
 
@@ -76,9 +84,9 @@ def page(browser_context, server):
         page.close()
 
 
-def _generate_and_wait_for_video(page) -> None:
-    page.locator("#timelapse-run").click()
-    page.wait_for_function(VIDEO_READY_JS, timeout=GENERATE_TIMEOUT_MS)
+def _generate_and_wait_for_video(page, tab: str = "timelapse") -> None:
+    page.locator(f"#{tab}-run").click()
+    page.wait_for_function(VIDEO_READY_JS, arg=f"#{tab}-video", timeout=GENERATE_TIMEOUT_MS)
 
 
 def _set_frames(page, frames: int) -> None:
@@ -93,6 +101,30 @@ def _visible_error_texts(page) -> list[str]:
     return [toast.inner_text() for toast in page.locator(ERROR_TOAST).all() if toast.is_visible()]
 
 
+def _screenshot(page, button: str, path: Path) -> None:
+    """A full-page screenshot without a hover highlight on `button`: move away and let its transition end."""
+    page.mouse.move(0, 0)
+    page.wait_for_function("(sel) => document.querySelector(sel).getAnimations().length === 0", arg=button)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10_000
+
+
+def _open_identity_tab(page) -> None:
+    page.get_by_role("tab", name="Identity video").click()
+    page.locator("#identity-photos").wait_for(state="visible")
+
+
+def _upload_photo(page, path: Path) -> None:
+    """Into the photos File component: its hidden <input type=file> (the drop zone's, or the upload button's once
+    a file is there), as a person's file picker would."""
+    page.locator("#identity-photos input[type=file]").set_input_files(str(path))
+
+
+def _wait_for_crops(page, count: int) -> None:
+    page.wait_for_function(CROPS_SHOWN_JS, arg=count, timeout=FACES_TIMEOUT_MS)
+
+
 def test_generate_in_browser_plays_video(page):
     tab_texts = [text.strip() for text in page.get_by_role("tab").all_inner_texts()]
     assert tab_texts == TABS
@@ -104,12 +136,7 @@ def test_generate_in_browser_plays_video(page):
     _generate_and_wait_for_video(page)
 
     assert _visible_error_texts(page) == []
-    # No hover highlight on the Generate button in the screenshot: move away and let its transition end.
-    page.mouse.move(0, 0)
-    page.wait_for_function("() => document.querySelector('#timelapse-run').getAnimations().length === 0")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOT), full_page=True)   # look at it; docs/screenshot.png is a copy
-    assert SCREENSHOT.stat().st_size > 10_000
+    _screenshot(page, "#timelapse-run", SCREENSHOT)   # look at it; docs/screenshot.png is a copy
 
 
 def test_bad_input_shows_error_and_server_keeps_serving(page):
@@ -127,4 +154,55 @@ def test_bad_input_shows_error_and_server_keeps_serving(page):
     page.locator(ERROR_TOAST).first.wait_for(state="detached")
     _set_frames(page, 16)
     _generate_and_wait_for_video(page)
+    assert _visible_error_texts(page) == []
+
+
+def test_identity_in_browser(page):
+    _open_identity_tab(page)
+    _upload_photo(page, PORTRAIT)
+    page.locator("#identity-photos").get_by_text("astronaut", exact=True).wait_for(state="visible")
+    _wait_for_crops(page, 1)   # the aligned face crop of the one photo
+    assert page.locator("#identity-crops img").get_attribute("alt") == "Photo 1"
+    assert "⚠️" not in page.locator("#identity-face-notes").inner_text()
+
+    page.locator("#identity-prompt textarea").fill("a woman in a spacesuit smiling, walking through a flower field")
+    _generate_and_wait_for_video(page, "identity")
+    page.wait_for_function(
+        "() => (document.querySelector('#identity-summary')?.innerText || '').includes('Identity')")
+    summary = page.locator("#identity-summary").inner_text()
+    assert "Seed" in summary and "frames" in summary
+
+    assert _visible_error_texts(page) == []
+    _screenshot(page, "#identity-run", IDENTITY_SCREENSHOT)
+
+
+def test_identity_photo_without_face_is_refused_in_browser(page, tmp_path):
+    from PIL import Image
+
+    gray = tmp_path / "gray.png"
+    Image.new("RGB", (320, 320), (128, 128, 128)).save(gray)
+    no_face = "No face found in photo 1"
+
+    _open_identity_tab(page)
+    _upload_photo(page, gray)
+    notes = page.locator("#identity-face-notes")
+    notes.get_by_text(no_face).wait_for(state="visible", timeout=FACES_TIMEOUT_MS)
+    assert page.locator("#identity-crops img").count() == 0   # no crop for a photo without a face
+
+    page.locator("#identity-prompt textarea").fill("a person reading in a cafe")
+    page.locator("#identity-run").click()
+    toast = page.locator(ERROR_TOAST).first
+    toast.wait_for(state="visible", timeout=FACES_TIMEOUT_MS)
+    assert no_face in toast.inner_text()
+    assert page.evaluate("() => !document.querySelector('#identity-video video')")
+    toast.get_by_test_id("toast-close").click()
+    page.locator(ERROR_TOAST).first.wait_for(state="detached")
+
+    # Clear the refused photo (the drop zone comes back, the note goes), then a photo with a face is accepted.
+    page.locator("#identity-photos").get_by_role("button", name="Clear", exact=True).click()
+    page.locator("#identity-photos").get_by_test_id("upload-text").wait_for(state="visible")
+    notes.get_by_text(no_face).wait_for(state="detached")
+    _upload_photo(page, PORTRAIT)
+    _wait_for_crops(page, 1)
+    assert "⚠️" not in notes.inner_text()
     assert _visible_error_texts(page) == []

@@ -167,8 +167,11 @@ def test_download_checks_the_cache_and_names_what_is_missing(hub_cache, capsys):
 
     assert main(["download", "--tab", "timelapse"]) == 1
     assert "Base_Model/stable-diffusion-v1-5/tokenizer/merges.txt" in capsys.readouterr().err
-    for file in Registry("real").downloads("timelapse"):       # a complete (copied) cache
+    for file in Registry("real").downloads("timelapse"):       # a complete (copied) cache for one tab
         (hub_cache / file.filename).parent.mkdir(parents=True, exist_ok=True)
         (hub_cache / file.filename).write_bytes(b"x")
-    assert main(["download"]) == 0
+    capsys.readouterr()
+    assert main(["download", "--tab", "timelapse"]) == 0
     assert f"All {len(Registry('real').downloads('timelapse'))} files" in capsys.readouterr().out
+    assert main(["download"]) == 1                             # every tab: the identity tab's files are missing
+    assert "ID-Animator/ID-Animator" in capsys.readouterr().err

@@ -1,0 +1,168 @@
+"""Overhead of the studio's identity call over a bare diffusers AnimateDiffPipeline + IP-Adapter call.
+
+Both run on the SAME tiny components (one ModelCache: tokenizer, text encoder, VAE, the identity UNet with
+ID-Animator's face adapter loaded and its LoRA fused, the image encoder and the registry's image processor),
+same final prompt (the studio's quality suffix included), negative prompt, guidance, steps, seed, size and
+IP-Adapter scale. The bare call gets the aligned 224x224 face crop as `ip_adapter_image` and encodes it itself
+(diffusers' IP-Adapter-Plus path: hidden_states[-2], an all-zero image for the unconditional branch); the
+studio call gets the same precomputed faces (`faces=`) and encodes them with its own `_face_embeds`.
+
+Face preprocessing (detection + alignment) is timed on its own and excluded from both sides; so is the
+studio's identity report (dlib on every generated frame), which runs inside the studio call: it is timed
+exactly (the instance's method is wrapped here, the pipeline code is unchanged), subtracted from the studio's
+time, and reported as its own figure.
+
+First the frames must match exactly (else exit 1); then both are timed, interleaved, and compared by median.
+
+    .venv/bin/python bench/identity.py [--repeats 7] [--steps 30] [--frames 16] [--threads 1] [--profile]
+
+Last line: `identity_overhead_ratio: <studio median / bare median>` (goal <= 1.05).
+"""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+
+import argparse
+import cProfile
+import pstats
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+from diffusers import AnimateDiffPipeline, DDIMScheduler
+from skimage import data
+
+from pipelines.cache import ModelCache
+from pipelines.identity import DEFAULT_PROMPT_SUFFIX, IdentityPipeline, IdentityRequest
+from pipelines.registry import Registry
+from pipelines.video import to_uint8
+
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--repeats", type=int, default=7, help="timed calls of each, after one warm-up each")
+parser.add_argument("--steps", type=int, default=30, help="the identity tab's default is 30")
+parser.add_argument("--frames", type=int, default=16, help="8 to 16")
+parser.add_argument("--seed", type=int, default=0)
+parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default). On a busy "
+                    "machine use 1: torch's thread pool stalls badly when other processes share the cores")
+parser.add_argument("--profile", action="store_true", help="also cProfile one call of each and print the top")
+args = parser.parse_args()
+if args.threads:
+    torch.set_num_threads(args.threads)
+
+# ----------------------------------------------------------------------------- one cache, two callers
+cache, registry = ModelCache("cpu"), Registry("tiny")
+photo = data.astronaut()
+request = IdentityRequest(photos=(photo,), prompt="a woman smiling in a sunny garden", num_frames=args.frames,
+                          steps=args.steps, seed=args.seed, width=64, height=64)
+request.validate()
+studio = IdentityPipeline(cache, registry)
+
+# Face preprocessing, excluded from both sides: the first call also loads dlib's models.
+face_s = []
+for _ in range(3):
+    start = time.perf_counter()
+    faces = studio.reference_faces(request.photos)
+    face_s.append(time.perf_counter() - start)
+crop = faces.crops[0]   # (224, 224, 3) uint8 aligned crop: what both sides encode
+
+# The identity report runs inside the studio call; time it exactly so it can be taken out.
+report_s: list[float] = []
+_identity_report = studio.identity_report
+
+
+def timed_identity_report(frames, references):
+    start = time.perf_counter()
+    try:
+        return _identity_report(frames, references)
+    finally:
+        report_s.append(time.perf_counter() - start)
+
+
+studio.identity_report = timed_identity_report
+
+models = registry.identity()
+tok, te, vae, unet, image_encoder, processor = (cache.get(c) for c in (
+    models.tokenizer, models.text_encoder, models.vae, models.unet, models.image_encoder, models.image_processor))
+bare_pipe = AnimateDiffPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, motion_adapter=None,
+                                scheduler=DDIMScheduler.from_config(models.scheduler_config),
+                                feature_extractor=processor, image_encoder=image_encoder)
+bare_pipe.set_progress_bar_config(disable=True)
+bare_pipe.set_ip_adapter_scale(float(request.identity_strength))   # the studio sets the same value per call
+prompt = f"{request.prompt.strip()}, {DEFAULT_PROMPT_SUFFIX}"         # the studio's final prompt
+
+
+def run_studio():
+    """The studio's call; returns (result, seconds without the identity report, identity report seconds)."""
+    before = len(report_s)
+    start = time.perf_counter()
+    result = studio(request, faces=faces)
+    total = time.perf_counter() - start
+    report = report_s[before] if len(report_s) > before else 0.0
+    return result, total - report, report
+
+
+def run_bare():
+    return bare_pipe(
+        prompt=prompt, negative_prompt=request.negative_prompt, num_frames=request.num_frames,
+        height=request.height, width=request.width, num_inference_steps=request.steps,
+        guidance_scale=request.guidance, ip_adapter_image=crop,
+        generator=torch.Generator("cpu").manual_seed(request.seed), output_type="np",
+    )
+
+
+def timed_bare():
+    start = time.perf_counter()
+    run_bare()
+    return time.perf_counter() - start
+
+
+# ----------------------------------------------------------------------------- 1. same frames (also the warm-up)
+ours, theirs = run_studio()[0], to_uint8(run_bare().frames[0])
+if ours.frames.shape != theirs.shape or not np.array_equal(ours.frames, theirs):
+    diff = np.abs(ours.frames.astype(int) - theirs.astype(int)).max() if ours.frames.shape == theirs.shape else "n/a"
+    sys.exit(f"FAIL: studio frames {ours.frames.shape} differ from bare diffusers {theirs.shape} (max |diff| {diff})")
+print(f"frames identical: {ours.frames.shape} {ours.frames.dtype}")
+
+# ----------------------------------------------------------------------------- 2. time, interleaved
+studio_s, bare_s, reports, stages = [], [], [], []
+for i in range(args.repeats):
+    if i % 2:  # alternate who goes first, so neither always runs on a warmer (or busier) machine
+        bare_s.append(timed_bare())
+    result, seconds, report = run_studio()
+    studio_s.append(seconds)
+    reports.append(report)
+    stages.append(result.timings)
+    if not i % 2:
+        bare_s.append(timed_bare())
+
+studio_med, bare_med = statistics.median(studio_s), statistics.median(bare_s)
+print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+      f"{args.frames} frames x {args.steps} steps at 64x64, 1 photo, {args.repeats} repeats")
+print(f"{'call':<10}{'median s':>10}{'min s':>10}{'max s':>10}")
+for name, xs in (("studio", studio_s), ("bare", bare_s)):
+    print(f"{name:<10}{statistics.median(xs):>10.3f}{min(xs):>10.3f}{max(xs):>10.3f}")
+for stage in stages[0]:
+    if stage != "identity_report":
+        print(f"  studio {stage:<16}{statistics.median(s[stage] for s in stages):>10.3f}")
+print("excluded from the ratio:")
+print(f"  faces (detect + align, 1 photo){statistics.median(face_s[1:]):>10.3f}   (first call, loading dlib: "
+      f"{face_s[0]:.3f})")
+print(f"  studio identity_report ({args.frames} frames){statistics.median(reports):>8.3f}")
+if max(studio_s + bare_s) > 1.5 * min(studio_s + bare_s):
+    print("warning: timings vary by more than 1.5x (a busy machine?); try --threads 1 or more --repeats")
+
+if args.profile:
+    for name, fn in (("studio", run_studio), ("bare", run_bare)):
+        profiler = cProfile.Profile()
+        profiler.runcall(fn)
+        print(f"\n--- cProfile: {name} (cumulative, top 25)")
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
+
+print(f"identity_overhead_ratio: {studio_med / bare_med:.3f}")

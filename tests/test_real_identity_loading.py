@@ -1,0 +1,337 @@
+"""The identity tab's `real` profile, offline, on a Hugging Face cache holding the four repositories it reads,
+each in its real hub layout (tiny sizes):
+
+- `BestWishYsh/MagicTime`: the SD1.5 folder's configs and tokenizer, and Realistic Vision's single-file LDM
+  checkpoint (`DreamBooth/RealisticVisionV60B1_v51VAE.safetensors`), the same file the time-lapse tab reads.
+- `ID-Animator/ID-Animator`: `animator.ckpt` ({"image_proj": resampler, "face_adapter": per-attn2 weights}).
+- `guoyww/animatediff-motion-adapter-v1-5-2`: `MotionAdapter.save_pretrained` output (diffusers layout).
+- `h94/IP-Adapter`: `models/image_encoder/`, `CLIPVisionModelWithProjection.save_pretrained` output.
+
+The files are written from in-memory modules, so what the real loaders build can be compared with them:
+weight for weight, and frame for frame with the same modules handed to the pipeline directly. The
+single-file checkpoint and the SD1.5 folder come from tests/test_real_end_to_end.py's fixtures.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import MotionAdapter, UNetMotionModel
+from huggingface_hub import constants
+from safetensors.torch import save_file
+from skimage import data
+from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+from pipelines import hub as hub_module
+from pipelines import tiny
+from pipelines.cache import ModelCache
+from pipelines.convert.id_animator import attn2_names
+from pipelines.faces import FaceAnalyzer
+from pipelines.hub import MissingWeightsError
+from pipelines.identity import IdentityPipeline, IdentityRequest
+from pipelines.registry import (
+    ANIMATOR_CKPT, ID_ANIMATOR, IDENTITY_CHECKPOINT, IMAGE_ENCODER_FILES, IP_ADAPTER, MAGICTIME,
+    MOTION_ADAPTER_V2, MOTION_ADAPTER_V2_FILES, Registry, _compose_identity_unet, _RealLoaders, _TinyLoaders,
+)
+from pipelines.timelapse import TimelapsePipeline, TimelapseRequest
+from tests.test_real_end_to_end import CHECKPOINT, STYLE, magictime, originals  # noqa: F401  (fixtures)
+from tests.test_real_loading import write_base
+
+ASTRONAUT = data.astronaut()
+REQUEST = IdentityRequest(photos=(ASTRONAUT,), prompt="a man reading in a garden", width=64, height=64, steps=2,
+                          seed=5)
+LORA_PROJECTIONS = {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out": "to_out.0"}
+
+
+# ----------------------------------------------------------------- a fake Hugging Face cache, any repository
+@pytest.fixture
+def hub(monkeypatch, tmp_path) -> Path:
+    """An empty Hugging Face cache (the same folder test_real_loading's `hub_cache` uses, so the two combine)."""
+    root = tmp_path / "hub"
+    root.mkdir(exist_ok=True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(root))
+    return root
+
+
+def snapshot(repo_id: str) -> Path:
+    """The snapshot folder of `repo_id` in the current cache (models--org--name/refs/main + snapshots/<sha>/),
+    created if need be: write the repository's files into it under their hub paths."""
+    repo = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
+    refs = repo / "refs" / "main"
+    if refs.exists():
+        return repo / "snapshots" / refs.read_text()
+    sha = hashlib.sha1(repo_id.encode()).hexdigest()
+    refs.parent.mkdir(parents=True)
+    refs.write_text(sha)
+    (repo / "snapshots" / sha).mkdir(parents=True)
+    return repo / "snapshots" / sha
+
+
+def cached_files() -> set[tuple[str, str]]:
+    """(repo_id, filename) of every file in the current cache's snapshots."""
+    files = set()
+    for repo in Path(constants.HF_HUB_CACHE).glob("models--*"):
+        repo_id = repo.name.removeprefix("models--").replace("--", "/")
+        for snap in (repo / "snapshots").iterdir():
+            files |= {(repo_id, p.relative_to(snap).as_posix()) for p in snap.rglob("*") if p.is_file()}
+    return files
+
+
+# ----------------------------------------------------------------- the modules the files are written from
+def image_encoder(seed: int) -> CLIPVisionModelWithProjection:
+    """tiny.image_encoder at the real input size: the real profile's processor is CLIP's own (224 px), as the
+    IP-Adapter encoder folder ships no preprocessor config; the width is the one tiny.animator_file reads."""
+    config = CLIPVisionConfig(image_size=224, patch_size=32, hidden_size=tiny.IMAGE_ENCODER_WIDTH,
+                              intermediate_size=24, num_attention_heads=2, num_hidden_layers=2, projection_dim=16)
+    return tiny.build(CLIPVisionModelWithProjection, seed, config=config).eval()
+
+
+@dataclass
+class IdentityOriginals:
+    unet2d: torch.nn.Module        # these three are in the MagicTime single file
+    vae: torch.nn.Module
+    clip: torch.nn.Module
+    single_file: dict
+    adapter: MotionAdapter         # AnimateDiff v2 (not the time-lapse tab's v3 one: another seed)
+    image_encoder: CLIPVisionModelWithProjection
+    animator: dict
+
+
+@pytest.fixture(scope="module")
+def ids(originals) -> IdentityOriginals:
+    seed = lambda name: tiny.seed_of("identity-real", name)  # noqa: E731
+    return IdentityOriginals(
+        unet2d=originals.unet2d, vae=originals.vae, clip=originals.clip, single_file=originals.single_file,
+        adapter=tiny.motion_adapter(seed("motion-v2")).eval(), image_encoder=image_encoder(seed("image-encoder")),
+        animator=tiny.animator_file(originals.unet2d, seed("animator")),
+    )
+
+
+def write_identity_repos(o: IdentityOriginals, skip: tuple[str, ...] = (), magictime: bool = True) -> None:
+    """The three identity-only repositories (minus `skip`) and, if `magictime`, MagicTime's identity files."""
+    if magictime:
+        base = snapshot(MAGICTIME)
+        write_base(base)
+        (base / IDENTITY_CHECKPOINT).parent.mkdir(parents=True, exist_ok=True)
+        save_file(o.single_file, base / IDENTITY_CHECKPOINT)
+    if ID_ANIMATOR not in skip:
+        torch.save(o.animator, snapshot(ID_ANIMATOR) / ANIMATOR_CKPT)
+    if MOTION_ADAPTER_V2 not in skip:
+        o.adapter.save_pretrained(snapshot(MOTION_ADAPTER_V2))
+    if IP_ADAPTER not in skip:
+        o.image_encoder.save_pretrained(snapshot(IP_ADAPTER) / Path(IMAGE_ENCODER_FILES[0]).parent)
+
+
+@pytest.fixture
+def identity_hub(hub, ids) -> Path:
+    write_identity_repos(ids)
+    return hub
+
+
+@pytest.fixture(scope="module")
+def faces():
+    return IdentityPipeline(None, None).reference_faces(REQUEST.photos)
+
+
+class NoFrameFaces(FaceAnalyzer):
+    """Skips the per-frame identity report (16 face detections) where a test compares frames only."""
+
+    def frame_embedding(self, frame):
+        return None
+
+
+def block_network(monkeypatch) -> list:
+    attempts = []
+
+    def no_network(*args, **kwargs):
+        attempts.append(args)       # recorded too, in case a library swallows the error
+        raise OSError(f"network access attempted: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    return attempts
+
+
+def _assert_same_weights(actual: torch.nn.Module, expected: torch.nn.Module) -> None:
+    actual, expected = actual.state_dict(), expected.state_dict()
+    assert actual.keys() == expected.keys()
+    different = [k for k in expected if not torch.equal(actual[k], expected[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:5]}"
+
+
+# ----------------------------------------------------------------- 1: the whole real path runs offline
+def test_real_profile_makes_an_identity_clip_offline(identity_hub, monkeypatch):
+    attempts = block_network(monkeypatch)
+    cache = ModelCache("cpu")
+    result = IdentityPipeline(cache, Registry("real"))(REQUEST)
+    assert result.frames.shape == (16, 64, 64, 3) and result.frames.dtype == np.uint8
+    assert result.frames.std() > 0 and len(result.face_similarity) == 16
+    keys = [c["key"] for c in cache.stats()["components"]]
+    assert any(k.startswith(f"real|unet-motion|{IDENTITY_CHECKPOINT}|{MOTION_ADAPTER_V2}") for k in keys)
+    # tokenizer, CLIP, VAE, image encoder and processor, motion UNet and its 2-D UNet and v2 adapter
+    assert len(keys) == 8 and cache.stats()["loads"] == 8
+    assert attempts == []
+
+
+# ----------------------------------------------------------------- 2: the components are the originals
+def test_real_identity_components_equal_the_files_contents(identity_hub, ids):
+    o = ids
+    models = Registry("real").identity()
+    cache = ModelCache("cpu")
+    unet, encoder, te, vae = (cache.get(c) for c in (models.unet, models.image_encoder, models.text_encoder,
+                                                     models.vae))
+    unet2d_component, adapter_component, _ = models.unet.deps
+    _assert_same_weights(cache.get(unet2d_component), o.unet2d)
+    _assert_same_weights(cache.get(adapter_component), o.adapter)
+    _assert_same_weights(encoder, o.image_encoder)
+    _assert_same_weights(te, o.clip)            # Realistic Vision's own CLIP: no MagicTime text LoRA
+    _assert_same_weights(vae, o.vae)
+    assert isinstance(cache.get(models.image_processor), CLIPImageProcessor)
+
+    # The motion UNet: from_unet2d(RV UNet, v2 adapter), face branch added, ID-Animator's LoRA fused (scale 1).
+    plain = dict(UNetMotionModel.from_unet2d(o.unet2d, o.adapter).named_parameters())
+    after = dict(unet.named_parameters())
+    face = o.animator["face_adapter"]
+    fused, names = {}, attn2_names(o.unet2d)
+    for index, path in names.items():
+        for proj, module in LORA_PROJECTIONS.items():
+            up, down = face[f"{index}.{proj}_lora.up.weight"], face[f"{index}.{proj}_lora.down.weight"]
+            fused[f"{path}.{module}.weight"] = plain[f"{path}.{module}.weight"] + up @ down
+        processor = unet.get_submodule(path).processor
+        assert torch.equal(processor.to_k_ip[0].weight, face[f"{index}.to_k_face.weight"]), path
+        assert torch.equal(processor.to_v_ip[0].weight, face[f"{index}.to_v_face.weight"]), path
+    assert len(names) == 4 and len(fused) == 4 * len(names)     # the tiny UNet's cross-attention layers
+    for name, weight in fused.items():
+        torch.testing.assert_close(after[name], weight, rtol=1e-5, atol=1e-6)
+        assert not torch.equal(after[name], plain[name])
+    unchanged = [n for n in plain if n not in fused]
+    assert any(".motion_modules." in n for n in unchanged)
+    changed = [n for n in unchanged if not torch.equal(after[n], plain[n])]
+    assert not changed, f"weights outside the face adapter's LoRA changed: {changed[:5]}"
+    assert not any("lora" in n for n in after), "the LoRA must be fused and unloaded"
+    projection = unet.encoder_hid_proj.image_projection_layers[0]
+    assert torch.equal(projection.latents, o.animator["image_proj"]["latents"])
+
+
+def test_real_identity_clip_equals_the_same_modules_handed_over_directly(identity_hub, ids, faces, monkeypatch):
+    """Same request, same faces: the real profile's frames are those of the pipeline's tiny profile with its
+    loaders replaced by the in-memory modules the files were written from, to the bit."""
+    o = ids
+    actual = IdentityPipeline(ModelCache("cpu"), Registry("real"), NoFrameFaces())(REQUEST, faces=faces).frames
+
+    handed = {
+        "clip_text": lambda self, checkpoint: copy.deepcopy(o.clip),
+        "vae": lambda self, checkpoint: copy.deepcopy(o.vae),
+        "unet2d": lambda self, checkpoint: copy.deepcopy(o.unet2d),
+        "motion_adapter_v2": lambda self: copy.deepcopy(o.adapter),
+        "image_encoder": lambda self: copy.deepcopy(o.image_encoder),
+        "image_processor": lambda self: CLIPImageProcessor(),
+        "identity_unet": lambda self, unet2d, adapter, encoder: _compose_identity_unet(
+            unet2d, adapter, encoder, copy.deepcopy(o.animator), torch.float32),
+    }
+    for name, loader in handed.items():
+        monkeypatch.setattr(_TinyLoaders, name, loader)
+    expected = IdentityPipeline(ModelCache("cpu"), Registry("tiny"), NoFrameFaces())(REQUEST, faces=faces).frames
+    assert actual.shape == expected.shape == (16, 64, 64, 3)
+    assert np.array_equal(actual, expected), f"max difference {np.abs(actual.astype(int) - expected).max()}"
+
+    # The v2 adapter and the face adapter both reach the frames (the check above is not vacuous).
+    monkeypatch.setattr(_TinyLoaders, "motion_adapter_v2", lambda self: tiny.motion_adapter(123).eval())
+    other = IdentityPipeline(ModelCache("cpu"), Registry("tiny"), NoFrameFaces())(REQUEST, faces=faces).frames
+    assert not np.array_equal(other, expected)
+
+
+# ----------------------------------------------------------------- 3: one RV UNet for both tabs
+def test_the_rv_unet2d_is_shared_with_the_timelapse_tab_and_loads_once(magictime, ids, originals, faces,
+                                                                        monkeypatch):
+    real = Registry("real")
+    timelapse, identity = real.timelapse(STYLE), real.identity()
+    assert CHECKPOINT == IDENTITY_CHECKPOINT
+    timelapse_unet2d, identity_unet2d = timelapse.unet.deps[0], identity.unet.deps[0]
+    assert timelapse_unet2d.key == identity_unet2d.key == f"real|unet2d|{CHECKPOINT}|float32"
+    assert timelapse.vae.key == identity.vae.key and timelapse.tokenizer.key == identity.tokenizer.key
+
+    write_identity_repos(ids, magictime=False)      # next to the complete MagicTime repository
+    reads = []
+    real_unet2d = _RealLoaders.unet2d
+    monkeypatch.setattr(_RealLoaders, "unet2d", lambda self, checkpoint: reads.append(checkpoint)
+                        or real_unet2d(self, checkpoint))
+    cache = ModelCache("cpu")
+    TimelapsePipeline(cache, real)(TimelapseRequest(prompt="ice melting", width=64, height=64, steps=1))
+    IdentityPipeline(cache, real, NoFrameFaces())(
+        IdentityRequest(photos=REQUEST.photos, prompt="a man", width=64, height=64, steps=1, num_frames=8),
+        faces=faces)
+
+    stats = cache.stats()
+    keys = [c["key"] for c in stats["components"]]
+    assert reads == [CHECKPOINT]
+    assert keys.count(identity_unet2d.key) == 1 and len(keys) == len(set(keys))
+    # time-lapse: 6; identity adds its CLIP (no text LoRA), v2 adapter, image encoder, processor, motion UNet
+    assert stats["loads"] == len(keys) == 11
+    # Composing the identity UNet left the shared 2-D UNet as the file has it.
+    _assert_same_weights(cache.get(identity_unet2d), originals.unet2d)
+
+
+# ----------------------------------------------------------------- 4: missing weights fail fast, naming them
+def test_missing_id_animator_weights_fail_within_seconds_naming_it(hub, ids, monkeypatch):
+    write_identity_repos(ids, skip=(ID_ANIMATOR,))
+    block_network(monkeypatch)
+    start = time.monotonic()
+    with pytest.raises(MissingWeightsError) as error:
+        IdentityPipeline(ModelCache("cpu"), Registry("real"))(REQUEST)
+    assert time.monotonic() - start < 5
+    assert error.value.repo_id == ID_ANIMATOR and error.value.filename == ANIMATOR_CKPT
+    message = str(error.value)
+    assert ID_ANIMATOR in message and "python -m studio download" in message and "STUDIO_PROFILE=tiny" in message
+
+
+def test_only_magictime_present_fails_within_seconds_naming_id_animator(hub, ids, faces, monkeypatch):
+    write_identity_repos(ids, skip=(ID_ANIMATOR, MOTION_ADAPTER_V2, IP_ADAPTER))
+    block_network(monkeypatch)
+    start = time.monotonic()
+    with pytest.raises(MissingWeightsError) as error:
+        IdentityPipeline(ModelCache("cpu"), Registry("real"))(REQUEST, faces=faces)
+    assert time.monotonic() - start < 5
+    assert ID_ANIMATOR in str(error.value)
+
+
+@pytest.mark.parametrize("missing", [MOTION_ADAPTER_V2, IP_ADAPTER])
+def test_each_missing_identity_repository_is_named(hub, ids, faces, missing):
+    write_identity_repos(ids, skip=(missing,))
+    with pytest.raises(MissingWeightsError) as error:
+        IdentityPipeline(ModelCache("cpu"), Registry("real"))(REQUEST, faces=faces)
+    assert error.value.repo_id == missing and missing in str(error.value)
+
+
+# ----------------------------------------------------------------- 5: the download list is what is read
+def test_downloads_list_exactly_the_files_the_identity_loaders_read(identity_hub, monkeypatch):
+    """With HF_HUB_OFFLINE=0 too: everything is in the cache, so loading may not even try the network."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    attempts = block_network(monkeypatch)
+    asked = []
+    resolve = hub_module.hub_path
+    monkeypatch.setattr(hub_module, "hub_path", lambda repo_id, filename: asked.append((repo_id, filename))
+                        or resolve(repo_id, filename))
+    models = Registry("real").identity()
+    cache = ModelCache("cpu")
+    for component in (models.tokenizer, models.text_encoder, models.vae, models.unet, models.image_encoder,
+                      models.image_processor):
+        cache.get(component)
+    assert attempts == []
+
+    downloads = Registry("real").downloads("identity")
+    listed = [(f.repo_id, f.filename) for f in downloads]
+    assert len(listed) == len(set(listed))
+    assert set(listed) == cached_files()       # the minimal cache the loaders ran on above
+    assert set(listed) == set(asked)           # and every one of them asked for through the hub
+    assert {f.repo_id for f in downloads} == {MAGICTIME, ID_ANIMATOR, MOTION_ADAPTER_V2, IP_ADAPTER}
+    assert {f.filename for f in downloads if f.repo_id == MOTION_ADAPTER_V2} == set(MOTION_ADAPTER_V2_FILES)
