@@ -7,6 +7,8 @@ from collections.abc import Callable
 from pipelines.errors import InputError
 
 MAX_SEED = 2**32 - 1
+MAX_STEPS = 100
+MIN_GUIDANCE, MAX_GUIDANCE = 1.0, 20.0
 
 Progress = Callable[[float, str], None]
 
@@ -20,6 +22,22 @@ def check_int(name: str, value, low: int, high: int) -> None:
         raise InputError(f"{name} must be a whole number, not {value!r}.")
     if not low <= value <= high:
         raise InputError(f"{name} must be between {low} and {high}, not {value}.")
+
+
+def check_number(name: str, value, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise InputError(f"{name} must be between {low:g} and {high:g}, not {value!r}.")
+
+
+def check_sampling(steps, guidance, seed, width, height) -> None:
+    """The sampler's knobs, the same for every generating tab."""
+    check_int("Steps", steps, 1, MAX_STEPS)
+    check_number("Guidance", guidance, MIN_GUIDANCE, MAX_GUIDANCE)
+    check_int("Seed", seed, 0, MAX_SEED)
+    for name, size in (("Width", width), ("Height", height)):
+        check_int(name, size, 64, 1024)
+        if size % 8:
+            raise InputError(f"{name} must be a multiple of 8, not {size}.")
 
 
 def clip_overflow(tokenizer, text: str) -> tuple[int, str]:

@@ -23,39 +23,52 @@ from pipelines.errors import WeightsError
 PROBE_TIMEOUT_S = 5.0
 
 
-class MissingWeightsError(WeightsError):
-    """Weights are neither cached nor downloadable. The message says what is missing and what to do."""
-
-    def __init__(self, repo_id: str, filename: str, reason: str):
-        self.repo_id, self.filename = repo_id, filename
-        super().__init__(
-            f"Model weights are missing: {filename} from the Hugging Face repository {repo_id} is not in the "
-            f"local cache, and {reason}. Either pre-download the weights on a machine with internet access "
-            f"(`python -m studio download`, then copy the Hugging Face cache, {constants.HF_HUB_CACHE}), "
-            f"or run the studio with STUDIO_PROFILE=tiny to try it with small random test models."
-        )
-
-
 @dataclass(frozen=True)
 class HubFile:
     repo_id: str
     filename: str
 
     def path(self) -> Path:
-        return hub_path(self.repo_id, self.filename)
+        """Local path, downloading the file if it is not cached and the hub can be reached."""
+        cached = self.cached()
+        if cached is not None:
+            return cached
+        ensure_available([self])
+        return Path(hf_hub_download(self.repo_id, self.filename))
+
+    def cached(self) -> Path | None:
+        try:
+            return Path(hf_hub_download(self.repo_id, self.filename, local_files_only=True))
+        except LocalEntryNotFoundError:
+            return None
 
 
-def hub_path(repo_id: str, filename: str) -> Path:
-    """Local path of `filename` in `repo_id`, downloading it if needed and possible."""
-    try:
-        return Path(hf_hub_download(repo_id, filename, local_files_only=True))
-    except LocalEntryNotFoundError:
-        pass
+class MissingWeightsError(WeightsError):
+    """Weights are neither cached nor downloadable. The message names every missing file and what to do."""
+
+    def __init__(self, missing: list[HubFile], reason: str):
+        self.missing = missing
+        self.repo_ids = list(dict.fromkeys(f.repo_id for f in missing))
+        files = "; ".join(f"{repo}: {', '.join(f.filename for f in missing if f.repo_id == repo)}"
+                          for repo in self.repo_ids)
+        super().__init__(
+            f"Model weights are missing from the local cache ({files}) and {reason}. Either pre-download "
+            f"them on a machine with internet access (`python -m studio download`, then copy the Hugging Face "
+            f"cache, {constants.HF_HUB_CACHE}), or run the studio with STUDIO_PROFILE=tiny to try it with small "
+            f"random test models."
+        )
+
+
+def ensure_available(files: list[HubFile]) -> None:
+    """Fail fast, naming every file at once, when some of `files` are not cached and cannot be downloaded.
+    Checked before a call loads anything, so a person learns in one message what is missing."""
+    missing = [f for f in files if f.cached() is None]
+    if not missing:
+        return
     if _offline():
-        raise MissingWeightsError(repo_id, filename, "offline mode is on (HF_HUB_OFFLINE=1)")
+        raise MissingWeightsError(missing, "offline mode is on (HF_HUB_OFFLINE=1)")
     if not hub_reachable():
-        raise MissingWeightsError(repo_id, filename, f"the hub ({constants.ENDPOINT}) cannot be reached")
-    return Path(hf_hub_download(repo_id, filename))
+        raise MissingWeightsError(missing, f"the hub ({constants.ENDPOINT}) cannot be reached")
 
 
 def _offline() -> bool:

@@ -19,7 +19,7 @@ from pipelines.cache import ModelCache
 from pipelines.errors import InputError
 from pipelines.faces import FaceAnalyzer, face_similarity, identity_warnings, load_photo
 from pipelines.registry import Registry
-from pipelines.common import MAX_SEED, Progress, check_int, clip_overflow, noop
+from pipelines.common import Progress, check_int, check_number, check_sampling, clip_overflow, noop
 from pipelines.video import to_uint8
 
 DEFAULT_PROMPT_SUFFIX = "8k uhd, high quality, medium shot"   # the original appends it to every prompt
@@ -27,7 +27,7 @@ DEFAULT_NEGATIVE = "long shots, full body"
 FPS = 9                       # the original's
 MIN_PHOTOS, MAX_PHOTOS = 1, 4
 MIN_FRAMES, MAX_FRAMES = 8, 16   # v2 motion module: 16 frames is what it was trained on
-MAX_STEPS = 100
+MAX_IDENTITY_STRENGTH = 1.5
 
 
 @dataclass(frozen=True)
@@ -48,17 +48,9 @@ class IdentityRequest:
             raise InputError(f"Give {MIN_PHOTOS} to {MAX_PHOTOS} photos of the same person, not {len(self.photos)}.")
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise InputError("Write a prompt: what should the person do, and where?")
-        if not isinstance(self.identity_strength, (int, float)) or not 0.0 <= self.identity_strength <= 1.5:
-            raise InputError(f"Identity strength must be between 0 and 1.5, not {self.identity_strength}.")
+        check_number("Identity strength", self.identity_strength, 0.0, MAX_IDENTITY_STRENGTH)
         check_int("Frames", self.num_frames, MIN_FRAMES, MAX_FRAMES)
-        check_int("Steps", self.steps, 1, MAX_STEPS)
-        if not isinstance(self.guidance, (int, float)) or not 1.0 <= self.guidance <= 20.0:
-            raise InputError(f"Guidance must be between 1 and 20, not {self.guidance}.")
-        check_int("Seed", self.seed, 0, MAX_SEED)
-        for name, size in (("Width", self.width), ("Height", self.height)):
-            check_int(name, size, 64, 1024)
-            if size % 8:
-                raise InputError(f"{name} must be a multiple of 8, not {size}.")
+        check_sampling(self.steps, self.guidance, self.seed, self.width, self.height)
 
 
 @dataclass
@@ -110,6 +102,7 @@ class IdentityPipeline:
             faces = self.reference_faces(request.photos)
             timings["faces"] = time.perf_counter() - start
 
+        self.registry.ensure_available("identity")
         models = self.registry.identity()
         progress(0.0, "Loading models")
         start = time.perf_counter()

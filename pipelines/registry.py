@@ -31,7 +31,7 @@ from pipelines.convert.magictime import (
     text_encoder_lora_deltas,
 )
 from pipelines.errors import WeightsError
-from pipelines.hub import HubFile
+from pipelines.hub import HubFile, ensure_available
 
 PROFILES = ("real", "tiny")
 
@@ -161,6 +161,15 @@ class Registry:
     def _unet2d(self, load, checkpoint: str) -> Component:
         # An ingredient of motion UNets, kept float32: LoRAs merge in float32 and each result is cast once.
         return Component(self._key("unet2d", checkpoint, dtype="float32"), partial(load.unet2d, checkpoint))
+
+    def ensure_available(self, tab: str, style: str | None = None) -> None:
+        """Before a call loads anything: in the real profile, fail at once naming *every* file the call needs
+        that is neither cached nor downloadable (instead of one file at a time as loading reaches them).
+        Only the requested style's checkpoint counts: a user may have fetched one style."""
+        if self.profile != "real":
+            return
+        others = {f for name, f in STYLES.items() if name != style} if tab == "timelapse" else set()
+        ensure_available([f for f in self.downloads(tab) if f.filename not in others])
 
     def downloads(self, tab: str = "timelapse") -> list[HubFile]:
         """Every hub file a tab needs in the real profile (for `python -m studio download`)."""

@@ -18,7 +18,7 @@ import torch
 from diffusers import AnimateDiffPipeline, DDIMScheduler
 
 from pipelines.cache import ModelCache
-from pipelines.common import MAX_SEED, Progress, check_int, clip_overflow, noop
+from pipelines.common import Progress, check_int, check_sampling, clip_overflow, noop
 from pipelines.errors import InputError
 from pipelines.registry import STYLES, Registry
 from pipelines.video import to_uint8
@@ -29,8 +29,6 @@ FPS = 8
 CONTEXT_FRAMES = 16      # what the motion module was trained on; it breaks beyond this without FreeNoise
 CONTEXT_STRIDE = 4
 MIN_FRAMES, MAX_FRAMES = 8, 64
-MAX_STEPS = 100
-MIN_GUIDANCE, MAX_GUIDANCE = 1.0, 20.0
 
 _KEYFRAME_LINE = re.compile(r"^\s*(\d+)\s*[:=]\s*(.*?)\s*$")
 
@@ -81,14 +79,7 @@ class TimelapseRequest:
                 f"More than {CONTEXT_FRAMES} frames needs keyframes: the motion model breaks beyond "
                 f"{CONTEXT_FRAMES} frames unless stages guide it. Add keyframes or use {CONTEXT_FRAMES} frames."
             )
-        check_int("Steps", self.steps, 1, MAX_STEPS)
-        if not isinstance(self.guidance, (int, float)) or not MIN_GUIDANCE <= self.guidance <= MAX_GUIDANCE:
-            raise InputError(f"Guidance must be between {MIN_GUIDANCE:g} and {MAX_GUIDANCE:g}, not {self.guidance}.")
-        check_int("Seed", self.seed, 0, MAX_SEED)
-        for name, size in (("Width", self.width), ("Height", self.height)):
-            check_int(name, size, 64, 1024)
-            if size % 8:
-                raise InputError(f"{name} must be a multiple of 8, not {size}.")
+        check_sampling(self.steps, self.guidance, self.seed, self.width, self.height)
         for frame, stage in self.keyframes.items():
             if not 0 <= frame < self.num_frames:
                 raise InputError(
@@ -130,6 +121,7 @@ class TimelapsePipeline:
 
     def __call__(self, request: TimelapseRequest, progress: Progress = noop) -> TimelapseResult:
         request.validate()
+        self.registry.ensure_available("timelapse", request.style)
         models = self.registry.timelapse(request.style)
         timings: dict[str, float] = {}
 

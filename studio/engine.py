@@ -236,6 +236,9 @@ class Engine:
         }
         plot = pd.DataFrame({"frame": range(len(result.face_similarity)),
                              "similarity": [float("nan") if s is None else s for s in result.face_similarity]})
+        # No face in any frame: the summary says so; an empty chart would only look broken.
+        plot = gr.update(value=plot, visible=result.mean_similarity is not None,
+                         x_lim=[0, len(result.face_similarity) - 1])
         return str(path), _identity_markdown(info), plot, info
 
     # ----------------------------------------------------------------- stopping, progress, errors

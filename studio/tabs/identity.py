@@ -7,8 +7,8 @@ from pathlib import Path
 import gradio as gr
 
 from pipelines import identity as id_
-from pipelines.common import MAX_SEED
 from studio.engine import Engine, randomize_seed
+from studio.tabs import controls
 
 EXAMPLE_PHOTO = str(Path(__file__).parents[2] / "assets" / "examples" / "astronaut.jpg")   # public domain (NASA)
 
@@ -28,36 +28,29 @@ def build(engine: Engine) -> gr.Dependency:
             with gr.Column(scale=5):
                 photos = gr.File(label="Photos of one person (1–4)", file_count="multiple", file_types=["image"],
                                  type="filepath", elem_id="identity-photos")
-                with gr.Accordion("Take a photo with the webcam", open=False):
-                    webcam = gr.Image(sources=["webcam"], type="filepath", label="Webcam", height=240)
+                crops = gr.Gallery(label="Faces the model will see", columns=4, height=200, object_fit="contain",
+                                   allow_preview=False, elem_id="identity-crops")
+                face_notes = gr.Markdown(elem_id="identity-face-notes", elem_classes="studio-notes")
+                with gr.Accordion("Or take a photo with the webcam", open=False):
+                    webcam = gr.Image(sources=["webcam"], type="filepath", show_label=False, height=240)
                     add = gr.Button("Add this photo", size="sm")
-                crops = gr.Gallery(label="Faces the model will see (aligned crops)", columns=4, height=150,
-                                   object_fit="contain", elem_id="identity-crops")
-                face_notes = gr.Markdown(elem_id="identity-face-notes")
                 prompt = gr.Textbox(label="Scene", lines=2, placeholder="a woman walking on a beach at sunset",
                                     elem_id="identity-prompt")
-                identity_strength = gr.Slider(label="Identity strength", minimum=0.0, maximum=1.5, step=0.05,
+                identity_strength = gr.Slider(label="Identity strength", minimum=0.0, maximum=id_.MAX_IDENTITY_STRENGTH, step=0.05,
                                               value=0.8, info="How strongly the face adapter steers the clip")
                 with gr.Accordion("Advanced", open=False):
                     negative_prompt = gr.Textbox(label="Negative prompt", value=id_.DEFAULT_NEGATIVE)
-                    with gr.Row():
-                        num_frames = gr.Slider(label="Frames", minimum=id_.MIN_FRAMES, maximum=id_.MAX_FRAMES,
-                                               step=1, value=16)
-                        steps = gr.Slider(label="Steps", minimum=1, maximum=id_.MAX_STEPS, step=1, value=30)
-                        guidance = gr.Slider(label="Guidance", minimum=1.0, maximum=20.0, step=0.5, value=8.0)
-                    with gr.Row():
-                        seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
-                        randomize = gr.Checkbox(label="Randomize seed", value=True)
-                with gr.Row():
-                    run = gr.Button("Generate identity video", variant="primary", elem_id="identity-run", scale=3)
-                    stop = gr.Button("Stop", variant="stop", scale=1)
+                    num_frames = gr.Slider(label="Frames", minimum=id_.MIN_FRAMES, maximum=id_.MAX_FRAMES,
+                                           step=1, value=16)
+                    steps, guidance, seed, randomize = controls.sampler(steps=30, guidance=8.0)
+                run, stop = controls.run_buttons("Generate identity video", "identity-run")
             with gr.Column(scale=5):
                 video = gr.Video(label="Identity video", autoplay=True, loop=True, height=440,
                                  elem_id="identity-video")
                 summary = gr.Markdown(elem_id="identity-summary")
-                similarity = gr.LinePlot(x="frame", y="similarity", y_lim=[0, 1], height=180,
-                                         label="Face similarity to the reference, per frame",
-                                         elem_id="identity-similarity")
+                similarity = gr.LinePlot(x="frame", y="similarity", y_lim=[0, 1], height=220, x_title="Frame",
+                                         y_title="Similarity", label="Face similarity to the reference, per frame",
+                                         visible=False, elem_id="identity-similarity")
                 with gr.Accordion("Details (JSON)", open=False):
                     info = gr.JSON(show_label=False)
 

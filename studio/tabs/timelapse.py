@@ -8,11 +8,9 @@ from pathlib import Path
 import gradio as gr
 
 from pipelines.registry import STYLES
-from pipelines.timelapse import (
-    CONTEXT_FRAMES, DEFAULT_NEGATIVE, DEFAULT_STYLE, MAX_FRAMES, MAX_GUIDANCE, MAX_SEED, MAX_STEPS,
-    MIN_FRAMES, MIN_GUIDANCE,
-)
+from pipelines.timelapse import CONTEXT_FRAMES, DEFAULT_NEGATIVE, DEFAULT_STYLE, MAX_FRAMES, MIN_FRAMES
 from studio.engine import Engine, randomize_seed
+from studio.tabs import controls
 
 EXAMPLES = json.loads((Path(__file__).parents[2] / "assets" / "timelapse_examples.json").read_text())
 
@@ -45,17 +43,8 @@ def build(engine: Engine) -> gr.Dependency:
                     )
                 with gr.Accordion("Advanced", open=False):
                     negative_prompt = gr.Textbox(label="Negative prompt", value=DEFAULT_NEGATIVE)
-                    with gr.Row():
-                        steps = gr.Slider(label="Steps", minimum=1, maximum=MAX_STEPS, step=1, value=25)
-                        guidance = gr.Slider(
-                            label="Guidance", minimum=MIN_GUIDANCE, maximum=MAX_GUIDANCE, step=0.5, value=8.5,
-                        )
-                    with gr.Row():
-                        seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
-                        randomize = gr.Checkbox(label="Randomize seed", value=True)
-                with gr.Row():
-                    run = gr.Button("Generate time-lapse", variant="primary", elem_id="timelapse-run", scale=3)
-                    stop = gr.Button("Stop", variant="stop", scale=1)
+                    steps, guidance, seed, randomize = controls.sampler(steps=25, guidance=8.5)
+                run, stop = controls.run_buttons("Generate time-lapse", "timelapse-run")
             with gr.Column(scale=5):
                 video = gr.Video(label="Time-lapse", autoplay=True, loop=True, height=440, elem_id="timelapse-video")
                 summary = gr.Markdown(elem_id="timelapse-summary")

@@ -1,0 +1,25 @@
+"""Controls every generating tab has, built one way."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from pipelines.common import MAX_GUIDANCE, MAX_SEED, MAX_STEPS, MIN_GUIDANCE
+
+
+def sampler(steps: int, guidance: float) -> tuple[gr.Slider, gr.Slider, gr.Number, gr.Checkbox]:
+    """Steps, guidance, seed and "randomize" (a UI step before the call: the endpoint uses the seed it gets)."""
+    with gr.Row():
+        steps_ = gr.Slider(label="Steps", minimum=1, maximum=MAX_STEPS, step=1, value=steps)
+        guidance_ = gr.Slider(label="Guidance", minimum=MIN_GUIDANCE, maximum=MAX_GUIDANCE, step=0.5, value=guidance)
+    with gr.Row():
+        seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
+        randomize = gr.Checkbox(label="Randomize seed", value=True)
+    return steps_, guidance_, seed, randomize
+
+
+def run_buttons(label: str, elem_id: str) -> tuple[gr.Button, gr.Button]:
+    with gr.Row():
+        run = gr.Button(label, variant="primary", elem_id=elem_id, scale=3)
+        stop = gr.Button("Stop", variant="stop", scale=1)
+    return run, stop
