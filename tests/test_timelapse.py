@@ -80,7 +80,7 @@ def test_short_prompt_has_no_warning(pipeline):
 
 def test_progress_reports_each_step_and_stop_interrupts(pipeline):
     seen = []
-    run(pipeline).frames  # warm
+    run(pipeline)  # warm
     pipeline(TimelapseRequest(prompt="ice", steps=3, **SIZE), progress=lambda f, d: seen.append((f, d)))
     assert [d for _, d in seen if d.startswith("Denoising")] == [f"Denoising step {i}/3" for i in (1, 2, 3)]
 
