@@ -155,7 +155,6 @@ print("excluded from both sides (median s):")
 print(f"  faces: detect + align 1 photo {statistics.median(face_s[1:]):>8.3f}   (first call, loading dlib: "
       f"{face_s[0]:.3f})")
 print(f"  studio identity_report        {statistics.median(reports):>8.3f}   (dlib on {args.frames} frames)")
-print(f"ratio of minimums (a cross-check, less sensitive to a busy machine): {min(studio_s) / min(bare_s):.3f}")
 if max(studio_s + bare_s) > 1.5 * min(studio_s + bare_s):
     print("warning: timings vary by more than 1.5x (a busy machine?); try --threads 1 or more --repeats")
 
