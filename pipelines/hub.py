@@ -49,10 +49,13 @@ class MissingWeightsError(WeightsError):
     def __init__(self, missing: list[HubFile], reason: str):
         self.missing = missing
         self.repo_ids = list(dict.fromkeys(f.repo_id for f in missing))
-        files = "; ".join(f"{repo}: {', '.join(f.filename for f in missing if f.repo_id == repo)}"
-                          for repo in self.repo_ids)
+        def listed(repo: str) -> str:   # a few files by name, many by count: this message lands in a toast
+            names = [f.filename for f in missing if f.repo_id == repo]
+            return f"{repo} ({', '.join(names) if len(names) <= 3 else f'{len(names)} files'})"
+
         super().__init__(
-            f"Model weights are missing from the local cache ({files}) and {reason}. Either pre-download "
+            f"Model weights are missing from the local cache — {'; '.join(map(listed, self.repo_ids))} — and "
+            f"{reason}. Either pre-download "
             f"them on a machine with internet access (`python -m studio download`, then copy the Hugging Face "
             f"cache, {constants.HF_HUB_CACHE}), or run the studio with STUDIO_PROFILE=tiny to try it with small "
             f"random test models."
