@@ -16,10 +16,10 @@ import torch
 from diffusers import AnimateDiffPipeline, DDIMScheduler
 
 from pipelines.cache import ModelCache
+from pipelines.common import Progress, check_int, check_number, check_sampling, clip_overflow, noop
 from pipelines.errors import InputError
 from pipelines.faces import FaceAnalyzer, face_similarity, identity_warnings, load_photo
 from pipelines.registry import Registry
-from pipelines.common import Progress, check_int, check_number, check_sampling, clip_overflow, noop
 from pipelines.video import to_uint8
 
 DEFAULT_PROMPT_SUFFIX = "8k uhd, high quality, medium shot"   # the original appends it to every prompt

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 import time
-from types import SimpleNamespace
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import numpy as np
 import torch

@@ -6,8 +6,8 @@ Tabs wire these functions to components; they hold no logic of their own.
 
 from __future__ import annotations
 
-import logging
 import math
+import random
 import threading
 import time
 import uuid
@@ -20,16 +20,22 @@ import gradio as gr
 import pandas as pd
 import torch
 
-from pipelines.cache import ModelCache
-from pipelines.errors import Cancelled, StudioError
 from pipelines import identity as id_
+from pipelines.cache import ModelCache
 from pipelines.common import MAX_SEED
+from pipelines.errors import Cancelled, StudioError
 from pipelines.faces import FaceAnalyzer, load_photo
 from pipelines.identity import IdentityPipeline, IdentityRequest, IdentityResult, ReferenceFaces
 from pipelines.registry import Registry
 from pipelines.timelapse import (
-    CONTEXT_FRAMES, CONTEXT_STRIDE, DEFAULT_NEGATIVE, DEFAULT_STYLE, TimelapsePipeline, TimelapseRequest,
-    TimelapseResult, parse_keyframes,
+    CONTEXT_FRAMES,
+    CONTEXT_STRIDE,
+    DEFAULT_NEGATIVE,
+    DEFAULT_STYLE,
+    TimelapsePipeline,
+    TimelapseRequest,
+    TimelapseResult,
+    parse_keyframes,
 )
 from pipelines.video import write_mp4
 from studio.settings import Settings
@@ -53,13 +59,9 @@ def gpu(fn):
     return spaces.GPU(duration=_gpu_seconds)(fn) if spaces is not None else fn
 
 
-logger = logging.getLogger(__name__)
-
 
 def randomize_seed(seed: int, randomize: bool) -> int:
     """The UI's step before a generating call: a fresh seed when asked for, else the seed as it is."""
-    import random
-
     return random.randint(0, MAX_SEED) if randomize else seed
 
 

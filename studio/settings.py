@@ -10,7 +10,6 @@ from pathlib import Path
 from pipelines.registry import DTYPES, PROFILES
 
 
-
 def _env(name: str, default: str) -> str:
     return os.environ.get(name, default).strip()
 

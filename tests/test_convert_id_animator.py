@@ -16,9 +16,9 @@ import math  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from PIL import Image  # noqa: E402
 from diffusers import AnimateDiffPipeline, DDIMScheduler, UNet2DConditionModel, UNetMotionModel  # noqa: E402
 from peft.tuners.tuners_utils import BaseTunerLayer  # noqa: E402
+from PIL import Image  # noqa: E402
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection  # noqa: E402
 
 from pipelines import tiny  # noqa: E402

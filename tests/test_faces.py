@@ -19,8 +19,14 @@ from skimage.transform import SimilarityTransform
 from pipelines import faces as faces_module
 from pipelines.errors import InputError, WeightsError
 from pipelines.faces import (
-    ARCFACE_TEMPLATE_112, MAX_PHOTO_PIXELS, FaceAnalyzer, alignment_matrix, face_distance, face_similarity,
-    identity_warnings, load_photo,
+    ARCFACE_TEMPLATE_112,
+    MAX_PHOTO_PIXELS,
+    FaceAnalyzer,
+    alignment_matrix,
+    face_distance,
+    face_similarity,
+    identity_warnings,
+    load_photo,
 )
 
 ROOT = Path(__file__).parents[1]

@@ -34,7 +34,14 @@ from pipelines.cache import ModelCache
 from pipelines.convert.magictime import motion_adapter_state_dict
 from pipelines.errors import WeightsError
 from pipelines.registry import (
-    DDIM_CONFIG, MOTION_MODULE, SPATIAL_LORA, STYLES, TEMPORAL_LORA, TEXT_ENCODER_LORA, Registry, _RealLoaders,
+    DDIM_CONFIG,
+    MOTION_MODULE,
+    SPATIAL_LORA,
+    STYLES,
+    TEMPORAL_LORA,
+    TEXT_ENCODER_LORA,
+    Registry,
+    _RealLoaders,
 )
 from pipelines.timelapse import DEFAULT_NEGATIVE, DEFAULT_STYLE, TimelapsePipeline, TimelapseRequest
 from pipelines.video import to_uint8

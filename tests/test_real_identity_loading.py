@@ -39,8 +39,18 @@ from pipelines.faces import FaceAnalyzer
 from pipelines.hub import MissingWeightsError
 from pipelines.identity import IdentityPipeline, IdentityRequest
 from pipelines.registry import (
-    ANIMATOR_CKPT, ID_ANIMATOR, IDENTITY_CHECKPOINT, IMAGE_ENCODER_FILES, IP_ADAPTER, MAGICTIME,
-    MOTION_ADAPTER_V2, MOTION_ADAPTER_V2_FILES, Registry, _compose_identity_unet, _RealLoaders, _TinyLoaders,
+    ANIMATOR_CKPT,
+    ID_ANIMATOR,
+    IDENTITY_CHECKPOINT,
+    IMAGE_ENCODER_FILES,
+    IP_ADAPTER,
+    MAGICTIME,
+    MOTION_ADAPTER_V2,
+    MOTION_ADAPTER_V2_FILES,
+    Registry,
+    _compose_identity_unet,
+    _RealLoaders,
+    _TinyLoaders,
 )
 from pipelines.timelapse import TimelapsePipeline, TimelapseRequest
 from tests.test_real_end_to_end import CHECKPOINT, STYLE, magictime, originals  # noqa: F401  (fixtures)

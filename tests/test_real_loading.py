@@ -18,7 +18,15 @@ from pipelines.cache import ModelCache
 from pipelines.errors import WeightsError
 from pipelines.hub import MissingWeightsError
 from pipelines.registry import (
-    BASE, MAGICTIME, MOTION_MODULE, SPATIAL_LORA, STYLES, TEMPORAL_LORA, TEXT_ENCODER_LORA, Registry, _RealLoaders,
+    BASE,
+    MAGICTIME,
+    MOTION_MODULE,
+    SPATIAL_LORA,
+    STYLES,
+    TEMPORAL_LORA,
+    TEXT_ENCODER_LORA,
+    Registry,
+    _RealLoaders,
 )
 from pipelines.timelapse import TimelapsePipeline, TimelapseRequest
 from studio.engine import Engine

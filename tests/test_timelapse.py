@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from pipelines.cache import ModelCache
+from pipelines.common import clip_overflow
 from pipelines.errors import Cancelled, InputError
 from pipelines.registry import Registry
-from pipelines.tiny import tokenizer as tiny_tokenizer
-from pipelines.common import clip_overflow
 from pipelines.timelapse import TimelapsePipeline, TimelapseRequest, parse_keyframes
+from pipelines.tiny import tokenizer as tiny_tokenizer
 
 SIZE = dict(width=64, height=64)
 
