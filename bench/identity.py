@@ -24,9 +24,6 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
-import argparse
-import cProfile
-import pstats
 import statistics
 import sys
 import time
@@ -34,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np
+import harness
 import torch
 from diffusers import AnimateDiffPipeline, DDIMScheduler
 from skimage import data
@@ -44,17 +41,7 @@ from pipelines.identity import DEFAULT_PROMPT_SUFFIX, IdentityPipeline, Identity
 from pipelines.registry import Registry
 from pipelines.video import to_uint8
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--repeats", type=int, default=7, help="timed calls of each, after one warm-up each")
-parser.add_argument("--steps", type=int, default=30, help="the identity tab's default is 30")
-parser.add_argument("--frames", type=int, default=16, help="8 to 16")
-parser.add_argument("--seed", type=int, default=0)
-parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default). On a busy "
-                    "machine use 1: torch's thread pool stalls badly when other processes share the cores")
-parser.add_argument("--profile", action="store_true", help="also cProfile one call of each and print the top")
-args = parser.parse_args()
-if args.threads:
-    torch.set_num_threads(args.threads)
+args = harness.arguments(__doc__.splitlines()[0], steps=30, frames_help="8 to 16")
 
 # ----------------------------------------------------------------------------- one cache, two callers
 cache, registry = ModelCache("cpu"), Registry("tiny")
@@ -117,37 +104,15 @@ def run_bare():
     )
 
 
-def timed_bare():
-    start = time.perf_counter()
-    run_bare()
-    return time.perf_counter() - start
-
-
 # ----------------------------------------------------------------------------- 1. same frames (also the warm-up)
-ours, theirs = run_studio()[0], to_uint8(run_bare().frames[0])
-if ours.frames.shape != theirs.shape or not np.array_equal(ours.frames, theirs):
-    diff = np.abs(ours.frames.astype(int) - theirs.astype(int)).max() if ours.frames.shape == theirs.shape else "n/a"
-    sys.exit(f"FAIL: studio frames {ours.frames.shape} differ from bare diffusers {theirs.shape} (max |diff| {diff})")
-print(f"frames identical: {ours.frames.shape} {ours.frames.dtype}")
+harness.same_frames_or_exit(run_studio()[0].frames, to_uint8(run_bare().frames[0]))
 
 # ----------------------------------------------------------------------------- 2. time, interleaved
-studio_s, bare_s, reports, stages = [], [], [], []
-for i in range(args.repeats):
-    if i % 2:  # alternate who goes first, so neither always runs on a warmer (or busier) machine
-        bare_s.append(timed_bare())
-    result, seconds, report = run_studio()
-    studio_s.append(seconds)
-    reports.append(report)
-    stages.append(result.timings)
-    if not i % 2:
-        bare_s.append(timed_bare())
-
-studio_med, bare_med = statistics.median(studio_s), statistics.median(bare_s)
+results, bare_s = harness.interleaved(run_studio, run_bare, args.repeats)
+studio_s, reports, stages = [r[1] for r in results], [r[2] for r in results], [r[0].timings for r in results]
 print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
       f"{args.frames} frames x {args.steps} steps at 64x64, 1 photo, {args.repeats} repeats")
-print(f"{'call':<10}{'median s':>10}{'min s':>10}{'max s':>10}")
-for name, xs in (("studio", studio_s), ("bare", bare_s)):
-    print(f"{name:<10}{statistics.median(xs):>10.3f}{min(xs):>10.3f}{max(xs):>10.3f}")
+ratio = harness.report(studio_s, bare_s)
 for stage in stages[0]:
     if stage != "identity_report":
         print(f"  studio {stage:<16}{statistics.median(s[stage] for s in stages):>10.3f}")
@@ -155,14 +120,7 @@ print("excluded from both sides (median s):")
 print(f"  faces: detect + align 1 photo {statistics.median(face_s[1:]):>8.3f}   (first call, loading dlib: "
       f"{face_s[0]:.3f})")
 print(f"  studio identity_report        {statistics.median(reports):>8.3f}   (dlib on {args.frames} frames)")
-if max(studio_s + bare_s) > 1.5 * min(studio_s + bare_s):
-    print("warning: timings vary by more than 1.5x (a busy machine?); try --threads 1 or more --repeats")
-
 if args.profile:
-    for name, fn in (("studio", run_studio), ("bare", run_bare)):
-        profiler = cProfile.Profile()
-        profiler.runcall(fn)
-        print(f"\n--- cProfile: {name} (cumulative, top 25)")
-        pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
+    harness.profile({"studio": run_studio, "bare": run_bare}, top=25)
 
-print(f"identity_overhead_ratio: {studio_med / bare_med:.3f}")
+print(f"identity_overhead_ratio: {ratio:.3f}")
