@@ -92,8 +92,10 @@ class IdentityPipeline:
         return ReferenceFaces(crops, embeddings, notes + identity_warnings(embeddings))
 
     def __call__(self, request: IdentityRequest, progress: Progress = noop,
-                 faces: ReferenceFaces | None = None) -> IdentityResult:
-        """`faces`: the result of `reference_faces(request.photos)` when the caller already checked them."""
+                 faces: ReferenceFaces | None = None, measure_identity: bool = True) -> IdentityResult:
+        """`faces`: the result of `reference_faces(request.photos)` when the caller already checked them.
+        `measure_identity=False` leaves `face_similarity` empty for the caller to fill with `identity_report`
+        (the studio runs that CPU work after the GPU call, not inside ZeroGPU's paid window)."""
         request.validate()
         timings: dict[str, float] = {}
         if faces is None:
@@ -146,10 +148,12 @@ class IdentityPipeline:
                 frames = to_uint8(pipe.video_processor.postprocess_video(video=video, output_type="np")[0])
             timings["decode"] = time.perf_counter() - start
 
-        progress(1.0, "Measuring identity")
-        start = time.perf_counter()
-        similarity = self.identity_report(frames, faces.embeddings)
-        timings["identity_report"] = time.perf_counter() - start
+        similarity: list[float | None] = []
+        if measure_identity:
+            progress(1.0, "Measuring identity")
+            start = time.perf_counter()
+            similarity = self.identity_report(frames, faces.embeddings)
+            timings["identity_report"] = time.perf_counter() - start
         return IdentityResult(
             frames=frames, seed=request.seed, fps=FPS, faces=faces, face_similarity=similarity,
             timings={k: round(v, 3) for k, v in timings.items()}, prompt_tokens=prompt_tokens,
