@@ -12,7 +12,8 @@ import concurrent.futures
 import os
 import socket
 from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
 from huggingface_hub import constants, hf_hub_download
@@ -60,6 +61,14 @@ class MissingWeightsError(WeightsError):
             f"cache, {constants.HF_HUB_CACHE}), or run the studio with STUDIO_PROFILE=tiny to try it with small "
             f"random test models."
         )
+
+
+def hub_folder(repo_id: str, filenames: Sequence[str]) -> Path:
+    """The local folder that holds `filenames` (paths in `repo_id`) once each is fetched: for loaders that
+    take a folder (`from_pretrained`) but should fetch only the files they need."""
+    paths = [HubFile(repo_id, name).path() for name in filenames]
+    shared = os.path.commonprefix([PurePosixPath(name).parent.parts for name in filenames])
+    return paths[0].parents[len(PurePosixPath(filenames[0]).parts) - len(shared) - 1]
 
 
 def ensure_available(files: list[HubFile]) -> None:

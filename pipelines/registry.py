@@ -30,7 +30,7 @@ from pipelines.convert.magictime import (
     text_encoder_lora_deltas,
 )
 from pipelines.errors import WeightsError
-from pipelines.hub import HubFile, ensure_available
+from pipelines.hub import HubFile, ensure_available, hub_folder
 
 PROFILES = ("real", "tiny")
 
@@ -226,14 +226,10 @@ class _RealLoaders:
 
     def _base(self) -> Path:
         """The SD1.5 folder (configs + tokenizer only: the style checkpoint supplies every weight)."""
-        for f in BASE_FILES:
-            path = self._file(f"{BASE}/{f}")
-        return path.parents[1]
+        return hub_folder(MAGICTIME, [f"{BASE}/{f}" for f in BASE_FILES])
 
     def _swift_folder(self, folder: str) -> Path:
-        for f in SWIFT_FILES:
-            path = self._file(f"{folder}/{f}")
-        return path.parents[1]
+        return hub_folder(MAGICTIME, [f"{folder}/{f}" for f in SWIFT_FILES])
 
     def tokenizer(self):
         from transformers import CLIPTokenizer
@@ -307,14 +303,14 @@ class _RealLoaders:
     def motion_adapter_v2(self):
         from diffusers import MotionAdapter
 
-        paths = [HubFile(MOTION_ADAPTER_V2, f).path() for f in MOTION_ADAPTER_V2_FILES]
-        return MotionAdapter.from_pretrained(paths[0].parent, torch_dtype=torch.float32).eval()
+        folder = hub_folder(MOTION_ADAPTER_V2, MOTION_ADAPTER_V2_FILES)
+        return MotionAdapter.from_pretrained(folder, torch_dtype=torch.float32).eval()
 
     def image_encoder(self):
         from transformers import CLIPVisionModelWithProjection
 
-        paths = [HubFile(IP_ADAPTER, f).path() for f in IMAGE_ENCODER_FILES]
-        return CLIPVisionModelWithProjection.from_pretrained(paths[0].parent, dtype=self.dtype).eval()
+        folder = hub_folder(IP_ADAPTER, IMAGE_ENCODER_FILES)
+        return CLIPVisionModelWithProjection.from_pretrained(folder, dtype=self.dtype).eval()
 
     def image_processor(self):
         from transformers import CLIPImageProcessor
