@@ -1,10 +1,16 @@
-"""Small helpers every pipeline shares: request checks, CLIP's token window, the progress callback type."""
+"""What every generating pipeline shares: request checks, CLIP's token window, progress, and the
+AnimateDiff plumbing (a pipeline per call around cached components, step reports, decoding)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
+import torch
+from diffusers import AnimateDiffPipeline, DDIMScheduler
+
 from pipelines.errors import InputError
+from pipelines.video import to_uint8
 
 MAX_SEED = 2**32 - 1
 MAX_STEPS = 100
@@ -55,3 +61,42 @@ def clip_overflow(tokenizer, text: str) -> tuple[int, str]:
         middle = (low + high + 1) // 2
         low, high = (middle, high) if count(words[:middle]) <= room else (low, middle - 1)
     return total, " ".join(words[low:])
+
+
+def prompt_warnings(tokenizer, texts: dict[str, str]) -> tuple[dict[str, int], list[str]]:
+    """Token counts per named text, and a warning naming the dropped words of each text CLIP cuts short."""
+    counts, warnings = {}, []
+    for name, text in texts.items():
+        counts[name], dropped = clip_overflow(tokenizer, text)
+        if dropped:
+            warnings.append(
+                f"{name} is {counts[name]} tokens long; CLIP reads only the first {tokenizer.model_max_length - 2}, "
+                f"so these words were dropped: “{dropped}”"
+            )
+    return counts, warnings
+
+
+def animatediff(vae, text_encoder, tokenizer, unet, scheduler_config: dict) -> AnimateDiffPipeline:
+    """A diffusers pipeline around cached components, made for one call: it costs ~1 ms and shares no
+    state (scheduler timesteps, FreeNoise settings) between calls. The motion adapter is already in the UNet."""
+    pipe = AnimateDiffPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                               motion_adapter=None, scheduler=DDIMScheduler.from_config(scheduler_config))
+    pipe.set_progress_bar_config(disable=True)   # steps are reported through `progress` instead
+    return pipe
+
+
+def step_reporter(progress: Progress, steps: int):
+    """diffusers' callback_on_step_end that reports "Denoising step i/n" (and lets a Stop raise from it)."""
+
+    def on_step_end(pipe, step, timestep, tensors):
+        progress((step + 1) / steps, f"Denoising step {step + 1}/{steps}")
+        return tensors
+
+    return on_step_end
+
+
+@torch.inference_mode()
+def decode_frames(pipe: AnimateDiffPipeline, latents: torch.Tensor, chunk: int) -> np.ndarray:
+    """Latents of one clip -> (T, H, W, 3) uint8 frames."""
+    video = pipe.decode_latents(latents, decode_chunk_size=chunk)
+    return to_uint8(pipe.video_processor.postprocess_video(video=video, output_type="np")[0])

@@ -11,8 +11,8 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import socket
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 

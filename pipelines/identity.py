@@ -13,14 +13,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from diffusers import AnimateDiffPipeline, DDIMScheduler
 
 from pipelines.cache import ModelCache
-from pipelines.common import Progress, check_int, check_number, check_sampling, clip_overflow, noop
+from pipelines.common import (
+    Progress,
+    animatediff,
+    check_int,
+    check_number,
+    check_sampling,
+    decode_frames,
+    noop,
+    prompt_warnings,
+    step_reporter,
+)
 from pipelines.errors import InputError
 from pipelines.faces import FaceAnalyzer, face_similarity, identity_warnings, load_photo
 from pipelines.registry import Registry
-from pipelines.video import to_uint8
 
 DEFAULT_PROMPT_SUFFIX = "8k uhd, high quality, medium shot"   # the original appends it to every prompt
 DEFAULT_NEGATIVE = "long shots, full body"
@@ -112,24 +120,15 @@ class IdentityPipeline:
                             models.image_processor) as (tok, te, vae, unet, image_encoder, processor):
             timings["load"] = time.perf_counter() - start
             prompt = f"{request.prompt.strip()}, {DEFAULT_PROMPT_SUFFIX}"
-            prompt_tokens, dropped = clip_overflow(tok, prompt)
-            warnings = [f"The prompt is {prompt_tokens} tokens long with the quality suffix; CLIP dropped: “{dropped}”"
-                        ] if dropped else []
+            counts, warnings = prompt_warnings(tok, {"The prompt (with the quality suffix)": prompt,
+                                                     "The negative prompt": request.negative_prompt or ""})
 
             start = time.perf_counter()
             face_embeds = self._face_embeds(image_encoder, processor, faces.crops)
             timings["encode_faces"] = time.perf_counter() - start
 
-            pipe = AnimateDiffPipeline(
-                vae=vae, text_encoder=te, tokenizer=tok, unet=unet, motion_adapter=None,
-                scheduler=DDIMScheduler.from_config(models.scheduler_config),
-            )
-            pipe.set_progress_bar_config(disable=True)
+            pipe = animatediff(vae, te, tok, unet, models.scheduler_config)
             pipe.set_ip_adapter_scale(float(request.identity_strength))   # per call: the UNet is ours while locked
-
-            def on_step_end(pipe, step, timestep, tensors):
-                progress((step + 1) / request.steps, f"Denoising step {step + 1}/{request.steps}")
-                return tensors
 
             start = time.perf_counter()
             latents = pipe(
@@ -137,15 +136,13 @@ class IdentityPipeline:
                 height=request.height, width=request.width, num_inference_steps=request.steps,
                 guidance_scale=request.guidance, ip_adapter_image_embeds=[face_embeds],
                 generator=torch.Generator("cpu").manual_seed(request.seed), output_type="latent",
-                callback_on_step_end=on_step_end,
+                callback_on_step_end=step_reporter(progress, request.steps),
             ).frames
             timings["denoise"] = time.perf_counter() - start
 
             progress(1.0, "Decoding frames")
             start = time.perf_counter()
-            with torch.inference_mode():
-                video = pipe.decode_latents(latents, decode_chunk_size=request.num_frames)
-                frames = to_uint8(pipe.video_processor.postprocess_video(video=video, output_type="np")[0])
+            frames = decode_frames(pipe, latents, chunk=request.num_frames)
             timings["decode"] = time.perf_counter() - start
 
         similarity: list[float | None] = []
@@ -156,7 +153,7 @@ class IdentityPipeline:
             timings["identity_report"] = time.perf_counter() - start
         return IdentityResult(
             frames=frames, seed=request.seed, fps=FPS, faces=faces, face_similarity=similarity,
-            timings={k: round(v, 3) for k, v in timings.items()}, prompt_tokens=prompt_tokens,
+            timings={k: round(v, 3) for k, v in timings.items()}, prompt_tokens=counts["The prompt (with the quality suffix)"],
             warnings=faces.notes + warnings,
         )
 

@@ -15,13 +15,21 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-from diffusers import AnimateDiffPipeline, DDIMScheduler
+from diffusers import AnimateDiffPipeline
 
 from pipelines.cache import ModelCache
-from pipelines.common import Progress, check_int, check_sampling, clip_overflow, noop
+from pipelines.common import (
+    Progress,
+    animatediff,
+    check_int,
+    check_sampling,
+    decode_frames,
+    noop,
+    prompt_warnings,
+    step_reporter,
+)
 from pipelines.errors import InputError
 from pipelines.registry import STYLES, Registry
-from pipelines.video import to_uint8
 
 DEFAULT_NEGATIVE = "worst quality, low quality, letterboxed"
 DEFAULT_STYLE = "Realistic Vision"
@@ -129,17 +137,10 @@ class TimelapsePipeline:
         start = time.perf_counter()
         with self.cache.use(models.tokenizer, models.text_encoder, models.vae, models.unet) as (tok, te, vae, unet):
             timings["load"] = time.perf_counter() - start
-            prompt_tokens, warnings = self._check_prompts(tok, request)
-
-            pipe = AnimateDiffPipeline(
-                vae=vae, text_encoder=te, tokenizer=tok, unet=unet, motion_adapter=None,
-                scheduler=DDIMScheduler.from_config(models.scheduler_config),
-            )
-            pipe.set_progress_bar_config(disable=True)
-
-            def on_step_end(pipe, step, timestep, tensors):
-                progress((step + 1) / request.steps, f"Denoising step {step + 1}/{request.steps}")
-                return tensors
+            texts = {"The prompt": request.prompt, "The negative prompt": request.negative_prompt or ""}
+            texts.update({f"Keyframe {frame}": stage for frame, stage in request.keyframes.items()})
+            counts, warnings = prompt_warnings(tok, texts)
+            pipe = animatediff(vae, te, tok, unet, models.scheduler_config)
 
             stages = request.stages()
             if stages:
@@ -162,7 +163,7 @@ class TimelapsePipeline:
                     guidance_scale=request.guidance,
                     generator=torch.Generator("cpu").manual_seed(request.seed),
                     output_type="latent",
-                    callback_on_step_end=on_step_end,
+                    callback_on_step_end=step_reporter(progress, request.steps),
                 ).frames
                 timings["denoise"] = time.perf_counter() - start
             finally:
@@ -171,29 +172,13 @@ class TimelapsePipeline:
 
             progress(1.0, "Decoding frames")
             start = time.perf_counter()
-            with torch.inference_mode():
-                video = pipe.decode_latents(latents, decode_chunk_size=CONTEXT_FRAMES)
-                frames = pipe.video_processor.postprocess_video(video=video, output_type="np")[0]
+            frames = decode_frames(pipe, latents, chunk=CONTEXT_FRAMES)
             timings["decode"] = time.perf_counter() - start
 
         return TimelapseResult(
-            frames=to_uint8(frames), seed=request.seed, fps=FPS, prompt_tokens=prompt_tokens,
+            frames=frames, seed=request.seed, fps=FPS, prompt_tokens=counts["The prompt"],
             timings={k: round(v, 3) for k, v in timings.items()}, warnings=warnings,
         )
 
-    @staticmethod
-    def _check_prompts(tokenizer, request: TimelapseRequest) -> tuple[int, list[str]]:
-        """(tokens in the prompt, a warning for every text CLIP will cut short)."""
-        texts = {"The prompt": request.prompt, "The negative prompt": request.negative_prompt or ""}
-        texts.update({f"Keyframe {frame}": stage for frame, stage in request.keyframes.items()})
-        counts, warnings = {}, []
-        for name, text in texts.items():
-            counts[name], dropped = clip_overflow(tokenizer, text)
-            if dropped:
-                warnings.append(
-                    f"{name} is {counts[name]} tokens long; CLIP reads only the first {tokenizer.model_max_length - 2}, "
-                    f"so these words were dropped: “{dropped}”"
-                )
-        return counts["The prompt"], warnings
 
 
