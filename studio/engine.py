@@ -30,7 +30,6 @@ from pipelines.registry import Registry
 from pipelines.timelapse import (
     CONTEXT_FRAMES,
     CONTEXT_STRIDE,
-    DEFAULT_NEGATIVE,
     DEFAULT_STYLE,
     TimelapsePipeline,
     TimelapseRequest,
@@ -135,11 +134,11 @@ class Engine:
         self,
         prompt: str,
         keyframes: str = "",
-        negative_prompt: str = DEFAULT_NEGATIVE,
-        style: str = DEFAULT_STYLE,
-        num_frames: int = 16,
-        steps: int = 25,
-        guidance: float = 8.5,
+        negative_prompt: str = TimelapseRequest.negative_prompt,
+        style: str = TimelapseRequest.style,
+        num_frames: int = TimelapseRequest.num_frames,
+        steps: int = TimelapseRequest.steps,
+        guidance: float = TimelapseRequest.guidance,
         seed: int = 0,
         request: gr.Request = None,
         progress: gr.Progress = gr.Progress(track_tqdm=True),
@@ -154,24 +153,9 @@ class Engine:
             job.validate()  # before the GPU is asked for
             with self._reporter(request, progress) as report:
                 result = _generate_timelapse(self.name, job, report)
-            start = time.perf_counter()
-            path = write_mp4(result.frames, self.outputs.new(".mp4"), fps=result.fps)
-            result.timings["encode_mp4"] = round(time.perf_counter() - start, 3)
-        for warning in result.warnings:
-            gr.Warning(warning)
-        info = {
-            "seed": result.seed,
-            "num_frames": int(result.frames.shape[0]),
-            "fps": result.fps,
-            "size": [int(result.frames.shape[2]), int(result.frames.shape[1])],
-            "style": job.style,
-            "keyframes": {str(k): v for k, v in job.stages().items()},
-            "prompt_tokens": result.prompt_tokens,
-            "timings": result.timings,
-            "warnings": result.warnings,
-            "profile": self.settings.profile,
-        }
-        return str(path), _summary_markdown(info), info
+            path, info = self._publish(result, style=job.style,
+                                       keyframes={str(k): v for k, v in job.stages().items()})
+        return path, _summary_markdown(info), info
 
     # ----------------------------------------------------------------- identity video
     def identity_faces(self, photos: list[str] | None) -> tuple[list[tuple[Any, str]], str]:
@@ -193,11 +177,11 @@ class Engine:
         self,
         photos: list[str],
         prompt: str,
-        negative_prompt: str = id_.DEFAULT_NEGATIVE,
-        identity_strength: float = 0.8,
-        num_frames: int = 16,
-        steps: int = 30,
-        guidance: float = 8.0,
+        negative_prompt: str = IdentityRequest.negative_prompt,
+        identity_strength: float = IdentityRequest.identity_strength,
+        num_frames: int = IdentityRequest.num_frames,
+        steps: int = IdentityRequest.steps,
+        guidance: float = IdentityRequest.guidance,
         seed: int = 0,
         request: gr.Request = None,
         progress: gr.Progress = gr.Progress(track_tqdm=True),
@@ -219,32 +203,32 @@ class Engine:
             result.face_similarity = self.identity_pipeline.identity_report(result.frames, faces.embeddings)
             result.timings = {"faces": round(faces_seconds, 3), **result.timings,
                               "identity_report": round(time.perf_counter() - start, 3)}
-            start = time.perf_counter()
-            path = write_mp4(result.frames, self.outputs.new(".mp4"), fps=result.fps)
-            result.timings["encode_mp4"] = round(time.perf_counter() - start, 3)
-        for warning in result.warnings:
-            gr.Warning(warning)
-        missing = sum(s is None for s in result.face_similarity)
-        info = {
-            "seed": result.seed,
-            "num_frames": int(result.frames.shape[0]),
-            "fps": result.fps,
-            "size": [int(result.frames.shape[2]), int(result.frames.shape[1])],
-            "photos": len(job.photos),
-            "identity_strength": job.identity_strength,
-            "face_similarity": {"per_frame": result.face_similarity, "mean": result.mean_similarity,
-                                "frames_without_face": missing},
-            "prompt_tokens": result.prompt_tokens,
-            "timings": result.timings,
-            "warnings": result.warnings,
-            "profile": self.settings.profile,
-        }
+            missing = sum(s is None for s in result.face_similarity)
+            path, info = self._publish(
+                result, photos=len(job.photos), identity_strength=job.identity_strength,
+                face_similarity={"per_frame": result.face_similarity, "mean": result.mean_similarity,
+                                 "frames_without_face": missing},
+            )
         plot = pd.DataFrame({"frame": range(len(result.face_similarity)),
                              "similarity": [float("nan") if s is None else s for s in result.face_similarity]})
         # No face in any frame: the summary says so; an empty chart would only look broken.
         plot = gr.update(value=plot, visible=result.mean_similarity is not None,
                          x_lim=[0, len(result.face_similarity) - 1])
-        return str(path), _identity_markdown(info), plot, info
+        return path, _identity_markdown(info), plot, info
+
+    def _publish(self, result, **details) -> tuple[str, dict]:
+        """Every generating tab's last step: the MP4, the warnings as toasts, and the info dict the API returns
+        (what every clip has, then the tab's `details`)."""
+        start = time.perf_counter()
+        path = write_mp4(result.frames, self.outputs.new(".mp4"), fps=result.fps)
+        result.timings["encode_mp4"] = round(time.perf_counter() - start, 3)
+        for warning in result.warnings:
+            gr.Warning(warning)
+        frames, height, width = result.frames.shape[:3]
+        info = {"seed": result.seed, "num_frames": int(frames), "fps": result.fps, "size": [int(width), int(height)],
+                **details, "prompt_tokens": result.prompt_tokens, "timings": result.timings,
+                "warnings": result.warnings, "profile": self.settings.profile}
+        return str(path), info
 
     # ----------------------------------------------------------------- stopping, progress, errors
     def stop(self, request: gr.Request = None) -> None:

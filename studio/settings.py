@@ -10,6 +10,9 @@ from pathlib import Path
 from pipelines.registry import DTYPES, PROFILES
 
 
+DEFAULT_OUTPUT_DIR = Path(tempfile.gettempdir()) / "video-studio"
+
+
 def _env(name: str, default: str) -> str:
     return os.environ.get(name, default).strip()
 
@@ -32,7 +35,7 @@ class Settings:
     device_budget: int | None = None      # bytes of weights allowed on the device (None: total - reserve)
     ram_budget: int | None = None         # bytes of weights allowed in RAM (None: no limit)
     preload: bool = False                 # load weights at start-up (ZeroGPU wants them on cuda then)
-    output_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "video-studio")
+    output_dir: Path = field(default_factory=lambda: DEFAULT_OUTPUT_DIR)
     output_ttl_s: int = 3600              # generated files older than this are deleted
     host: str = "127.0.0.1"
     port: int = 7860
@@ -59,7 +62,7 @@ class Settings:
             device_budget=device_budget,
             ram_budget=_gib("STUDIO_RAM_BUDGET_GB"),
             preload=_env("STUDIO_PRELOAD", "1" if _on_zerogpu() else "0") == "1",
-            output_dir=Path(_env("STUDIO_OUTPUT_DIR", str(Path(tempfile.gettempdir()) / "video-studio"))),
+            output_dir=Path(_env("STUDIO_OUTPUT_DIR", str(DEFAULT_OUTPUT_DIR))),
             host=_env("STUDIO_HOST", _env("GRADIO_SERVER_NAME", "127.0.0.1")),
             port=int(_env("STUDIO_PORT", _env("GRADIO_SERVER_PORT", "7860"))),
         )

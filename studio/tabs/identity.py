@@ -7,6 +7,7 @@ from pathlib import Path
 import gradio as gr
 
 from pipelines import identity as id_
+from pipelines.identity import IdentityRequest
 from studio.engine import Engine, randomize_seed
 from studio.tabs import controls
 
@@ -37,12 +38,12 @@ def build(engine: Engine) -> gr.Dependency:
                 prompt = gr.Textbox(label="Scene", lines=2, placeholder="a woman walking on a beach at sunset",
                                     elem_id="identity-prompt")
                 identity_strength = gr.Slider(label="Identity strength", minimum=0.0, maximum=id_.MAX_IDENTITY_STRENGTH, step=0.05,
-                                              value=0.8, info="How strongly the face adapter steers the clip")
+                                              value=IdentityRequest.identity_strength, info="How strongly the face adapter steers the clip")
                 with gr.Accordion("Advanced", open=False):
-                    negative_prompt = gr.Textbox(label="Negative prompt", value=id_.DEFAULT_NEGATIVE)
+                    negative_prompt = gr.Textbox(label="Negative prompt", value=IdentityRequest.negative_prompt)
                     num_frames = gr.Slider(label="Frames", minimum=id_.MIN_FRAMES, maximum=id_.MAX_FRAMES,
-                                           step=1, value=16)
-                    steps, guidance, seed, randomize = controls.sampler(steps=30, guidance=8.0)
+                                           step=1, value=IdentityRequest.num_frames)
+                    steps, guidance, seed, randomize = controls.sampler(IdentityRequest.steps, IdentityRequest.guidance)
                 run, stop = controls.run_buttons("Generate identity video", "identity-run")
             with gr.Column(scale=5):
                 video = gr.Video(label="Identity video", autoplay=True, loop=True, height=440,

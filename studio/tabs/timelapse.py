@@ -8,7 +8,7 @@ from pathlib import Path
 import gradio as gr
 
 from pipelines.registry import STYLES
-from pipelines.timelapse import CONTEXT_FRAMES, DEFAULT_NEGATIVE, DEFAULT_STYLE, MAX_FRAMES, MIN_FRAMES
+from pipelines.timelapse import CONTEXT_FRAMES, MAX_FRAMES, MIN_FRAMES, TimelapseRequest
 from studio.engine import Engine, randomize_seed
 from studio.tabs import controls
 
@@ -36,14 +36,14 @@ def build(engine: Engine) -> gr.Dependency:
                     info="One stage per line as `frame: description`. Frame 0 defaults to the prompt above.",
                 )
                 with gr.Row():
-                    style = gr.Dropdown(label="Style", choices=list(STYLES), value=DEFAULT_STYLE, scale=1)
+                    style = gr.Dropdown(label="Style", choices=list(STYLES), value=TimelapseRequest.style, scale=1)
                     num_frames = gr.Slider(
-                        label="Frames", minimum=MIN_FRAMES, maximum=MAX_FRAMES, step=1, value=CONTEXT_FRAMES, scale=2,
+                        label="Frames", minimum=MIN_FRAMES, maximum=MAX_FRAMES, step=1, value=TimelapseRequest.num_frames, scale=2,
                         info=f"over {CONTEXT_FRAMES} needs keyframes",
                     )
                 with gr.Accordion("Advanced", open=False):
-                    negative_prompt = gr.Textbox(label="Negative prompt", value=DEFAULT_NEGATIVE)
-                    steps, guidance, seed, randomize = controls.sampler(steps=25, guidance=8.5)
+                    negative_prompt = gr.Textbox(label="Negative prompt", value=TimelapseRequest.negative_prompt)
+                    steps, guidance, seed, randomize = controls.sampler(TimelapseRequest.steps, TimelapseRequest.guidance)
                 run, stop = controls.run_buttons("Generate time-lapse", "timelapse-run")
             with gr.Column(scale=5):
                 video = gr.Video(label="Time-lapse", autoplay=True, loop=True, height=440, elem_id="timelapse-video")
@@ -54,7 +54,8 @@ def build(engine: Engine) -> gr.Dependency:
         inputs = [prompt, keyframes, negative_prompt, style, num_frames, steps, guidance, seed]
         outputs = [video, summary, info]
         gr.Examples(
-            examples=[[e["prompt"], e["keyframes"], DEFAULT_NEGATIVE, e["style"], e["num_frames"], 25, 8.5, e["seed"]]
+            examples=[[e["prompt"], e["keyframes"], TimelapseRequest.negative_prompt, e["style"], e["num_frames"],
+                       TimelapseRequest.steps, TimelapseRequest.guidance, e["seed"]]
                       for e in EXAMPLES],
             inputs=inputs, outputs=outputs, fn=engine.timelapse, cache_examples=True, cache_mode="lazy",
             example_labels=[e["label"] for e in EXAMPLES], examples_per_page=5,
