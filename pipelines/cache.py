@@ -139,13 +139,6 @@ class ModelCache:
         with self.use(*components):
             pass
 
-    def clear(self) -> None:
-        """Drop every unlocked component."""
-        with self._lock:
-            for entry in list(self._entries.values()):
-                if entry.pins == 0 and entry.ready.is_set():
-                    self._drop(entry)
-
     def stats(self) -> dict[str, Any]:
         """Counters and current residency, for the System panel, tests and benchmarks."""
         with self._lock:
