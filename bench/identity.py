@@ -37,7 +37,7 @@ from diffusers import AnimateDiffPipeline, DDIMScheduler
 from skimage import data
 
 from pipelines.cache import ModelCache
-from pipelines.identity import DEFAULT_PROMPT_SUFFIX, IdentityPipeline, IdentityRequest
+from pipelines.identity import IdentityPipeline, IdentityRequest
 from pipelines.registry import Registry
 from pipelines.video import to_uint8
 
@@ -82,7 +82,7 @@ bare_pipe = AnimateDiffPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=un
                                 feature_extractor=processor, image_encoder=image_encoder)
 bare_pipe.set_progress_bar_config(disable=True)
 bare_pipe.set_ip_adapter_scale(float(request.identity_strength))   # the studio sets the same value per call
-prompt = f"{request.prompt.strip()}, {DEFAULT_PROMPT_SUFFIX}"         # the studio's final prompt
+prompt, negative = IdentityPipeline.prompts(request)                 # the studio's final prompts (suffixes)
 
 
 def run_studio():
@@ -97,7 +97,7 @@ def run_studio():
 
 def run_bare():
     return bare_pipe(
-        prompt=prompt, negative_prompt=request.negative_prompt, num_frames=request.num_frames,
+        prompt=prompt, negative_prompt=negative, num_frames=request.num_frames,
         height=request.height, width=request.width, num_inference_steps=request.steps,
         guidance_scale=request.guidance, ip_adapter_image=crop,
         generator=torch.Generator("cpu").manual_seed(request.seed), output_type="np",

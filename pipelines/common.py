@@ -46,6 +46,12 @@ def check_sampling(steps, guidance, seed, width, height) -> None:
             raise InputError(f"{name} must be a multiple of 8, not {size}.")
 
 
+def uses_cfg(guidance: float) -> bool:
+    """Whether a call runs classifier-free guidance: diffusers' own rule (`do_classifier_free_guidance` is
+    `guidance_scale > 1`). Anything that builds both branches itself (face embeds) must follow it."""
+    return guidance > 1
+
+
 def clip_overflow(tokenizer, text: str) -> tuple[int, str]:
     """(number of tokens, the words past CLIP's window that the encoder never sees).
 

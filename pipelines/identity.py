@@ -25,13 +25,15 @@ from pipelines.common import (
     noop,
     prompt_warnings,
     step_reporter,
+    uses_cfg,
 )
 from pipelines.errors import InputError
 from pipelines.faces import FaceAnalyzer, face_similarity, identity_warnings, load_photo
 from pipelines.registry import Registry
 
-DEFAULT_PROMPT_SUFFIX = "8k uhd, high quality, medium shot"   # the original appends it to every prompt
-DEFAULT_NEGATIVE = "long shots, full body"
+# ID-Animator's app appends these to whatever the user writes, joined with a space (`prompt + " 8k uhd, ..."`).
+PROMPT_SUFFIX = "8k uhd, high quality, medium shot"
+NEGATIVE_SUFFIX = "long shots, full body"
 FPS = 9                       # the original's
 MIN_PHOTOS, MAX_PHOTOS = 1, 4
 MIN_FRAMES, MAX_FRAMES = 8, 16   # v2 motion module: 16 frames is what it was trained on
@@ -42,7 +44,7 @@ MAX_IDENTITY_STRENGTH = 1.5
 class IdentityRequest:
     photos: tuple                 # 1–4 reference photos: paths or RGB uint8 arrays
     prompt: str
-    negative_prompt: str = DEFAULT_NEGATIVE
+    negative_prompt: str = ""     # what the user writes; NEGATIVE_SUFFIX is always appended
     identity_strength: float = 0.8
     num_frames: int = 16
     steps: int = 30
@@ -52,6 +54,8 @@ class IdentityRequest:
     height: int = 512
 
     def validate(self) -> None:
+        if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):
+            raise InputError(f"The negative prompt must be text, not {type(self.negative_prompt).__name__}.")
         if not MIN_PHOTOS <= len(self.photos) <= MAX_PHOTOS:
             raise InputError(f"Give {MIN_PHOTOS} to {MAX_PHOTOS} photos of the same person, not {len(self.photos)}.")
         if not isinstance(self.prompt, str) or not self.prompt.strip():
@@ -99,6 +103,11 @@ class IdentityPipeline:
             notes += photo_notes
         return ReferenceFaces(crops, embeddings, notes + identity_warnings(embeddings))
 
+    @staticmethod
+    def prompts(request: IdentityRequest) -> tuple[str, str]:
+        """(prompt, negative prompt) as the model reads them: the user's text with the original's suffixes."""
+        return with_suffix(request.prompt, PROMPT_SUFFIX), with_suffix(request.negative_prompt, NEGATIVE_SUFFIX)
+
     def __call__(self, request: IdentityRequest, progress: Progress = noop,
                  faces: ReferenceFaces | None = None, measure_identity: bool = True) -> IdentityResult:
         """`faces`: the result of `reference_faces(request.photos)` when the caller already checked them.
@@ -119,12 +128,12 @@ class IdentityPipeline:
         with self.cache.use(models.tokenizer, models.text_encoder, models.vae, models.unet, models.image_encoder,
                             models.image_processor) as (tok, te, vae, unet, image_encoder, processor):
             timings["load"] = time.perf_counter() - start
-            prompt = f"{request.prompt.strip()}, {DEFAULT_PROMPT_SUFFIX}"
+            prompt, negative = self.prompts(request)
             counts, warnings = prompt_warnings(tok, {"The prompt (with the quality suffix)": prompt,
-                                                     "The negative prompt": request.negative_prompt or ""})
+                                                     "The negative prompt (with its suffix)": negative})
 
             start = time.perf_counter()
-            face_embeds = self._face_embeds(image_encoder, processor, faces.crops)
+            face_embeds = self._face_embeds(image_encoder, processor, faces.crops, uses_cfg(request.guidance))
             timings["encode_faces"] = time.perf_counter() - start
 
             pipe = animatediff(vae, te, tok, unet, models.scheduler_config)
@@ -132,7 +141,7 @@ class IdentityPipeline:
 
             start = time.perf_counter()
             latents = pipe(
-                prompt=prompt, negative_prompt=request.negative_prompt or None, num_frames=request.num_frames,
+                prompt=prompt, negative_prompt=negative, num_frames=request.num_frames,
                 height=request.height, width=request.width, num_inference_steps=request.steps,
                 guidance_scale=request.guidance, ip_adapter_image_embeds=[face_embeds],
                 generator=torch.Generator("cpu").manual_seed(request.seed), output_type="latent",
@@ -153,18 +162,27 @@ class IdentityPipeline:
             timings["identity_report"] = time.perf_counter() - start
         return IdentityResult(
             frames=frames, seed=request.seed, fps=FPS, faces=faces, face_similarity=similarity,
-            timings={k: round(v, 3) for k, v in timings.items()}, prompt_tokens=counts["The prompt (with the quality suffix)"],
+            timings={k: round(v, 3) for k, v in timings.items()},
+            prompt_tokens=counts["The prompt (with the quality suffix)"],
             warnings=faces.notes + warnings,
         )
 
     @staticmethod
     @torch.inference_mode()
-    def _face_embeds(image_encoder, processor, crops: list[np.ndarray]) -> torch.Tensor:
-        """(2, photos, tokens, width): the unconditional branch (the encoder's output for an all-zero image,
-        as IP-Adapter-Plus and ID-Animator use) stacked on the photos' penultimate hidden states."""
+    def _face_embeds(image_encoder, processor, crops: list[np.ndarray], guided: bool) -> torch.Tensor:
+        """The photos' penultimate hidden states, in the layout diffusers' `ip_adapter_image_embeds` expects.
+
+        With guidance (`guided`): (2, photos, tokens, width), the unconditional branch (the encoder's output
+        for an all-zero image, as IP-Adapter-Plus and ID-Animator use) stacked on the conditional one;
+        diffusers splits it in two. Without (guidance <= 1, distilled few-step modes): (1, photos, tokens, width),
+        the conditional branch only. diffusers does not split it then, so a stacked pair would double the face
+        batch and its frame reshaping would hand half the frames the blank face.
+        """
         pixels = processor(images=crops, return_tensors="pt").pixel_values
         pixels = pixels.to(device=image_encoder.device, dtype=image_encoder.dtype)
         cond = image_encoder(pixels, output_hidden_states=True).hidden_states[-2]
+        if not guided:
+            return cond[None]
         uncond = image_encoder(torch.zeros_like(pixels), output_hidden_states=True).hidden_states[-2]
         return torch.stack([uncond, cond])
 
@@ -176,3 +194,9 @@ class IdentityPipeline:
             embedding = self.faces.frame_embedding(frame)
             report.append(None if embedding is None else round(face_similarity(embedding, reference), 4))
         return report
+
+
+def with_suffix(text: str | None, suffix: str) -> str:
+    """`text + " " + suffix`, as ID-Animator joins them (an empty text gives the suffix alone)."""
+    text = (text or "").strip()
+    return f"{text} {suffix}" if text else suffix

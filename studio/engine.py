@@ -204,8 +204,10 @@ class Engine:
             result.timings = {"faces": round(faces_seconds, 3), **result.timings,
                               "identity_report": round(time.perf_counter() - start, 3)}
             missing = sum(s is None for s in result.face_similarity)
+            prompt_used, negative_used = IdentityPipeline.prompts(job)
             path, info = self._publish(
                 result, photos=len(job.photos), identity_strength=job.identity_strength,
+                prompt_used=prompt_used, negative_prompt_used=negative_used,
                 face_similarity={"per_frame": result.face_similarity, "mean": result.mean_similarity,
                                  "frames_without_face": missing},
             )

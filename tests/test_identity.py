@@ -8,17 +8,19 @@ import sys
 import numpy as np
 import pytest
 import torch
+from diffusers import AnimateDiffPipeline, DDIMScheduler
 from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 from skimage import data
 
+from pipelines import tiny
 from pipelines.cache import ModelCache
 from pipelines.errors import InputError
 from pipelines.faces import FaceAnalyzer
 from pipelines.identity import IdentityPipeline, IdentityRequest
 from pipelines.registry import Registry
-from pipelines.video import read_video, write_mp4
+from pipelines.video import read_video, to_uint8, write_mp4
 from tests.conftest import ROOT
 
 ASTRONAUT = data.astronaut()
@@ -57,12 +59,60 @@ def test_several_photos_average_the_projected_face_tokens(pipeline):
     models = pipeline.registry.identity()
     faces = pipeline.reference_faces((ASTRONAUT, np.ascontiguousarray(ASTRONAUT[:, ::-1])))
     with pipeline.cache.use(models.unet, models.image_encoder, models.image_processor) as (unet, encoder, processor):
-        embeds = pipeline._face_embeds(encoder, processor, faces.crops)          # (2, photos, tokens, width)
+        embeds = pipeline._face_embeds(encoder, processor, faces.crops, guided=True)   # (2, photos, tokens, width)
         with torch.no_grad():
             both = unet.encoder_hid_proj([embeds])[0]
             each = [unet.encoder_hid_proj([embeds[:, i:i + 1]])[0] for i in range(2)]
     assert both.shape == each[0].shape                                           # as many tokens as one photo
     torch.testing.assert_close(both, (each[0] + each[1]) / 2, rtol=1e-5, atol=1e-6)
+
+
+def _bare_pipe(pipeline, **components) -> AnimateDiffPipeline:
+    """diffusers' own AnimateDiffPipeline around the cached identity components, for reference computations."""
+    models = pipeline.registry.identity()
+    names = ("tokenizer", "text_encoder", "vae", "unet", "image_encoder", "image_processor")
+    tok, te, vae, unet, encoder, processor = (pipeline.cache.get(getattr(models, n)) for n in names)
+    pipe = AnimateDiffPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, motion_adapter=None,
+                               scheduler=DDIMScheduler.from_config(models.scheduler_config), image_encoder=encoder,
+                               feature_extractor=processor)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_face_embeds_are_diffusers_own_ip_adapter_plus_encoding(pipeline):
+    """The photo's penultimate hidden states, and the encoder's output for an all-zero image as the unguided
+    branch: what diffusers' IP-Adapter-Plus encoding (and ID-Animator's) gives for the same crops."""
+    faces = pipeline.reference_faces((ASTRONAUT, np.ascontiguousarray(ASTRONAUT[:, ::-1])))
+    pipe = _bare_pipe(pipeline)
+    with torch.no_grad():
+        cond, uncond = pipe.encode_image(faces.crops, "cpu", 1, output_hidden_states=True)
+        guided = pipeline._face_embeds(pipe.image_encoder, pipe.feature_extractor, faces.crops, guided=True)
+        unguided = pipeline._face_embeds(pipe.image_encoder, pipe.feature_extractor, faces.crops, guided=False)
+    assert cond.shape == (2, 17, tiny.IMAGE_ENCODER_WIDTH)               # 2 photos, 4×4 patches + class token
+    assert guided.shape == (2, *cond.shape) and torch.equal(guided[0], uncond) and torch.equal(guided[1], cond)
+    assert unguided.shape == (1, *cond.shape) and torch.equal(unguided[0], cond)
+    assert not torch.equal(cond, uncond)
+
+
+def test_guidance_1_gives_every_frame_the_real_face(pipeline):
+    """Without guidance diffusers does not split the face embeds in two: every frame must get the photo's face.
+    Reference: diffusers run on the same components with the conditional embeds built here by hand."""
+    request = dict(guidance=1.0, num_frames=8, steps=2, seed=3, identity_strength=1.0)
+    studio = run(pipeline, **request).frames
+    pipe = _bare_pipe(pipeline)
+    crop = pipeline.reference_faces((ASTRONAUT,)).crops[0]
+    with torch.no_grad():
+        pixels = pipe.feature_extractor(images=[crop], return_tensors="pt").pixel_values
+        cond = pipe.image_encoder(pixels, output_hidden_states=True).hidden_states[-2]
+    pipe.set_ip_adapter_scale(1.0)
+    expected = pipe(prompt="a woman on a beach 8k uhd, high quality, medium shot",
+                    negative_prompt="long shots, full body", num_frames=8, height=64, width=64,
+                    num_inference_steps=2, guidance_scale=1.0, ip_adapter_image_embeds=[cond[None]],
+                    generator=torch.Generator("cpu").manual_seed(3), output_type="np").frames[0]
+    expected = to_uint8(expected)
+    per_frame = np.abs(studio.astype(int) - expected).reshape(8, -1).max(axis=1)
+    assert studio.shape == expected.shape == (8, 64, 64, 3)
+    assert (per_frame == 0).all(), f"max difference per frame {per_frame.tolist()}"
 
 
 def test_identity_report_on_real_faces(pipeline):

@@ -36,11 +36,15 @@ def build(engine: Engine) -> gr.Dependency:
                     webcam = gr.Image(sources=["webcam"], type="filepath", show_label=False, height=240)
                     add = gr.Button("Add this photo", size="sm")
                 prompt = gr.Textbox(label="Scene", lines=2, placeholder="a woman walking on a beach at sunset",
-                                    elem_id="identity-prompt")
+                                    elem_id="identity-prompt",
+                                    info=f"“{id_.PROMPT_SUFFIX}” is appended, as ID-Animator does")
                 identity_strength = gr.Slider(label="Identity strength", minimum=0.0, maximum=id_.MAX_IDENTITY_STRENGTH, step=0.05,
                                               value=IdentityRequest.identity_strength, info="How strongly the face adapter steers the clip")
                 with gr.Accordion("Advanced", open=False):
-                    negative_prompt = gr.Textbox(label="Negative prompt", value=IdentityRequest.negative_prompt)
+                    negative_prompt = gr.Textbox(label="Negative prompt", value=IdentityRequest.negative_prompt,
+                                                 placeholder="what the clip should avoid",
+                                                 info=f"“{id_.NEGATIVE_SUFFIX}” is always appended, "
+                                                      "as ID-Animator does")
                     num_frames = gr.Slider(label="Frames", minimum=id_.MIN_FRAMES, maximum=id_.MAX_FRAMES,
                                            step=1, value=IdentityRequest.num_frames)
                     steps, guidance, seed, randomize = controls.sampler(IdentityRequest.steps, IdentityRequest.guidance)
