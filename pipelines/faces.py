@@ -168,9 +168,12 @@ def alignment_matrix(landmarks: np.ndarray) -> np.ndarray:
 
 
 def aligned_crop(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
-    """ID-Animator's encoder input: norm_crop to 112×112, then resized to 224×224."""
-    crop = cv2.warpAffine(image, alignment_matrix(landmarks), (112, 112), borderMode=cv2.BORDER_REPLICATE)
-    return cv2.resize(crop, (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_LINEAR)
+    """ID-Animator's encoder input: insightface's norm_crop to 112×112 (bilinear warp, black outside the photo),
+    then PIL's bicubic resize to 224×224, as its app does (`load_image(crop).resize((224, 224))`). Its JPEG
+    round trip between the two (it saves the crop to disk first) is not copied: that only adds artefacts."""
+    crop = cv2.warpAffine(image, alignment_matrix(landmarks), (112, 112), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return np.asarray(Image.fromarray(crop).resize((CROP_SIZE, CROP_SIZE), Image.Resampling.BICUBIC))
 
 
 def _rgb(image: np.ndarray) -> np.ndarray:

@@ -99,6 +99,23 @@ def test_the_crop_is_the_aligned_face_for_the_image_encoder(analyzer, astronaut,
     assert np.abs(face.crop.astype(int) - face.crop.mean()).mean() > 40
 
 
+def test_the_crop_is_insightface_norm_crop_then_a_bicubic_resize(astronaut):
+    """ID-Animator's preprocessing computed independently: skimage's similarity estimate (what insightface's
+    estimate_norm uses), a bilinear warp to 112 px with black outside the photo (norm_crop's borderValue=0.0),
+    then PIL's bicubic resize to 224 (its app's `load_image(crop).resize((224, 224))`). A face at the photo's
+    corner, so the crop reaches past the edges."""
+    photo = np.ascontiguousarray(astronaut[:300, :300])
+    landmarks = ARCFACE_TEMPLATE_112 * 0.6 + np.float32([-10, -15])       # a small face, half outside the photo
+    matrix = SimilarityTransform.from_estimate(landmarks, ARCFACE_TEMPLATE_112).params[:2]
+    reference = cv2.warpAffine(photo, matrix, (112, 112), flags=cv2.INTER_LINEAR, borderValue=0.0)
+    reference = np.asarray(Image.fromarray(reference).resize((224, 224), Image.Resampling.BICUBIC))
+    crop = faces_module.aligned_crop(photo, landmarks)
+    assert crop.shape == (224, 224, 3) and crop.dtype == np.uint8
+    assert np.abs(crop.astype(int) - reference).max() <= 1                # least squares vs Umeyama: same fit
+    assert (crop[:40, :40] == 0).all()                                     # outside the photo: black, not smeared
+    assert crop[150:, 150:].mean() > 20                                     # inside: the photo
+
+
 def test_the_photo_matches_itself_and_its_mirror_and_a_recrop(analyzer, astronaut, face):
     again = analyzer.faces(astronaut.copy())[0].embedding
     assert face.embedding.shape == (128,) and face.embedding.dtype == np.float32
