@@ -8,6 +8,7 @@ collides with the plain one.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -29,6 +30,7 @@ from pipelines.convert.magictime import (
     temporal_lora_deltas,
     text_encoder_lora_deltas,
 )
+from pipelines.convert.single_file import check_single_file, header_tensors
 from pipelines.errors import WeightsError
 from pipelines.hub import HubFile, ensure_available, hub_folder
 
@@ -245,12 +247,20 @@ class _RealLoaders:
             )
         return tok
 
+    def _checked(self, checkpoint: str) -> Path:
+        """The style checkpoint's path, once every key in it is accounted for (see convert/single_file.py)."""
+        path = self._file(checkpoint)
+        stat = path.stat()
+        _check_single_file_once(str(path), stat.st_size, stat.st_mtime_ns, str(self._base()))
+        return path
+
     def clip_text(self, checkpoint: str, lora: bool = False):
         """The style checkpoint's own CLIP text encoder (it replaces SD1.5's), with MagicTime's LoRA if asked."""
         from safetensors import safe_open
         from transformers import CLIPTextConfig, CLIPTextModel
 
         config = CLIPTextConfig.from_pretrained(self._base() / "text_encoder")
+        self._checked(checkpoint)
         with safe_open(self._file(checkpoint), framework="pt") as f:
             single = {k: f.get_tensor(k) for k in f.keys() if k.startswith("cond_stage_model.")}
         model = CLIPTextModel(config)
@@ -265,11 +275,11 @@ class _RealLoaders:
     def _single_file_part(self, cls, checkpoint: str, subfolder: str, dtype: torch.dtype):
         """One model of a single-file SD checkpoint, through diffusers' own converter.
 
-        diffusers (0.42) does not check that the file fits: a weight missing from the file surfaces as torch's
-        "Cannot copy out of meta tensor" naming nothing, so we say which file and part are incomplete. (Keys
-        its converter does not know are dropped without a word; tests/test_real_end_to_end.py pins that.)
+        diffusers (0.42) does not check that the file fits. Keys its converter does not know it drops without
+        a word, so every key is accounted for first (`_checked`); a weight missing from the file surfaces as
+        torch's "Cannot copy out of meta tensor" naming nothing, so we say which file and part are incomplete.
         """
-        path = self._file(checkpoint)
+        path = self._checked(checkpoint)
         try:
             return cls.from_single_file(
                 path, config=str(self._base()), subfolder=subfolder, torch_dtype=dtype, local_files_only=True,
@@ -327,6 +337,19 @@ class _RealLoaders:
             unet2d, adapter, spatial_lora_deltas(spatial), temporal_lora_deltas(self._swift_folder(TEMPORAL_LORA))
         )
         return unet.to(self.dtype).eval()
+
+
+@functools.lru_cache(maxsize=16)
+def _check_single_file_once(path: str, size: int, mtime_ns: int, base: str) -> None:
+    """check_single_file on the file's header, once per file version (its three parts load separately)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig
+
+    check_single_file(
+        header_tensors(path), UNet2DConditionModel.load_config(base, subfolder="unet"),
+        AutoencoderKL.load_config(base, subfolder="vae"), CLIPTextConfig.from_pretrained(Path(base) / "text_encoder"),
+        name=Path(path).name,
+    )
 
 
 # ----------------------------------------------------------------- tiny: toy models, same code paths

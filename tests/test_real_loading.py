@@ -123,7 +123,7 @@ def test_real_tokenizer_and_text_encoder_with_magictime_lora(hub_cache):
     clip = tiny.text_encoder(seed=99)
     single_file = {f"cond_stage_model.transformer.text_model.{k.removeprefix('text_model.')}": v.contiguous()
                    for k, v in clip.state_dict().items()}
-    single_file["model.diffusion_model.conv_in.weight"] = torch.zeros(2, 2)   # the UNet's part of the file
+    single_file["model.diffusion_model.input_blocks.0.0.weight"] = torch.zeros(8, 4, 3, 3)   # the UNet's conv_in
     (hub_cache / "DreamBooth").mkdir()
     save_file(single_file, hub_cache / CHECKPOINT)
     rank, alpha = 4, 6.0
