@@ -8,7 +8,8 @@ each in its real hub layout (tiny sizes):
 - `h94/IP-Adapter`: `models/image_encoder/`, `CLIPVisionModelWithProjection.save_pretrained` output.
 
 The files are written from in-memory modules, so what the real loaders build can be compared with them:
-weight for weight, and frame for frame with the same modules handed to the pipeline directly. The
+weight for weight against hand-written layer names, and frame for frame with ID-Animator composed by hand on
+diffusers' own pipeline and loaders. The
 single-file checkpoint and the SD1.5 folder come from tests/test_real_end_to_end.py's fixtures.
 """
 
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import MotionAdapter, UNetMotionModel
+from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter, UNetMotionModel
 from huggingface_hub import constants
 from safetensors.torch import save_file
 from skimage import data
@@ -34,7 +35,6 @@ from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWi
 from pipelines import hub as hub_module
 from pipelines import tiny
 from pipelines.cache import ModelCache
-from pipelines.convert.id_animator import attn2_names
 from pipelines.faces import FaceAnalyzer
 from pipelines.hub import MissingWeightsError
 from pipelines.identity import IdentityPipeline, IdentityRequest
@@ -48,11 +48,10 @@ from pipelines.registry import (
     MOTION_ADAPTER_V2,
     MOTION_ADAPTER_V2_FILES,
     Registry,
-    _compose_identity_unet,
     _RealLoaders,
-    _TinyLoaders,
 )
 from pipelines.timelapse import TimelapsePipeline, TimelapseRequest
+from pipelines.video import to_uint8
 from tests.test_real_end_to_end import CHECKPOINT, STYLE, magictime, originals  # noqa: F401  (fixtures)
 from tests.test_real_loading import hub_cache, write_base  # noqa: F401  (hub_cache: magictime's fixture)
 
@@ -60,6 +59,16 @@ ASTRONAUT = data.astronaut()
 REQUEST = IdentityRequest(photos=(ASTRONAUT,), prompt="a man reading in a garden", width=64, height=64, steps=2,
                           seed=5)
 LORA_PROJECTIONS = {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out": "to_out.0"}
+# ID-Animator's face-adapter numbering on the tiny UNet (tiny.unet2d: one cross-attention down block, two up-block
+# layers, the mid block), written out by hand: attn1/attn2 alternate in the 2-D UNet's processor order and the
+# mid block registers after the up blocks, so it comes last (as index 31 does on SD1.5).
+TINY_ATTN2 = {
+    1: "down_blocks.0.attentions.0.transformer_blocks.0.attn2",
+    3: "up_blocks.1.attentions.0.transformer_blocks.0.attn2",
+    5: "up_blocks.1.attentions.1.transformer_blocks.0.attn2",
+    7: "mid_block.attentions.0.transformer_blocks.0.attn2",
+}
+FACE_ROLES = ("to_k_face", "to_v_face", *(f"{p}_lora.{r}" for p in LORA_PROJECTIONS for r in ("down", "up")))
 
 
 # ----------------------------------------------------------------- a fake Hugging Face cache, any repository
@@ -212,7 +221,8 @@ def test_real_identity_components_equal_the_files_contents(identity_hub, ids):
     plain = dict(UNetMotionModel.from_unet2d(o.unet2d, o.adapter).named_parameters())
     after = dict(unet.named_parameters())
     face = o.animator["face_adapter"]
-    fused, names = {}, attn2_names(o.unet2d)
+    assert set(face) == {f"{i}.{role}.weight" for i in TINY_ATTN2 for role in FACE_ROLES}
+    fused, names = {}, TINY_ATTN2
     for index, path in names.items():
         for proj, module in LORA_PROJECTIONS.items():
             up, down = face[f"{index}.{proj}_lora.up.weight"], face[f"{index}.{proj}_lora.down.weight"]
@@ -233,26 +243,45 @@ def test_real_identity_components_equal_the_files_contents(identity_hub, ids):
     assert torch.equal(projection.latents, o.animator["image_proj"]["latents"])
 
 
-def test_real_identity_clip_equals_the_same_modules_handed_over_directly(identity_hub, ids, faces, monkeypatch):
-    """Same request, same faces: the real profile's frames are those of the pipeline's tiny profile with its
-    loaders replaced by the in-memory modules the files were written from, to the bit. (8 frames: the
-    comparison needs no more, and 16 cost twice the time.)"""
-    o, request = ids, dataclasses.replace(REQUEST, num_frames=8)
+def reference_identity_pipe(o: IdentityOriginals) -> AnimateDiffPipeline:
+    """ID-Animator on diffusers, built here without the studio's converter or composition: the motion UNet from
+    diffusers' from_unet2d, each attn2's LoRA fused by hand (W + up @ down, scale 1), the face branch loaded with
+    diffusers' own load_ip_adapter under the hand-written numbering, the real profile's CLIP preprocessing."""
+    unet = UNetMotionModel.from_unet2d(copy.deepcopy(o.unet2d), copy.deepcopy(o.adapter))
+    face = o.animator["face_adapter"]
+    with torch.no_grad():
+        for index, path in TINY_ATTN2.items():
+            for proj, module in LORA_PROJECTIONS.items():
+                layer = unet.get_submodule(f"{path}.{module}")
+                layer.weight += face[f"{index}.{proj}_lora.up.weight"] @ face[f"{index}.{proj}_lora.down.weight"]
+    pipe = AnimateDiffPipeline(vae=copy.deepcopy(o.vae), text_encoder=copy.deepcopy(o.clip), tokenizer=tiny.tokenizer(),
+                               unet=unet, motion_adapter=None, image_encoder=copy.deepcopy(o.image_encoder),
+                               feature_extractor=CLIPImageProcessor(),
+                               scheduler=DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="linear",
+                                                       steps_offset=1, clip_sample=False, timestep_spacing="leading"))
+    ip_adapter = {f"{i}.to_{kv}_ip.weight": face[f"{i}.to_{kv}_face.weight"] for i in TINY_ATTN2 for kv in "kv"}
+    pipe.load_ip_adapter({"image_proj": o.animator["image_proj"], "ip_adapter": ip_adapter}, subfolder="",
+                         weight_name="", image_encoder_folder=None)
+    for index, path in TINY_ATTN2.items():       # diffusers numbered the layers as ID-Animator does
+        assert torch.equal(unet.get_submodule(path).processor.to_k_ip[0].weight, face[f"{index}.to_k_face.weight"])
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_real_identity_clip_equals_an_independent_diffusers_composition(identity_hub, ids, faces):
+    """Same request, same face crop: the real profile's frames are those of diffusers' AnimateDiffPipeline with
+    ID-Animator put together by hand from the same files' contents (8 frames: the comparison needs no more)."""
+    request = dataclasses.replace(REQUEST, num_frames=8, identity_strength=0.9)
     actual = IdentityPipeline(ModelCache("cpu"), Registry("real"), NoFrameFaces())(request, faces=faces).frames
 
-    handed = {
-        "clip_text": lambda self, checkpoint: copy.deepcopy(o.clip),
-        "vae": lambda self, checkpoint: copy.deepcopy(o.vae),
-        "unet2d": lambda self, checkpoint: copy.deepcopy(o.unet2d),
-        "motion_adapter_v2": lambda self: copy.deepcopy(o.adapter),
-        "image_encoder": lambda self: copy.deepcopy(o.image_encoder),
-        "image_processor": lambda self: CLIPImageProcessor(),
-        "identity_unet": lambda self, unet2d, adapter, encoder: _compose_identity_unet(
-            unet2d, adapter, encoder, copy.deepcopy(o.animator), torch.float32),
-    }
-    for name, loader in handed.items():
-        monkeypatch.setattr(_TinyLoaders, name, loader)
-    expected = IdentityPipeline(ModelCache("cpu"), Registry("tiny"), NoFrameFaces())(request, faces=faces).frames
+    pipe = reference_identity_pipe(ids)
+    pipe.set_ip_adapter_scale(0.9)
+    expected = pipe(
+        prompt="a man reading in a garden 8k uhd, high quality, medium shot", negative_prompt="long shots, full body",
+        ip_adapter_image=[faces.crops[0]], num_frames=8, height=64, width=64, num_inference_steps=2,
+        guidance_scale=8.0, generator=torch.Generator("cpu").manual_seed(5), output_type="np",
+    ).frames[0]
+    expected = to_uint8(expected)
     assert actual.shape == expected.shape == (8, 64, 64, 3) and actual.std() > 0
     assert np.array_equal(actual, expected), f"max difference {np.abs(actual.astype(int) - expected).max()}"
 
