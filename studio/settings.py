@@ -46,7 +46,11 @@ class Settings:
         if profile not in PROFILES:
             raise SystemExit(f"STUDIO_PROFILE must be one of {', '.join(PROFILES)}, not {profile!r}")
         device = _env("STUDIO_DEVICE", "") or _default_device()
-        # fp16 on a GPU as the originals ran; fp32 on CPU (CPU fp16 kernels are slow or missing).
+        # On a GPU, float16 for every tab. The originals differ: ID-Animator's inference script runs fp16,
+        # MagicTime's release runs fp32. fp16 halves the weights (both tabs' motion UNets then fit next to each
+        # other) and runs about twice as fast on tensor cores; SD1.5-family UNets and VAEs are routinely run
+        # in fp16. STUDIO_DTYPE=float32 gives MagicTime's own precision. On CPU float32 (CPU fp16 kernels are
+        # slow or missing).
         dtype = _env("STUDIO_DTYPE", "") or ("float16" if device.startswith("cuda") else "float32")
         if dtype not in DTYPES:
             raise SystemExit(f"STUDIO_DTYPE must be one of {', '.join(DTYPES)}, not {dtype!r}")
