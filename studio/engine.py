@@ -1,7 +1,8 @@
-"""The bridge between Gradio events and the pipelines: one model cache, one output folder, the
-UI-facing functions (their parameter names are the API's), errors turned into messages.
+"""What every tab's endpoints share: one model cache, the pipelines, one output folder, publishing a result,
+stopping, errors turned into messages, and the ZeroGPU glue.
 
-Tabs wire these functions to components; they hold no logic of their own.
+Each tab's endpoint functions (UI values -> request -> pipeline -> published result; their parameter names are
+the API's) live in that tab's own module under studio/tabs/.
 """
 
 from __future__ import annotations
@@ -17,25 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
-import pandas as pd
 import torch
 
-from pipelines import identity as id_
 from pipelines.cache import ModelCache
 from pipelines.common import MAX_SEED
 from pipelines.errors import Cancelled, StudioError
-from pipelines.faces import FaceAnalyzer, load_photo
-from pipelines.identity import IdentityPipeline, IdentityRequest, IdentityResult, ReferenceFaces
+from pipelines.faces import FaceAnalyzer
+from pipelines.identity import IdentityPipeline
 from pipelines.registry import Registry
-from pipelines.timelapse import (
-    CONTEXT_FRAMES,
-    CONTEXT_STRIDE,
-    DEFAULT_STYLE,
-    TimelapsePipeline,
-    TimelapseRequest,
-    TimelapseResult,
-    parse_keyframes,
-)
+from pipelines.timelapse import CONTEXT_FRAMES, CONTEXT_STRIDE, DEFAULT_STYLE, TimelapsePipeline
 from pipelines.video import write_mp4
 from studio.settings import Settings
 
@@ -45,10 +36,10 @@ except ImportError:  # pragma: no cover - spaces is in requirements.txt
     spaces = None
 
 
-def _gpu_seconds(engine: str, job, *rest) -> int:
+def _gpu_seconds(engine: str, pipeline: str, job, report, options: dict | None = None) -> int:
     """The GPU time ZeroGPU reserves for a call (shorter reservations queue sooner; longer ones spend users'
     quota). An estimate, not a measurement: ~0.8 s per step per 16-frame window at 512 px, plus loading.
-    FreeNoise slides its 16-frame window by 4, so 64 frames are 13 windows."""
+    FreeNoise slides its 16-frame window by 4, so 64 frames are 13 windows; an unguarded comparison run doubles it."""
     keyframes = getattr(job, "keyframes", None)
     windows = 1 + math.ceil(max(0, job.num_frames - CONTEXT_FRAMES) / CONTEXT_STRIDE) if keyframes else 1
     return int(20 + 0.8 * job.steps * windows)
@@ -103,13 +94,10 @@ class Reporter:
 
 
 @gpu
-def _generate_timelapse(engine: str, job: TimelapseRequest, report: Reporter) -> TimelapseResult:
-    return _ENGINES[engine].timelapse_pipeline(job, report)
-
-
-@gpu
-def _generate_identity(engine: str, job: IdentityRequest, faces: ReferenceFaces, report: Reporter) -> IdentityResult:
-    return _ENGINES[engine].identity_pipeline(job, report, faces=faces, measure_identity=False)
+def run_on_gpu(engine: str, pipeline: str, job, report: Reporter, options: dict | None = None):
+    """Run one of the engine's pipelines on a request: the only function that holds the GPU. Picklable
+    arguments only (see above); `options` are the pipeline's keyword arguments besides the request."""
+    return _ENGINES[engine].pipelines[pipeline](job, report, **(options or {}))
 
 
 class Engine:
@@ -118,8 +106,11 @@ class Engine:
         self.cache = ModelCache(settings.device, settings.device_budget, settings.ram_budget)
         self.registry = Registry(settings.profile, settings.dtype)
         self.outputs = OutputDir(settings.output_dir, settings.output_ttl_s)
-        self.timelapse_pipeline = TimelapsePipeline(self.cache, self.registry)
-        self.identity_pipeline = IdentityPipeline(self.cache, self.registry, FaceAnalyzer())
+        # Every pipeline, by name: the GPU function finds them here (also in a ZeroGPU worker's copy).
+        self.pipelines = {
+            "timelapse": TimelapsePipeline(self.cache, self.registry),
+            "identity": IdentityPipeline(self.cache, self.registry, FaceAnalyzer()),
+        }
         self.name = f"engine-{uuid.uuid4().hex[:8]}"
         _ENGINES[self.name] = self
 
@@ -129,96 +120,7 @@ class Engine:
         self.cache.preload(timelapse.tokenizer, timelapse.text_encoder, timelapse.vae, timelapse.unet)
         self.cache.preload(identity.text_encoder, identity.unet, identity.image_encoder, identity.image_processor)
 
-    # ----------------------------------------------------------------- time-lapse
-    def timelapse(
-        self,
-        prompt: str,
-        keyframes: str = "",
-        negative_prompt: str = TimelapseRequest.negative_prompt,
-        style: str = TimelapseRequest.style,
-        num_frames: int = TimelapseRequest.num_frames,
-        steps: int = TimelapseRequest.steps,
-        guidance: float = TimelapseRequest.guidance,
-        seed: int = 0,
-        request: gr.Request = None,
-        progress: gr.Progress = gr.Progress(track_tqdm=True),
-    ) -> tuple[str, str, dict]:
-        """Generate a time-lapse. Returns (MP4 path, summary Markdown with any warnings first, info dict)."""
-        with user_errors():
-            job = TimelapseRequest(
-                prompt=prompt, keyframes=parse_keyframes(keyframes), negative_prompt=negative_prompt,
-                style=style, num_frames=_whole(num_frames), steps=_whole(steps), guidance=guidance,
-                seed=_whole(seed), width=self.settings.resolution, height=self.settings.resolution,
-            )
-            job.validate()  # before the GPU is asked for
-            with self._reporter(request, progress) as report:
-                result = _generate_timelapse(self.name, job, report)
-            path, info = self._publish(result, style=job.style,
-                                       keyframes={str(k): v for k, v in job.stages().items()})
-        return path, _summary_markdown(info), info
-
-    # ----------------------------------------------------------------- identity video
-    def identity_faces(self, photos: list[str] | None) -> tuple[list[tuple[Any, str]], str]:
-        """What the model will see: the aligned face crop of each photo, and notes (problems per photo)."""
-        crops, notes = [], []
-        for number, photo in enumerate(photos or [], start=1):
-            try:
-                face, photo_notes = self.identity_pipeline.faces.photo_face(load_photo(photo, number), number)
-            except StudioError as error:
-                notes.append(f"⚠️ {error}")
-                continue
-            crops.append((face.crop, f"Photo {number}"))
-            notes += [f"ℹ️ {note}" for note in photo_notes]
-        if len(photos or []) > id_.MAX_PHOTOS:
-            notes.append(f"⚠️ Use at most {id_.MAX_PHOTOS} photos.")
-        return crops, "\n\n".join(notes)
-
-    def identity(
-        self,
-        photos: list[str],
-        prompt: str,
-        negative_prompt: str = IdentityRequest.negative_prompt,
-        identity_strength: float = IdentityRequest.identity_strength,
-        num_frames: int = IdentityRequest.num_frames,
-        steps: int = IdentityRequest.steps,
-        guidance: float = IdentityRequest.guidance,
-        seed: int = 0,
-        request: gr.Request = None,
-        progress: gr.Progress = gr.Progress(track_tqdm=True),
-    ) -> tuple[str, str, Any, dict]:
-        """A clip of the person in `photos`. Returns (MP4 path, summary Markdown, similarity plot data, info)."""
-        with user_errors():
-            job = IdentityRequest(
-                photos=tuple(photos or ()), prompt=prompt, negative_prompt=negative_prompt,
-                identity_strength=identity_strength, num_frames=_whole(num_frames), steps=_whole(steps),
-                guidance=guidance, seed=_whole(seed), width=self.settings.resolution, height=self.settings.resolution,
-            )
-            job.validate()
-            start = time.perf_counter()
-            faces = self.identity_pipeline.reference_faces(job.photos)   # on CPU, before the GPU is asked for
-            faces_seconds = time.perf_counter() - start
-            with self._reporter(request, progress) as report:
-                result = _generate_identity(self.name, job, faces, report)
-            start = time.perf_counter()
-            result.face_similarity = self.identity_pipeline.identity_report(result.frames, faces.embeddings)
-            result.timings = {"faces": round(faces_seconds, 3), **result.timings,
-                              "identity_report": round(time.perf_counter() - start, 3)}
-            missing = sum(s is None for s in result.face_similarity)
-            prompt_used, negative_used = IdentityPipeline.prompts(job)
-            path, info = self._publish(
-                result, photos=len(job.photos), identity_strength=job.identity_strength,
-                prompt_used=prompt_used, negative_prompt_used=negative_used,
-                face_similarity={"per_frame": result.face_similarity, "mean": result.mean_similarity,
-                                 "frames_without_face": missing},
-            )
-        plot = pd.DataFrame({"frame": range(len(result.face_similarity)),
-                             "similarity": [float("nan") if s is None else s for s in result.face_similarity]})
-        # No face in any frame: the summary says so; an empty chart would only look broken.
-        plot = gr.update(value=plot, visible=result.mean_similarity is not None,
-                         x_lim=[0, len(result.face_similarity) - 1])
-        return path, _identity_markdown(info), plot, info
-
-    def _publish(self, result, **details) -> tuple[str, dict]:
+    def publish(self, result, **details) -> tuple[str, dict]:
         """Every generating tab's last step: the MP4, the warnings as toasts, and the info dict the API returns
         (what every clip has, then the tab's `details`)."""
         start = time.perf_counter()
@@ -241,7 +143,7 @@ class Engine:
 
     @staticmethod
     @contextmanager
-    def _reporter(request: gr.Request | None, progress: gr.Progress):
+    def reporter(request: gr.Request | None, progress: gr.Progress):
         """A Reporter for one call; its session's stop flag lives as long as the call."""
         flag, session = threading.Event(), getattr(request, "session_hash", None)
         if session:
@@ -284,7 +186,7 @@ def user_errors():
         raise gr.Error("The GPU ran out of memory: try fewer frames, or a shorter clip with keyframes.") from exc
 
 
-def _whole(value):
+def whole(value):
     """Gradio's Number and Slider send floats; a whole float is the int the user meant, anything else is
     left for validation to refuse with a message."""
     if isinstance(value, float) and value.is_integer():
@@ -292,18 +194,7 @@ def _whole(value):
     return value
 
 
-def _identity_markdown(info: dict) -> str:
-    similarity = info["face_similarity"]
-    found = info["num_frames"] - similarity["frames_without_face"]
-    identity = (f"**Identity** {similarity['mean']:.2f} mean face similarity over {found} of {info['num_frames']} frames"
-                if similarity["mean"] is not None else
-                f"**Identity** no face found in any of the {info['num_frames']} frames")
-    if similarity["frames_without_face"] and similarity["mean"] is not None:
-        identity += f"; {similarity['frames_without_face']} without a detectable face"
-    return identity + "\n\n" + _summary_markdown(info)
-
-
-def _summary_markdown(info: dict) -> str:
+def summary_markdown(info: dict) -> str:
     """Warnings first (a person must see them), then one line on what was made and how long it took."""
     lines = [f"⚠️ {w}" for w in info["warnings"]]
     timings = " · ".join(f"{stage} {seconds:.2f} s" for stage, seconds in info["timings"].items())

@@ -84,8 +84,8 @@ def test_stop_interrupts_the_running_call_of_that_session_only(server):
 
     engine, _ = server
     mine, other = SimpleNamespace(session_hash="mine"), SimpleNamespace(session_hash="other")
-    with engine._reporter(mine, lambda *a, **k: None) as report_mine, \
-            engine._reporter(other, lambda *a, **k: None) as report_other:
+    with engine.reporter(mine, lambda *a, **k: None) as report_mine, \
+            engine.reporter(other, lambda *a, **k: None) as report_other:
         engine.stop(mine)
         with pytest.raises(Cancelled):
             report_mine(0.5, "Denoising step 2/4")
@@ -100,11 +100,11 @@ def test_the_gpu_call_takes_only_picklable_arguments(server):
     import gradio as gr
 
     from pipelines.timelapse import TimelapseRequest
-    from studio.engine import Reporter, _generate_timelapse
+    from studio.engine import Reporter, run_on_gpu
 
     engine, _ = server
     job = TimelapseRequest(prompt="ice", steps=1, width=64, height=64)
-    arguments = pickle.loads(pickle.dumps((engine.name, job, Reporter(gr.Progress(track_tqdm=True), "s"))))
-    result = _generate_timelapse(*arguments[:2], Reporter(lambda *a, **k: None))
+    arguments = pickle.loads(pickle.dumps((engine.name, "timelapse", job, Reporter(gr.Progress(track_tqdm=True), "s"))))
+    result = run_on_gpu(*arguments[:3], Reporter(lambda *a, **k: None))
     assert result.frames.shape == (16, 64, 64, 3)
     pickle.dumps(result)                              # and the result travels back

@@ -30,6 +30,7 @@ from pipelines.registry import (
 )
 from pipelines.timelapse import TimelapsePipeline, TimelapseRequest
 from studio.engine import Engine
+from studio.tabs.timelapse_api import TimelapseAPI
 from studio.settings import Settings
 
 CHECKPOINT = STYLES["ToonYou"]
@@ -98,7 +99,7 @@ def test_unreachable_hub_fails_within_seconds(hub_cache, monkeypatch):
 def test_the_generate_click_gets_the_message_as_a_gradio_error(hub_cache, tmp_path):
     engine = Engine(Settings(profile="real", resolution=64, output_dir=tmp_path))
     with pytest.raises(gr.Error, match="STUDIO_PROFILE=tiny"):
-        engine.timelapse("ice melting", progress=lambda *a, **k: None)
+        TimelapseAPI(engine).generate("ice melting", progress=lambda *a, **k: None)
     assert engine.cache.stats()["components"] == []
 
 

@@ -9,6 +9,7 @@ import gradio as gr
 from pipelines import identity as id_
 from pipelines.identity import IdentityRequest
 from studio.engine import Engine, randomize_seed
+from studio.tabs.identity_api import IdentityAPI
 from studio.tabs import controls
 
 EXAMPLE_PHOTO = str(Path(__file__).parents[2] / "assets" / "examples" / "astronaut.jpg")   # public domain (NASA)
@@ -19,6 +20,7 @@ def add_webcam_photo(photos: list[str] | None, shot: str | None) -> list[str]:
 
 
 def build(engine: Engine) -> gr.Dependency:
+    api = IdentityAPI(engine)
     with gr.Tab("Identity video", id="identity"):
         gr.Markdown(
             "Upload one to four photos of **one** person and describe a scene: you get a clip of that person "
@@ -68,10 +70,10 @@ def build(engine: Engine) -> gr.Dependency:
                                                                           "Astronaut in a cafe"],
         )
 
-    photos.change(engine.identity_faces, photos, [crops, face_notes], api_name="identity_faces")
+    photos.change(api.faces, photos, [crops, face_notes], api_name="identity_faces")
     add.click(add_webcam_photo, [photos, webcam], photos, queue=False, api_name=False)
     generate = gr.on(
         [prompt.submit, run.click], randomize_seed, [seed, randomize], seed, queue=False, api_name=False,
-    ).then(engine.identity, inputs, outputs, api_name="identity", concurrency_id="gpu", show_progress_on=video)
+    ).then(api.generate, inputs, outputs, api_name="identity", concurrency_id="gpu", show_progress_on=video)
     stop.click(engine.stop, None, None, cancels=[generate], queue=False, api_name=False)
     return generate

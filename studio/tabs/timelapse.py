@@ -10,6 +10,7 @@ import gradio as gr
 from pipelines.registry import STYLES
 from pipelines.timelapse import CONTEXT_FRAMES, MAX_FRAMES, MIN_FRAMES, TimelapseRequest
 from studio.engine import Engine, randomize_seed
+from studio.tabs.timelapse_api import TimelapseAPI
 from studio.tabs import controls
 
 EXAMPLES = json.loads((Path(__file__).parents[2] / "assets" / "timelapse_examples.json").read_text())
@@ -17,6 +18,7 @@ EXAMPLES = json.loads((Path(__file__).parents[2] / "assets" / "timelapse_example
 
 def build(engine: Engine) -> gr.Dependency:
     """Lay out the tab; return the generate event (the System panel refreshes after it)."""
+    api = TimelapseAPI(engine)
     with gr.Tab("Time-lapse", id="timelapse"):
         gr.Markdown(
             "Describe something that changes over time and get a metamorphic time-lapse "
@@ -57,12 +59,12 @@ def build(engine: Engine) -> gr.Dependency:
             examples=[[e["prompt"], e["keyframes"], TimelapseRequest.negative_prompt, e["style"], e["num_frames"],
                        TimelapseRequest.steps, TimelapseRequest.guidance, e["seed"]]
                       for e in EXAMPLES],
-            inputs=inputs, outputs=outputs, fn=engine.timelapse, cache_examples=True, cache_mode="lazy",
+            inputs=inputs, outputs=outputs, fn=api.generate, cache_examples=True, cache_mode="lazy",
             example_labels=[e["label"] for e in EXAMPLES], examples_per_page=5,
         )
 
     generate = gr.on(
         [prompt.submit, run.click], randomize_seed, [seed, randomize], seed, queue=False, api_name=False,
-    ).then(engine.timelapse, inputs, outputs, api_name="timelapse", concurrency_id="gpu", show_progress_on=video)
+    ).then(api.generate, inputs, outputs, api_name="timelapse", concurrency_id="gpu", show_progress_on=video)
     stop.click(engine.stop, None, None, cancels=[generate], queue=False, api_name=False)
     return generate

@@ -1,0 +1,96 @@
+"""The Identity video tab's endpoints: the face preview, and UI values -> IdentityRequest -> the pipeline on the
+GPU -> a published clip with its identity report."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from pipelines import identity as id_
+from pipelines.errors import StudioError
+from pipelines.faces import load_photo
+from pipelines.identity import IdentityPipeline, IdentityRequest
+from studio.engine import Engine, run_on_gpu, summary_markdown, user_errors, whole
+
+
+class IdentityAPI:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.pipeline: IdentityPipeline = engine.pipelines["identity"]
+
+    def faces(self, photos: list[str] | None) -> tuple[list[tuple[Any, str]], str]:
+        """What the model will see: the aligned face crop of each photo, and notes (problems per photo)."""
+        crops, notes = [], []
+        for number, photo in enumerate(photos or [], start=1):
+            try:
+                face, photo_notes = self.pipeline.faces.photo_face(load_photo(photo, number), number)
+            except StudioError as error:
+                notes.append(f"⚠️ {error}")
+                continue
+            crops.append((face.crop, f"Photo {number}"))
+            notes += [f"ℹ️ {note}" for note in photo_notes]
+        if len(photos or []) > id_.MAX_PHOTOS:
+            notes.append(f"⚠️ Use at most {id_.MAX_PHOTOS} photos.")
+        return crops, "\n\n".join(notes)
+
+    def generate(
+        self,
+        photos: list[str],
+        prompt: str,
+        negative_prompt: str = IdentityRequest.negative_prompt,
+        identity_strength: float = IdentityRequest.identity_strength,
+        num_frames: int = IdentityRequest.num_frames,
+        steps: int = IdentityRequest.steps,
+        guidance: float = IdentityRequest.guidance,
+        seed: int = 0,
+        request: gr.Request = None,
+        progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008  (Gradio's own idiom)
+    ) -> tuple[str, str, Any, dict]:
+        """A clip of the person in `photos`. Returns (MP4 path, summary Markdown, similarity plot data, info)."""
+        engine = self.engine
+        with user_errors():
+            job = IdentityRequest(
+                photos=tuple(photos or ()), prompt=prompt, negative_prompt=negative_prompt,
+                identity_strength=identity_strength, num_frames=whole(num_frames), steps=whole(steps),
+                guidance=guidance, seed=whole(seed), width=engine.settings.resolution,
+                height=engine.settings.resolution,
+            )
+            job.validate()
+            start = time.perf_counter()
+            faces = self.pipeline.reference_faces(job.photos)   # on CPU, before the GPU is asked for
+            faces_seconds = time.perf_counter() - start
+            with engine.reporter(request, progress) as report:
+                result = run_on_gpu(engine.name, "identity", job, report,
+                                    dict(faces=faces, measure_identity=False))
+            start = time.perf_counter()
+            result.face_similarity = self.pipeline.identity_report(result.frames, faces.embeddings)
+            result.timings = {"faces": round(faces_seconds, 3), **result.timings,
+                              "identity_report": round(time.perf_counter() - start, 3)}
+            missing = sum(s is None for s in result.face_similarity)
+            prompt_used, negative_used = IdentityPipeline.prompts(job)
+            path, info = engine.publish(
+                result, photos=len(job.photos), identity_strength=job.identity_strength,
+                prompt_used=prompt_used, negative_prompt_used=negative_used,
+                face_similarity={"per_frame": result.face_similarity, "mean": result.mean_similarity,
+                                 "frames_without_face": missing},
+            )
+        plot = pd.DataFrame({"frame": range(len(result.face_similarity)),
+                             "similarity": [float("nan") if s is None else s for s in result.face_similarity]})
+        # No face in any frame: the summary says so; an empty chart would only look broken.
+        plot = gr.update(value=plot, visible=result.mean_similarity is not None,
+                         x_lim=[0, len(result.face_similarity) - 1])
+        return path, identity_markdown(info), plot, info
+
+
+def identity_markdown(info: dict) -> str:
+    similarity = info["face_similarity"]
+    found = info["num_frames"] - similarity["frames_without_face"]
+    identity = (f"**Identity** {similarity['mean']:.2f} mean face similarity over {found} of {info['num_frames']} frames"
+                if similarity["mean"] is not None else
+                f"**Identity** no face found in any of the {info['num_frames']} frames")
+    if similarity["frames_without_face"] and similarity["mean"] is not None:
+        identity += f"; {similarity['frames_without_face']} without a detectable face"
+    return identity + "\n\n" + summary_markdown(info)

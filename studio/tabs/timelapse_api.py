@@ -1,0 +1,41 @@
+"""The Time-lapse tab's endpoint: UI values -> TimelapseRequest -> the pipeline on the GPU -> a published clip."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from pipelines.timelapse import TimelapseRequest, parse_keyframes
+from studio.engine import Engine, run_on_gpu, summary_markdown, user_errors, whole
+
+
+class TimelapseAPI:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def generate(
+        self,
+        prompt: str,
+        keyframes: str = "",
+        negative_prompt: str = TimelapseRequest.negative_prompt,
+        style: str = TimelapseRequest.style,
+        num_frames: int = TimelapseRequest.num_frames,
+        steps: int = TimelapseRequest.steps,
+        guidance: float = TimelapseRequest.guidance,
+        seed: int = 0,
+        request: gr.Request = None,
+        progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008  (Gradio's own idiom)
+    ) -> tuple[str, str, dict]:
+        """Generate a time-lapse. Returns (MP4 path, summary Markdown with any warnings first, info dict)."""
+        engine = self.engine
+        with user_errors():
+            job = TimelapseRequest(
+                prompt=prompt, keyframes=parse_keyframes(keyframes), negative_prompt=negative_prompt,
+                style=style, num_frames=whole(num_frames), steps=whole(steps), guidance=guidance,
+                seed=whole(seed), width=engine.settings.resolution, height=engine.settings.resolution,
+            )
+            job.validate()  # before the GPU is asked for
+            with engine.reporter(request, progress) as report:
+                result = run_on_gpu(engine.name, "timelapse", job, report)
+            path, info = engine.publish(result, style=job.style,
+                                        keyframes={str(k): v for k, v in job.stages().items()})
+        return path, summary_markdown(info), info
