@@ -30,6 +30,7 @@ from pipelines.common import (
 from pipelines.errors import InputError
 from pipelines.faces import FaceAnalyzer, face_similarity, identity_warnings, load_photo
 from pipelines.registry import Registry
+from pipelines.safety import SafetyGuard, SafetyOptions, with_concepts
 
 # ID-Animator's app appends these to whatever the user writes, joined with a space (`prompt + " 8k uhd, ..."`).
 PROMPT_SUFFIX = "8k uhd, high quality, medium shot"
@@ -52,8 +53,11 @@ class IdentityRequest:
     seed: int = 0
     width: int = 512
     height: int = 512
+    safety: SafetyOptions | None = SafetyOptions()   # None: no prompt guard (the output check still runs)
 
     def validate(self) -> None:
+        if self.safety is not None:
+            self.safety.validate()
         if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):
             raise InputError(f"The negative prompt must be text, not {type(self.negative_prompt).__name__}.")
         if not MIN_PHOTOS <= len(self.photos) <= MAX_PHOTOS:
@@ -82,6 +86,7 @@ class IdentityResult:
     timings: dict[str, float]
     prompt_tokens: int
     warnings: list[str] = field(default_factory=list)
+    safety: dict = field(default_factory=lambda: {"enabled": False})   # what the guard flagged and did
 
     @property
     def mean_similarity(self) -> float | None:
@@ -90,8 +95,10 @@ class IdentityResult:
 
 
 class IdentityPipeline:
-    def __init__(self, cache: ModelCache, registry: Registry, faces: FaceAnalyzer | None = None):
+    def __init__(self, cache: ModelCache, registry: Registry, faces: FaceAnalyzer | None = None,
+                 guard: SafetyGuard | None = None):
         self.cache, self.registry, self.faces = cache, registry, faces or FaceAnalyzer()
+        self.guard = guard or SafetyGuard()
 
     def reference_faces(self, photos) -> ReferenceFaces:
         """Find, align and check the face in every photo. Raises InputError with the photo's number."""
@@ -105,8 +112,10 @@ class IdentityPipeline:
 
     @staticmethod
     def prompts(request: IdentityRequest) -> tuple[str, str]:
-        """(prompt, negative prompt) as the model reads them: the user's text with the original's suffixes."""
-        return with_suffix(request.prompt, PROMPT_SUFFIX), with_suffix(request.negative_prompt, NEGATIVE_SUFFIX)
+        """(prompt, negative prompt) as the model reads them: the user's text with the original's suffixes (and
+        the concepts to suppress after the negative one, when the guard is asked to)."""
+        negative = with_concepts(with_suffix(request.negative_prompt, NEGATIVE_SUFFIX), request.safety)
+        return with_suffix(request.prompt, PROMPT_SUFFIX), negative
 
     def __call__(self, request: IdentityRequest, progress: Progress = noop,
                  faces: ReferenceFaces | None = None, measure_identity: bool = True) -> IdentityResult:
@@ -136,17 +145,24 @@ class IdentityPipeline:
             face_embeds = self._face_embeds(image_encoder, processor, faces.crops, uses_cfg(request.guidance))
             timings["encode_faces"] = time.perf_counter() - start
 
+            plan = None
+            if request.safety is not None:
+                start = time.perf_counter()
+                plan = self.guard.plan(tok, te, [prompt], request.safety, request.steps)
+                timings["safety_prompt"] = time.perf_counter() - start
+
             pipe = animatediff(vae, te, tok, unet, models.scheduler_config)
             pipe.set_ip_adapter_scale(float(request.identity_strength))   # per call: the UNet is ours while locked
 
             start = time.perf_counter()
-            latents = pipe(
-                prompt=prompt, negative_prompt=negative, num_frames=request.num_frames,
-                height=request.height, width=request.width, num_inference_steps=request.steps,
-                guidance_scale=request.guidance, ip_adapter_image_embeds=[face_embeds],
-                generator=torch.Generator("cpu").manual_seed(request.seed), output_type="latent",
-                callback_on_step_end=step_reporter(progress, request.steps),
-            ).frames
+            with self.guard.applied(pipe, plan):
+                latents = pipe(
+                    prompt=prompt, negative_prompt=negative, num_frames=request.num_frames,
+                    height=request.height, width=request.width, num_inference_steps=request.steps,
+                    guidance_scale=request.guidance, ip_adapter_image_embeds=[face_embeds],
+                    generator=torch.Generator("cpu").manual_seed(request.seed), output_type="latent",
+                    callback_on_step_end=step_reporter(progress, request.steps),
+                ).frames
             timings["denoise"] = time.perf_counter() - start
 
             progress(1.0, "Decoding frames")
@@ -164,7 +180,7 @@ class IdentityPipeline:
             frames=frames, seed=request.seed, fps=FPS, faces=faces, face_similarity=similarity,
             timings={k: round(v, 3) for k, v in timings.items()},
             prompt_tokens=counts["The prompt (with the quality suffix)"],
-            warnings=faces.notes + warnings,
+            warnings=faces.notes + warnings, safety=plan.report() if plan is not None else {"enabled": False},
         )
 
     @staticmethod

@@ -30,6 +30,7 @@ from pipelines.common import (
 )
 from pipelines.errors import InputError
 from pipelines.registry import STYLES, Registry
+from pipelines.safety import SafetyGuard, SafetyOptions, with_concepts
 
 DEFAULT_NEGATIVE = "worst quality, low quality, letterboxed"
 DEFAULT_STYLE = "Realistic Vision"
@@ -74,9 +75,12 @@ class TimelapseRequest:
     seed: int = 0
     width: int = 512
     height: int = 512
+    safety: SafetyOptions | None = SafetyOptions()   # None: no prompt guard (the output check still runs)
 
     def validate(self) -> None:
         """Every check a request can fail, with a message a person can act on. No model work happens here."""
+        if self.safety is not None:
+            self.safety.validate()
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise InputError("Write a prompt: describe what changes over time, e.g. 'a seed grows into a sunflower'.")
         if self.style not in STYLES:
@@ -110,6 +114,7 @@ class TimelapseResult:
     timings: dict[str, float]     # seconds: load, denoise (includes text encoding), decode
     prompt_tokens: int            # tokens of the main prompt, without start/end markers
     warnings: list[str]           # e.g. the words CLIP dropped past its 77-token window
+    safety: dict = field(default_factory=lambda: {"enabled": False})   # what the guard flagged and did
 
 
 def _disable_free_noise(pipe: AnimateDiffPipeline) -> None:
@@ -124,8 +129,8 @@ def _disable_free_noise(pipe: AnimateDiffPipeline) -> None:
 
 
 class TimelapsePipeline:
-    def __init__(self, cache: ModelCache, registry: Registry):
-        self.cache, self.registry = cache, registry
+    def __init__(self, cache: ModelCache, registry: Registry, guard: SafetyGuard | None = None):
+        self.cache, self.registry, self.guard = cache, registry, guard or SafetyGuard()
 
     def __call__(self, request: TimelapseRequest, progress: Progress = noop) -> TimelapseResult:
         request.validate()
@@ -143,6 +148,13 @@ class TimelapsePipeline:
             pipe = animatediff(vae, te, tok, unet, models.scheduler_config)
 
             stages = request.stages()
+            plan = None
+            if request.safety is not None:
+                start = time.perf_counter()
+                plan = self.guard.plan(tok, te, list(stages.values()) or [request.prompt], request.safety,
+                                       request.steps)
+                timings["safety_prompt"] = time.perf_counter() - start
+            negative = with_concepts(request.negative_prompt, request.safety)
             if stages:
                 # enable_free_noise reads one number from the motion adapter's config; the adapter itself is
                 # already merged into the UNet, so hand it that number instead of keeping a second copy on the GPU.
@@ -153,18 +165,19 @@ class TimelapsePipeline:
                                        context_stride=CONTEXT_STRIDE)
             try:
                 start = time.perf_counter()
-                latents = pipe(
-                    prompt=stages or request.prompt,
-                    negative_prompt=request.negative_prompt or None,
-                    num_frames=request.num_frames,
-                    height=request.height,
-                    width=request.width,
-                    num_inference_steps=request.steps,
-                    guidance_scale=request.guidance,
-                    generator=torch.Generator("cpu").manual_seed(request.seed),
-                    output_type="latent",
-                    callback_on_step_end=step_reporter(progress, request.steps),
-                ).frames
+                with self.guard.applied(pipe, plan):
+                    latents = pipe(
+                        prompt=stages or request.prompt,
+                        negative_prompt=negative or None,
+                        num_frames=request.num_frames,
+                        height=request.height,
+                        width=request.width,
+                        num_inference_steps=request.steps,
+                        guidance_scale=request.guidance,
+                        generator=torch.Generator("cpu").manual_seed(request.seed),
+                        output_type="latent",
+                        callback_on_step_end=step_reporter(progress, request.steps),
+                    ).frames
                 timings["denoise"] = time.perf_counter() - start
             finally:
                 if stages:
@@ -178,6 +191,7 @@ class TimelapsePipeline:
         return TimelapseResult(
             frames=frames, seed=request.seed, fps=FPS, prompt_tokens=counts["The prompt"],
             timings={k: round(v, 3) for k, v in timings.items()}, warnings=warnings,
+            safety=plan.report() if plan is not None else {"enabled": False},
         )
 
 

@@ -21,7 +21,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 # forked RNG makes the weights depend on the seed alone, and leaves the caller's RNG untouched.
 _RNG_LOCK = threading.Lock()
 
-CROSS_ATTENTION_DIM = 8
+CROSS_ATTENTION_DIM = 64   # wider than the largest concept list (30), so a toxic subspace is a real subspace
 LORA_RANK = 2
 
 

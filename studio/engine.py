@@ -20,13 +20,21 @@ from typing import Any
 import gradio as gr
 import torch
 
+from pipelines import output_check
 from pipelines.cache import ModelCache
 from pipelines.common import MAX_SEED
-from pipelines.errors import Cancelled, StudioError
-from pipelines.faces import FaceAnalyzer
+from pipelines.errors import Cancelled, InputError, StudioError
+from pipelines.faces import FaceAnalyzer, load_photo
 from pipelines.identity import IdentityPipeline
+from pipelines.output_check import FrameChecker
 from pipelines.registry import Registry
-from pipelines.timelapse import CONTEXT_FRAMES, CONTEXT_STRIDE, DEFAULT_STYLE, TimelapsePipeline
+from pipelines.safety import SafetyGuard, SafetyOptions
+from pipelines.timelapse import (
+    CONTEXT_FRAMES,
+    CONTEXT_STRIDE,
+    DEFAULT_STYLE,
+    TimelapsePipeline,
+)
 from pipelines.video import write_mp4
 from studio.settings import Settings
 
@@ -106,10 +114,12 @@ class Engine:
         self.cache = ModelCache(settings.device, settings.device_budget, settings.ram_budget)
         self.registry = Registry(settings.profile, settings.dtype)
         self.outputs = OutputDir(settings.output_dir, settings.output_ttl_s)
+        self.guard = SafetyGuard()                 # one concept-subspace cache for every tab
+        self.checker = FrameChecker()
         # Every pipeline, by name: the GPU function finds them here (also in a ZeroGPU worker's copy).
         self.pipelines = {
-            "timelapse": TimelapsePipeline(self.cache, self.registry),
-            "identity": IdentityPipeline(self.cache, self.registry, FaceAnalyzer()),
+            "timelapse": TimelapsePipeline(self.cache, self.registry, self.guard),
+            "identity": IdentityPipeline(self.cache, self.registry, FaceAnalyzer(), self.guard),
         }
         self.name = f"engine-{uuid.uuid4().hex[:8]}"
         _ENGINES[self.name] = self
@@ -120,9 +130,47 @@ class Engine:
         self.cache.preload(timelapse.tokenizer, timelapse.text_encoder, timelapse.vae, timelapse.unet)
         self.cache.preload(identity.text_encoder, identity.unet, identity.image_encoder, identity.image_processor)
 
+    # ----------------------------------------------------------------- the safety guard
+    @property
+    def safety_enforced(self) -> bool:
+        return self.settings.safety == "enforced"
+
+    def safety_options(self, safety, options: SafetyOptions | None = None) -> SafetyOptions | None:
+        """The guard a call runs with: `options` (the defaults if None) when `safety` is on, None when off.
+        In enforced mode asking for it off is refused, never silently ignored."""
+        if not isinstance(safety, bool):
+            raise InputError(f"safety must be true or false, not {safety!r}.")
+        if not safety and self.safety_enforced:
+            raise InputError("The safety guard is enforced on this server (STUDIO_SAFETY=enforced) and cannot be "
+                             "switched off; call again with safety=true.")
+        return (options or SafetyOptions()) if safety else None
+
+    def check_photos(self, photos) -> list[str]:
+        """Reference photos through the output check before any GPU work: refused in enforced mode, a warning
+        otherwise. Returns the warnings."""
+        frames = [load_photo(photo, number) for number, photo in enumerate(photos, start=1)]
+        scores = [self.checker.check(frame).scores[0] for frame in frames]
+        flagged = [(number, score) for number, score in enumerate(scores, start=1) if score >= self.checker.threshold]
+        named = ", ".join(f"photo {number} ({score:.2f})" for number, score in flagged)
+        if flagged and self.safety_enforced:
+            raise InputError(f"The output check ({output_check.MODEL_NAME}) scores {named} as explicit; this server "
+                             "enforces the safety guard and does not use such photos.")
+        return [f"The output check scores {named} as explicit (threshold {self.checker.threshold})."] if flagged else []
+
     def publish(self, result, **details) -> tuple[str, dict]:
-        """Every generating tab's last step: the MP4, the warnings as toasts, and the info dict the API returns
-        (what every clip has, then the tab's `details`)."""
+        """Every generating tab's last step: the output check on every frame (flagged frames blurred), the MP4,
+        the warnings as toasts, and the info dict the API returns (what every clip has, then the tab's
+        `details`)."""
+        start = time.perf_counter()
+        verdict = self.checker.check(result.frames)
+        if verdict.flagged:
+            result.frames = output_check.blur_frames(result.frames, verdict.flagged)
+            result.warnings.append(
+                f"The output check flagged {len(verdict.flagged)} of {len(result.frames)} frames as explicit "
+                f"({output_check.MODEL_NAME} ≥ {verdict.threshold}): they are blurred. Try another seed.")
+        result.timings["safety_check"] = round(time.perf_counter() - start, 3)
+        result.safety = {**result.safety, "mode": self.settings.safety,
+                         "output_check": verdict.report(blurred=True)}
         start = time.perf_counter()
         path = write_mp4(result.frames, self.outputs.new(".mp4"), fps=result.fps)
         result.timings["encode_mp4"] = round(time.perf_counter() - start, 3)
@@ -130,7 +178,7 @@ class Engine:
             gr.Warning(warning)
         frames, height, width = result.frames.shape[:3]
         info = {"seed": result.seed, "num_frames": int(frames), "fps": result.fps, "size": [int(width), int(height)],
-                **details, "prompt_tokens": result.prompt_tokens, "timings": result.timings,
+                **details, "prompt_tokens": result.prompt_tokens, "safety": result.safety, "timings": result.timings,
                 "warnings": result.warnings, "profile": self.settings.profile}
         return str(path), info
 
@@ -200,6 +248,20 @@ def summary_markdown(info: dict) -> str:
     timings = " · ".join(f"{stage} {seconds:.2f} s" for stage, seconds in info["timings"].items())
     lines.append(
         f"**Seed** {info['seed']} · {info['num_frames']} frames at {info['fps']} fps · "
-        f"{info['size'][0]}×{info['size'][1]} · {info['prompt_tokens']} prompt tokens  \n{timings}"
+        f"{info['size'][0]}×{info['size'][1]} · {info['prompt_tokens']} prompt tokens  \n"
+        f"{safety_line(info['safety'])}  \n{timings}"
     )
     return "\n\n".join(lines)
+
+
+def safety_line(safety: dict) -> str:
+    """One line on what the guard and the output check did."""
+    check = safety.get("output_check", {})
+    flagged_frames = len(check.get("flagged_frames", []))
+    checked = f"output check: {flagged_frames} of {len(check.get('per_frame', []))} frames flagged"
+    if not safety.get("enabled"):
+        return f"**Safety** guard off · {checked}"
+    tokens = safety["flagged_tokens"]
+    guard = (f"{len(tokens)} token{'s' * (len(tokens) != 1)} projected over {safety['guarded_steps_text']}"
+             if tokens else "no unsafe token found, prompt unchanged")
+    return f"**Safety** {guard} · {checked}"

@@ -11,6 +11,7 @@ from pipelines.registry import DTYPES, PROFILES
 
 
 DEFAULT_OUTPUT_DIR = Path(tempfile.gettempdir()) / "video-studio"
+SAFETY_MODES = ("on", "enforced")
 
 
 def _env(name: str, default: str) -> str:
@@ -39,6 +40,7 @@ class Settings:
     output_ttl_s: int = 3600              # generated files older than this are deleted
     host: str = "127.0.0.1"
     port: int = 7860
+    safety: str = "on"                    # "on": guarded by default, a call may switch it off; "enforced": never off
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -55,6 +57,9 @@ class Settings:
         if dtype not in DTYPES:
             raise SystemExit(f"STUDIO_DTYPE must be one of {', '.join(DTYPES)}, not {dtype!r}")
         resolution = int(_env("STUDIO_RESOLUTION", "64" if profile == "tiny" else "512"))
+        safety = _env("STUDIO_SAFETY", "on")
+        if safety not in SAFETY_MODES:
+            raise SystemExit(f"STUDIO_SAFETY must be one of {', '.join(SAFETY_MODES)}, not {safety!r}")
         device_budget = _gib("STUDIO_DEVICE_BUDGET_GB")
         if device_budget is None and device.startswith("cuda"):
             device_budget = _cuda_total() - int(float(_env("STUDIO_WORKING_MEMORY_GB", "8")) * 2**30)
@@ -69,6 +74,7 @@ class Settings:
             output_dir=Path(_env("STUDIO_OUTPUT_DIR", str(DEFAULT_OUTPUT_DIR))),
             host=_env("STUDIO_HOST", _env("GRADIO_SERVER_NAME", "127.0.0.1")),
             port=int(_env("STUDIO_PORT", _env("GRADIO_SERVER_PORT", "7860"))),
+            safety=safety,
         )
 
 

@@ -23,3 +23,12 @@ def run_buttons(label: str, elem_id: str) -> tuple[gr.Button, gr.Button]:
         run = gr.Button(label, variant="primary", elem_id=elem_id, scale=3)
         stop = gr.Button("Stop", variant="stop", scale=1)
     return run, stop
+
+
+def safety_toggle(enforced: bool) -> gr.Checkbox:
+    """The guard switch every generating tab has; shown locked, with the reason, when the server enforces it."""
+    return gr.Checkbox(
+        label="Safety guard", value=True, interactive=not enforced,
+        info="Enforced on this server (STUDIO_SAFETY=enforced): it cannot be switched off." if enforced else
+        "SAFREE steers the prompt away from unsafe concepts; every frame is checked either way.",
+    )

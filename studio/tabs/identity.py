@@ -50,6 +50,7 @@ def build(engine: Engine) -> gr.Dependency:
                     num_frames = gr.Slider(label="Frames", minimum=id_.MIN_FRAMES, maximum=id_.MAX_FRAMES,
                                            step=1, value=IdentityRequest.num_frames)
                     steps, guidance, seed, randomize = controls.sampler(IdentityRequest.steps, IdentityRequest.guidance)
+                    safety = controls.safety_toggle(engine.safety_enforced)
                 run, stop = controls.run_buttons("Generate identity video", "identity-run")
             with gr.Column(scale=5):
                 video = gr.Video(label="Identity video", autoplay=True, loop=True, height=440,
@@ -61,7 +62,7 @@ def build(engine: Engine) -> gr.Dependency:
                 with gr.Accordion("Details (JSON)", open=False):
                     info = gr.JSON(show_label=False)
 
-        inputs = [photos, prompt, negative_prompt, identity_strength, num_frames, steps, guidance, seed]
+        inputs = [photos, prompt, negative_prompt, identity_strength, num_frames, steps, guidance, seed, safety]
         outputs = [video, summary, similarity, info]
         gr.Examples(
             examples=[[[EXAMPLE_PHOTO], "a woman in a spacesuit smiling, walking through a flower field", 0.8],

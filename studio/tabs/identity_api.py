@@ -46,6 +46,7 @@ class IdentityAPI:
         steps: int = IdentityRequest.steps,
         guidance: float = IdentityRequest.guidance,
         seed: int = 0,
+        safety: bool = True,
         request: gr.Request = None,
         progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008  (Gradio's own idiom)
     ) -> tuple[str, str, Any, dict]:
@@ -56,18 +57,23 @@ class IdentityAPI:
                 photos=tuple(photos or ()), prompt=prompt, negative_prompt=negative_prompt,
                 identity_strength=identity_strength, num_frames=whole(num_frames), steps=whole(steps),
                 guidance=guidance, seed=whole(seed), width=engine.settings.resolution,
-                height=engine.settings.resolution,
+                height=engine.settings.resolution, safety=engine.safety_options(safety),
             )
             job.validate()
             start = time.perf_counter()
             faces = self.pipeline.reference_faces(job.photos)   # on CPU, before the GPU is asked for
             faces_seconds = time.perf_counter() - start
+            start = time.perf_counter()
+            photo_warnings = engine.check_photos(job.photos)
+            photos_seconds = time.perf_counter() - start
             with engine.reporter(request, progress) as report:
                 result = run_on_gpu(engine.name, "identity", job, report,
                                     dict(faces=faces, measure_identity=False))
             start = time.perf_counter()
             result.face_similarity = self.pipeline.identity_report(result.frames, faces.embeddings)
-            result.timings = {"faces": round(faces_seconds, 3), **result.timings,
+            result.warnings = photo_warnings + result.warnings
+            result.timings = {"faces": round(faces_seconds, 3), "safety_photos": round(photos_seconds, 3),
+                              **result.timings,
                               "identity_report": round(time.perf_counter() - start, 3)}
             missing = sum(s is None for s in result.face_similarity)
             prompt_used, negative_used = IdentityPipeline.prompts(job)

@@ -46,6 +46,7 @@ def build(engine: Engine) -> gr.Dependency:
                 with gr.Accordion("Advanced", open=False):
                     negative_prompt = gr.Textbox(label="Negative prompt", value=TimelapseRequest.negative_prompt)
                     steps, guidance, seed, randomize = controls.sampler(TimelapseRequest.steps, TimelapseRequest.guidance)
+                    safety = controls.safety_toggle(engine.safety_enforced)
                 run, stop = controls.run_buttons("Generate time-lapse", "timelapse-run")
             with gr.Column(scale=5):
                 video = gr.Video(label="Time-lapse", autoplay=True, loop=True, height=440, elem_id="timelapse-video")
@@ -53,11 +54,11 @@ def build(engine: Engine) -> gr.Dependency:
                 with gr.Accordion("Details (JSON)", open=False):
                     info = gr.JSON(show_label=False)
 
-        inputs = [prompt, keyframes, negative_prompt, style, num_frames, steps, guidance, seed]
+        inputs = [prompt, keyframes, negative_prompt, style, num_frames, steps, guidance, seed, safety]
         outputs = [video, summary, info]
         gr.Examples(
             examples=[[e["prompt"], e["keyframes"], TimelapseRequest.negative_prompt, e["style"], e["num_frames"],
-                       TimelapseRequest.steps, TimelapseRequest.guidance, e["seed"]]
+                       TimelapseRequest.steps, TimelapseRequest.guidance, e["seed"], True]
                       for e in EXAMPLES],
             inputs=inputs, outputs=outputs, fn=api.generate, cache_examples=True, cache_mode="lazy",
             example_labels=[e["label"] for e in EXAMPLES], examples_per_page=5,

@@ -22,6 +22,7 @@ class TimelapseAPI:
         steps: int = TimelapseRequest.steps,
         guidance: float = TimelapseRequest.guidance,
         seed: int = 0,
+        safety: bool = True,
         request: gr.Request = None,
         progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008  (Gradio's own idiom)
     ) -> tuple[str, str, dict]:
@@ -32,6 +33,7 @@ class TimelapseAPI:
                 prompt=prompt, keyframes=parse_keyframes(keyframes), negative_prompt=negative_prompt,
                 style=style, num_frames=whole(num_frames), steps=whole(steps), guidance=guidance,
                 seed=whole(seed), width=engine.settings.resolution, height=engine.settings.resolution,
+                safety=engine.safety_options(safety),
             )
             job.validate()  # before the GPU is asked for
             with engine.reporter(request, progress) as report:
