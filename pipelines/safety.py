@@ -138,6 +138,7 @@ class TokenScore:
     token: str
     score: float           # d_i / mean_{j≠i} d_j − 1: how much further from the toxic span the prompt moves without it
     flagged: bool
+    ends_word: bool = True  # CLIP's BPE marks a word's last piece; a display joins pieces without a space
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,8 @@ class GuardPlan:
             "flagged_tokens": flagged, "t_prime": self.t_prime if self.active else None, "steps": self.steps,
             "guarded_steps": guarded, "guarded_steps_text": f"{guarded} of {self.steps} steps",
             "beta": {p.prompt: round(p.beta, 4) for p in self.prompts.values()},
+            "tokens": {p.prompt: [{"token": t.token, "score": round(t.score, 4), "flagged": t.flagged,
+                                   "ends_word": t.ends_word} for t in p.tokens] for p in self.prompts.values()},
         }
 
 
@@ -194,13 +197,16 @@ class SafetyGuard:
         self._subspaces: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # text encoder -> {concepts: P_C}
 
     @torch.inference_mode()
-    def _pooled_and_hidden(self, text_encoder, ids: torch.Tensor, chunk: int = 32):
-        pooled, hidden = [], []
+    def _encode(self, text_encoder, ids: torch.Tensor, states_of: Sequence[int] = (), chunk: int = 256):
+        """(pooled embeddings of every row, token states of the rows in `states_of`), float64 on the CPU."""
+        pooled, states = [], {}
         for start in range(0, len(ids), chunk):
             out = text_encoder(ids[start:start + chunk].to(text_encoder.device))
             pooled.append(out.pooler_output.double().cpu())
-            hidden.append(out.last_hidden_state.double().cpu())
-        return torch.cat(pooled), torch.cat(hidden)
+            for row in states_of:
+                if start <= row < start + chunk:
+                    states[row] = out.last_hidden_state[row - start].double().cpu()
+        return torch.cat(pooled), [states[row] for row in states_of]
 
     def _ids(self, tokenizer, texts: Sequence[str]) -> torch.Tensor:
         return tokenizer(list(texts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
@@ -213,7 +219,7 @@ class SafetyGuard:
             cached = self._subspaces.setdefault(text_encoder, {})
             if concepts in cached:
                 return cached[concepts]
-        pooled, _ = self._pooled_and_hidden(text_encoder, self._ids(tokenizer, concepts))
+        pooled, _ = self._encode(text_encoder, self._ids(tokenizer, concepts))
         width, rank = pooled.shape[1], int(torch.linalg.matrix_rank(pooled))
         if rank >= width:
             raise InputError(
@@ -230,22 +236,37 @@ class SafetyGuard:
         options.validate()
         p_c = self.toxic_subspace(tokenizer, text_encoder, options.concepts())
         kappa, tau = options.filter_constants()
+        texts = list(dict.fromkeys(prompts))
+        ids = self._ids(tokenizer, texts)
+        eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+        # Per prompt: its tokens (without BOS and EOS) and one row per token with that token masked, plus the
+        # prompt itself. CLIP's text attention is causal, so nothing after EOS reaches the pooled output (read at
+        # EOS) or the tokens' states: rows stop at EOS, and all prompts' rows run as one padded batch.
+        spans, rows = [], []
+        for row_ids in ids:
+            end = int((row_ids == eos).nonzero()[0]) if (row_ids == eos).any() else len(row_ids) - 1
+            positions = list(range(1, end))
+            masked = row_ids[:end + 1].repeat(len(positions) + 1, 1)
+            for row, position in enumerate(positions):
+                masked[row, position] = MASK_TOKEN_ID
+            spans.append(positions)
+            rows.append(masked)
+        length = max(r.shape[1] for r in rows)
+        batch = torch.cat([torch.nn.functional.pad(r, (0, length - r.shape[1]), value=pad) for r in rows])
+        ends = torch.tensor([len(positions) + 1 for positions in spans]).cumsum(0).tolist()
+        pooled, states = self._encode(text_encoder, batch, states_of=[end - 1 for end in ends])
         plans = {}
-        for prompt in dict.fromkeys(prompts):
-            plans[prompt] = self._plan_prompt(tokenizer, text_encoder, prompt, p_c, options, kappa, tau, steps)
+        for text, row_ids, positions, end, state in zip(texts, ids, spans, ends, states, strict=True):
+            plans[text] = self._plan_prompt(tokenizer, text, row_ids, positions, pooled[end - len(positions) - 1:end],
+                                            state, p_c, options, kappa, tau, steps)
         return GuardPlan(options, steps, plans)
 
-    def _plan_prompt(self, tokenizer, text_encoder, prompt, p_c, options, kappa, tau, steps) -> PromptPlan:
-        ids = self._ids(tokenizer, [prompt])[0]
-        eos = tokenizer.eos_token_id
-        end = int((ids == eos).nonzero()[0]) if (ids == eos).any() else len(ids)
-        positions = list(range(1, end))                      # the prompt's tokens, without BOS and EOS
+    @staticmethod
+    def _plan_prompt(tokenizer, prompt, ids, positions, pooled, hidden, p_c, options, kappa, tau, steps) -> PromptPlan:
+        """One prompt's scores and projection from its masked rows' pooled embeddings (the last row: the prompt
+        itself) and the prompt's own token states."""
         if not positions:
             return PromptPlan(prompt, (), torch.eye(p_c.shape[0], dtype=torch.float64), 0.0, -1)
-        masked = ids.repeat(len(positions) + 1, 1)
-        for row, position in enumerate(positions):
-            masked[row, position] = MASK_TOKEN_ID
-        pooled, hidden = self._pooled_and_hidden(text_encoder, masked)
         without = pooled[:-1]                                 # p_\i, one row per token
         outside = torch.eye(p_c.shape[0], dtype=torch.float64) - p_c
         distances = (without @ outside.T).norm(dim=1)
@@ -257,12 +278,13 @@ class SafetyGuard:
             ratios = distances / (pooled[-1] @ outside.T).norm()
         p_i = projector(without.T)
         projection = token_projection(p_c, p_i, options.projection)
-        e = hidden[-1, positions]                            # the unmasked prompt's token embeddings
+        e = hidden[positions]                                 # the unmasked prompt's token embeddings
         cosine = torch.nn.functional.cosine_similarity(e @ projection.T, e, dim=1)
         beta = float(1.0 - cosine.mean())
         words = tokenizer.convert_ids_to_tokens(ids[positions].tolist())
         tokens = tuple(
-            TokenScore(position, word.replace("</w>", ""), float(ratio) - 1.0, bool(ratio >= 1.0 + options.alpha))
+            TokenScore(position, word.replace("</w>", ""), float(ratio) - 1.0, bool(ratio >= 1.0 + options.alpha),
+                       word.endswith("</w>"))
             for position, word, ratio in zip(positions, words, ratios, strict=True)
         )
         return PromptPlan(prompt, tokens, projection, beta, filter_steps(beta, kappa, tau, steps))
@@ -370,12 +392,25 @@ def reattend(skip: torch.Tensor, branches: int, scale: float) -> torch.Tensor:
     reference_spectrum = torch.fft.fftshift(torch.fft.fft2(reference.float()), dim=(-2, -1))
     window = torch.zeros(height, width, dtype=torch.bool, device=skip.device)
     window[max(height // 2 - 1, 0):height // 2 + 1, max(width // 2 - 1, 0):width // 2 + 1] = True
+    # With each coefficient's conjugate partner (-f): the feature stays real and the chosen coefficients are
+    # scaled exactly. FreeU's one-sided window, once the imaginary part is dropped, scales them by (1 + s) / 2.
+    window |= conjugate_partners(window)
     exceeds = window & (spectrum.abs() > reference_spectrum.abs())
     if not exceeds.any():
         return skip
     spectrum = torch.where(exceeds, spectrum * scale, spectrum)
     chunks[-2] = torch.fft.ifft2(torch.fft.ifftshift(spectrum, dim=(-2, -1))).real.to(skip.dtype)
     return torch.cat(chunks)
+
+
+def conjugate_partners(mask: torch.Tensor) -> torch.Tensor:
+    """For a mask over an fftshift-ed spectrum, the mask of the coefficients at the negated frequencies."""
+    height, width = mask.shape
+    rows = (torch.arange(height) - height // 2).neg() % height
+    columns = (torch.arange(width) - width // 2).neg() % width
+    # shifted index i holds frequency i - n//2; frequency -f sits at shifted index (-f) + n//2 (mod n)
+    rows, columns = (rows + height // 2) % height, (columns + width // 2) % width
+    return mask[rows][:, columns]
 
 
 class _Marker:

@@ -7,13 +7,16 @@ from pathlib import Path
 import gradio as gr
 
 from studio.engine import Engine
-from studio.tabs import identity, system, timelapse, upcoming
+from studio.tabs import identity, safety, system, timelapse, upcoming
 
 CSS = (Path(__file__).parents[1] / "assets" / "studio.css").read_text()
 TINY_BANNER = (
     "**Test profile (`STUDIO_PROFILE=tiny`)**: every model is a tiny network with random weights. "
     "Outputs are noise: this profile checks the plumbing, not the methods."
 )
+
+ENFORCED_BANNER = ("**Safety guard enforced** (`STUDIO_SAFETY=enforced`): every prompt goes through SAFREE and every "
+                   "frame through the output check; neither can be switched off.")
 
 
 def build_demo(engine: Engine) -> gr.Blocks:
@@ -22,9 +25,10 @@ def build_demo(engine: Engine) -> gr.Blocks:
                     elem_id="studio-header")
         if engine.settings.profile == "tiny":
             gr.Markdown(TINY_BANNER, elem_id="tiny-banner", elem_classes="studio-banner")
+        if engine.safety_enforced:
+            gr.Markdown(ENFORCED_BANNER, elem_id="safety-banner", elem_classes="studio-banner")
         with gr.Tabs(selected="timelapse"):
-            generating = [identity.build(engine), timelapse.build(engine)]
-            upcoming.build("safety")
+            generating = [identity.build(engine), timelapse.build(engine), safety.build(engine)]
             upcoming.build("segmentation")
         report, report_outputs = system.build(engine)
         for generate in generating:

@@ -3,7 +3,6 @@
 import gradio as gr
 
 UPCOMING = {
-    "safety": ("Safe generation", "A training-free guard (SAFREE) that steers prompts away from unsafe concepts."),
     "segmentation": ("Referring segmentation", "A video + “the dog on the left” → masks and an overlay video."),
 }
 

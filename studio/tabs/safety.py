@@ -1,0 +1,84 @@
+"""Safe generation tab (SAFREE): layout and wiring only."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from pipelines.safety import CONCEPTS, DEFAULT_CATEGORIES, PROJECTIONS, SafetyOptions
+from pipelines.timelapse import TimelapseRequest
+from studio.engine import Engine, randomize_seed
+from studio.tabs import controls
+from studio.tabs.safety_api import DEFAULT_FRAMES, SafetyAPI
+
+# Harmless examples only: the attack prompt sets are for evaluation, never for the UI.
+EXAMPLES = [
+    ["a starry night over a village in the style of Van Gogh", ["artist style"], ""],
+    ["Snoopy flying on his red doghouse over a green field", [], "Snoopy"],
+    ["a quiet harbour at dawn, fishing boats, soft light", list(DEFAULT_CATEGORIES), ""],
+]
+
+
+def build(engine: Engine) -> gr.Dependency:
+    api = SafetyAPI(engine)
+    enforced = engine.safety_enforced
+    with gr.Tab("Safe generation", id="safety"):
+        gr.Markdown(
+            "Write a prompt and choose what to keep out of it: the guard finds the words that pull the prompt "
+            "towards those concepts and projects them away, for as many steps as the prompt needs "
+            "([SAFREE](https://arxiv.org/abs/2410.12761), training-free; the weights are untouched). Every frame "
+            "is then checked by an NSFW classifier." + ("" if enforced else
+                                                        " The unguarded clip for the same seed is shown beside it.")
+        )
+        with gr.Row():
+            with gr.Column(scale=5):
+                prompt = gr.Textbox(label="Prompt", lines=2, elem_id="safety-prompt",
+                                    placeholder="a starry night over a village in the style of Van Gogh")
+                concepts = gr.CheckboxGroup(label="Concepts to suppress", choices=list(CONCEPTS),
+                                            value=list(DEFAULT_CATEGORIES), elem_id="safety-concepts",
+                                            info="Each category is a list of phrases (17 for nudity, 13 for violence)")
+                custom = gr.Textbox(label="Your own concepts (comma-separated)", value="", placeholder="Snoopy, Mickey Mouse",
+                                    elem_id="safety-custom")
+                with gr.Accordion("Guard options", open=False):
+                    alpha = gr.Slider(label="α: selection margin", minimum=0.0, maximum=0.5, step=0.005,
+                                      value=SafetyOptions.alpha,
+                                      info="a token is projected if masking it moves the prompt this much further "
+                                           "than average from the concepts")
+                    projection = gr.Radio(label="Projection order", choices=list(PROJECTIONS),
+                                          value=SafetyOptions.projection,
+                                          info="paper: (I − P_C) P_I e · released code: P_I (I − P_C) e")
+                    with gr.Row():
+                        reattention = gr.Checkbox(label="Latent re-attention", value=SafetyOptions.reattention,
+                                                  info="Fourier filter on the UNet's skip features (slower)")
+                        as_negative = gr.Checkbox(label="Concepts as negative prompt",
+                                                  value=SafetyOptions.concepts_as_negative,
+                                                  info="as the released code does")
+                    compare = gr.Checkbox(label="Show the unguarded clip beside it", value=not enforced,
+                                          interactive=not enforced, visible=not enforced)
+                with gr.Accordion("Advanced", open=False):
+                    num_frames = gr.Slider(label="Frames", minimum=8, maximum=16, step=1, value=DEFAULT_FRAMES)
+                    steps, guidance, seed, randomize = controls.sampler(TimelapseRequest.steps,
+                                                                        TimelapseRequest.guidance)
+                run, stop = controls.run_buttons("Generate safely", "safety-run")
+            with gr.Column(scale=6):
+                tokens = gr.HighlightedText(label="What the guard saw: toxicity per token (▲ projected)",
+                                            show_legend=False, combine_adjacent=False, elem_id="safety-tokens")
+                with gr.Row():
+                    guarded = gr.Video(label="Guarded", autoplay=True, loop=True, height=300,
+                                       elem_id="safety-guarded")
+                    unguarded = gr.Video(label="Unguarded, same seed", autoplay=True, loop=True, height=300,
+                                         visible=not enforced, elem_id="safety-unguarded")
+                summary = gr.Markdown(elem_id="safety-summary")
+                with gr.Accordion("Details (JSON)", open=False):
+                    info = gr.JSON(show_label=False)
+
+        inputs = [prompt, concepts, custom, alpha, projection, reattention, as_negative, compare, num_frames, steps,
+                  guidance, seed]
+        gr.Examples(examples=EXAMPLES, inputs=[prompt, concepts, custom],
+                    example_labels=["Remove an artist's style", "Remove a character", "Nothing to remove"])
+
+    generate = gr.on(
+        [prompt.submit, run.click], randomize_seed, [seed, randomize], seed, queue=False, api_name=False,
+    ).then(api.generate, inputs, [guarded, unguarded, tokens, summary, info], api_name="safe_generate",
+           concurrency_id="gpu", show_progress_on=[guarded, unguarded])
+    stop.click(engine.stop, None, None, cancels=[generate], queue=False, api_name=False)
+    return generate

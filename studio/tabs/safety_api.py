@@ -1,0 +1,102 @@
+"""The Safe generation tab's endpoint: a prompt, the concepts to suppress and SAFREE's options -> the guarded clip,
+the unguarded one for the same seed beside it (when the server allows), and what the guard changed and why."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import gradio as gr
+
+from pipelines.safety import DEFAULT_CATEGORIES, SafetyOptions, parse_concepts
+from pipelines.timelapse import TimelapseRequest
+from studio.engine import Engine, run_on_gpu, safety_line, summary_markdown, user_errors, whole
+
+DEFAULT_FRAMES = 8            # a short clip: the point is the comparison, twice the work when compared
+STYLE = "Realistic Vision"
+
+
+class SafetyAPI:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def generate(
+        self,
+        prompt: str,
+        concepts: list[str] | None = list(DEFAULT_CATEGORIES),  # noqa: B006  (read-only; the API's default)
+        custom_concepts: str = "",
+        alpha: float = SafetyOptions.alpha,
+        projection: str = SafetyOptions.projection,
+        reattention: bool = SafetyOptions.reattention,
+        concepts_as_negative: bool = SafetyOptions.concepts_as_negative,
+        compare: bool = True,
+        num_frames: int = DEFAULT_FRAMES,
+        steps: int = TimelapseRequest.steps,
+        guidance: float = TimelapseRequest.guidance,
+        seed: int = 0,
+        request: gr.Request = None,
+        progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008  (Gradio's own idiom)
+    ) -> tuple[str, str | None, list, str, dict]:
+        """Returns (guarded MP4, unguarded MP4 or None, the prompt's tokens with their toxicity scores,
+        summary Markdown, info)."""
+        engine = self.engine
+        with user_errors():
+            options = SafetyOptions(
+                categories=tuple(concepts or ()), custom_concepts=parse_concepts(custom_concepts), alpha=alpha,
+                projection=projection, reattention=bool(reattention), concepts_as_negative=bool(concepts_as_negative),
+            )
+            job = TimelapseRequest(
+                prompt=prompt, style=STYLE, num_frames=whole(num_frames), steps=whole(steps), guidance=guidance,
+                seed=whole(seed), width=engine.settings.resolution, height=engine.settings.resolution,
+                safety=engine.safety_options(True, options),
+            )
+            job.validate()
+            compared = bool(compare) and not engine.safety_enforced
+            with engine.reporter(request, progress) as report:
+                guarded = run_on_gpu(engine.name, "timelapse", job, report)
+                unguarded = run_on_gpu(engine.name, "timelapse", dataclasses.replace(job, safety=None), report) \
+                    if compared else None
+            path, info = engine.publish(guarded, style=STYLE)
+            info["compare"] = ("unguarded clip beside it, same seed" if compared else
+                               "off: this server enforces the guard" if compare else "off")
+            unguarded_path = None
+            if unguarded is not None:
+                unguarded_path, unguarded_info = engine.publish(unguarded, style=STYLE)
+                info["unguarded"] = {"safety": unguarded_info["safety"], "timings": unguarded_info["timings"]}
+        tokens = token_highlights(info["safety"], job.prompt)
+        return path, unguarded_path, tokens, safety_markdown(info), info
+
+
+def token_highlights(safety: dict, prompt: str) -> list[tuple[str, float | None]]:
+    """(text, score) pairs for gr.HighlightedText: each token with its toxicity score scaled to [-1, 1] (the
+    largest |score| is ±1), projected tokens marked with ▲, spaces between words as unscored text."""
+    tokens = safety.get("tokens", {}).get(prompt, [])
+    largest = max((abs(t["score"]) for t in tokens), default=0.0) or 1.0
+    pieces: list[tuple[str, float | None]] = []
+    for token in tokens:
+        text = token["token"] + (" ▲" if token["flagged"] else "")
+        pieces.append((text, round(max(-1.0, min(1.0, token["score"] / largest)), 3)))
+        if token["ends_word"]:
+            pieces.append((" ", None))
+    return pieces
+
+
+def safety_markdown(info: dict) -> str:
+    safety = info["safety"]
+    flagged = safety["flagged_tokens"]
+    lines = []
+    if flagged:
+        words = ", ".join(f"“{t['token']}” ({t['score']:+.3f})" for t in flagged[:12])
+        more = f" and {len(flagged) - 12} more" if len(flagged) > 12 else ""
+        lines.append(f"**Projected** {words}{more}: away from the {len(safety['concepts'])} concept "
+                     f"categor{'ies' if len(safety['concepts']) != 1 else 'y'} chosen"
+                     f"{' and your own concepts' if safety['custom_concepts'] else ''}, for the first "
+                     f"{safety['guarded_steps_text']} (the self-validating filter; β = "
+                     f"{next(iter(safety['beta'].values())):.3f}).")
+    else:
+        lines.append("**Nothing to project**: no token moves the prompt towards the concepts; the clip is the "
+                     "unguarded one, bit for bit.")
+    if "unguarded" in info:
+        lines.append(f"**Right: unguarded**, same seed · {safety_line(info['unguarded']['safety'])}")
+    elif info["compare"].startswith("off: "):
+        lines.append(f"**No unguarded clip**: {info['compare'].removeprefix('off: ')}.")
+    return "\n\n".join(lines) + "\n\n" + summary_markdown(info)
