@@ -15,6 +15,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "tests" / "artifacts"
 SCREENSHOT = ARTIFACTS / "browser-timelapse.png"
 IDENTITY_SCREENSHOT = ARTIFACTS / "browser-identity.png"
+SAFETY_SCREENSHOT = ARTIFACTS / "browser-safety.png"
 PORTRAIT = ROOT / "assets" / "examples" / "astronaut.jpg"   # one real face (public domain)
 
 CHROMIUM_ARGS = [
@@ -216,3 +217,23 @@ def test_identity_photo_without_face_is_refused_in_browser(page, tmp_path):
     _wait_for_crops(page, 1)
     assert "⚠️" not in notes.inner_text()
     assert _visible_error_texts(page) == []
+
+
+def test_safe_generation_in_browser_shows_the_tokens_and_both_clips(page):
+    page.get_by_role("tab", name="Safe generation").click()
+    page.locator("#safety-prompt textarea").fill("a starry night over a village in the style of Van Gogh")
+    concepts = page.locator("#safety-concepts")
+    concepts.get_by_label("nudity", exact=True).uncheck()
+    concepts.get_by_label("violence", exact=True).uncheck()
+    concepts.get_by_label("artist style", exact=True).check()
+    page.locator("#safety-run").click()
+    for video in ("#safety-guarded", "#safety-unguarded"):
+        page.wait_for_function(VIDEO_READY_JS, arg=video, timeout=GENERATE_TIMEOUT_MS)
+    page.wait_for_function("() => (document.querySelector('#safety-summary')?.innerText || '').includes('Seed')")
+    summary = page.locator("#safety-summary").inner_text()
+    assert "Safety" in summary and "Right: unguarded" in summary
+    tokens = page.locator("#safety-tokens").inner_text()
+    assert "g" in tokens and "v" in tokens           # the prompt's pieces (lower-cased), each with its score
+    assert _visible_error_texts(page) == []
+    _close_toasts(page) if page.locator(TOAST).count() else None
+    _screenshot(page, "#safety-run", SAFETY_SCREENSHOT)

@@ -1,0 +1,158 @@
+"""The guard and the output check as a user of the studio meets them: every endpoint's safety block, the Safe
+generation endpoint, enforced mode over HTTP, flagged frames blurred and named, the classifier on a real photo."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import cv2
+import gradio as gr
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from skimage import data
+
+from pipelines.output_check import FLAG_THRESHOLD, FrameChecker, blur_frames
+from pipelines.video import read_video
+from studio.engine import Engine
+from studio.tabs.identity_api import IdentityAPI
+from studio.tabs.timelapse_api import TimelapseAPI
+from tests.conftest import ROOT, tiny_settings
+
+PHOTO = str(ROOT / "assets" / "examples" / "astronaut.jpg")
+UNSAFE = "a nude woman on a beach"
+
+
+def sharpness(frame: np.ndarray) -> float:
+    return float(cv2.Laplacian(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY), cv2.CV_64F).var())
+
+
+# ----------------------------------------------------------------------------- every generating endpoint
+def test_timelapse_and_identity_info_carry_the_safety_block(client):
+    *_, info = client.predict(prompt=UNSAFE, steps=3, api_name="/timelapse")
+    safety = info["safety"]
+    assert safety["enabled"] and safety["mode"] == "on" and safety["concepts"] == ["nudity", "violence"]
+    assert safety["flagged_tokens"] and {"token", "score"} <= set(safety["flagged_tokens"][0])
+    assert safety["guarded_steps_text"] == f"{safety['t_prime'] + 1} of 3 steps"
+    check = safety["output_check"]
+    assert len(check["per_frame"]) == 16 and check["flagged_frames"] == [] and check["threshold"] == FLAG_THRESHOLD
+    assert "safety_check" in info["timings"] and "safety_prompt" in info["timings"]
+
+    *_, info = client.predict(photos=[handle_file(PHOTO)], prompt="a man on a beach", steps=1, safety=False,
+                              api_name="/identity")
+    assert info["safety"]["enabled"] is False and len(info["safety"]["output_check"]["per_frame"]) == 16
+    assert "safety_photos" in info["timings"]
+
+
+def test_safe_generate_shows_the_guarded_and_unguarded_clip_and_the_tokens(client):
+    guarded, unguarded, tokens, summary, info = client.predict(
+        prompt="a starry night over a village in the style of Van Gogh", concepts=["artist style"], steps=2,
+        api_name="/safe_generate")
+    first, fps, codec = read_video(guarded)
+    second = read_video(unguarded)[0]
+    assert first.shape == second.shape == (8, 64, 64, 3) and codec == "h264"
+    assert info["safety"]["concepts"] == ["artist style"] and info["compare"].startswith("unguarded")
+    assert info["unguarded"]["safety"]["enabled"] is False
+    scored = [t for t in tokens if t["class_or_confidence"] is not None]
+    assert scored and all(-1 <= t["class_or_confidence"] <= 1 for t in scored)
+    assert sum("▲" in t["token"] for t in scored) == len(info["safety"]["flagged_tokens"])
+    assert "Projected" in summary or "Nothing to project" in summary
+
+
+def test_custom_concepts_and_bad_guard_options_through_the_api(client):
+    *_, info = client.predict(prompt="a dog in a park", concepts=[], custom_concepts="Snoopy, Mickey Mouse",
+                              compare=False, steps=1, api_name="/safe_generate")
+    assert info["safety"]["custom_concepts"] == ["Snoopy", "Mickey Mouse"] and "unguarded" not in info
+    with pytest.raises(AppError, match="Choose at least one concept"):
+        client.predict(prompt="a dog", concepts=[], api_name="/safe_generate")
+    with pytest.raises(AppError, match="'sideways'.*not in the list of choices"):
+        client.predict(prompt="a dog", projection="sideways", api_name="/safe_generate")
+
+
+# ----------------------------------------------------------------------------- enforced mode, over HTTP
+@pytest.fixture(scope="module")
+def enforced(tmp_path_factory):
+    from studio.demo import build_demo, launch_kwargs
+
+    engine = Engine(tiny_settings(tmp_path_factory.mktemp("enforced"), safety="enforced"))
+    demo = build_demo(engine).queue(default_concurrency_limit=1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                            **launch_kwargs())
+    try:
+        yield Client(url, verbose=False, download_files=str(tmp_path_factory.mktemp("enforced-client")))
+    finally:
+        closer = threading.Thread(target=demo.close, daemon=True)
+        closer.start()
+        closer.join(timeout=20)
+
+
+def test_enforced_mode_refuses_safety_off_and_shows_the_switch_locked(enforced):
+    with pytest.raises(AppError, match=r"enforced on this server \(STUDIO_SAFETY=enforced\)"):
+        enforced.predict(prompt="ice melting", safety=False, api_name="/timelapse")
+    with pytest.raises(AppError, match="enforced on this server"):
+        enforced.predict(photos=[handle_file(PHOTO)], prompt="a man", safety=False, api_name="/identity")
+    *_, info = enforced.predict(prompt="ice melting", steps=1, api_name="/timelapse")
+    assert info["safety"]["enabled"] and info["safety"]["mode"] == "enforced"
+    guarded, unguarded, *_, info = enforced.predict(prompt="a dog", compare=True, steps=1,
+                                                    api_name="/safe_generate")
+    assert unguarded is None and info["compare"] == "off: this server enforces the guard"
+    switches = [c["props"] for c in enforced.config["components"] if c["props"].get("label") == "Safety guard"]
+    assert len(switches) == 2 and all(s["interactive"] is False for s in switches)
+    assert all("STUDIO_SAFETY=enforced" in s["info"] for s in switches)
+
+
+# ----------------------------------------------------------------------------- the output check
+def test_blur_changes_only_the_flagged_frames():
+    frames = np.stack([data.astronaut()[::4, ::4]] * 3)
+    out = blur_frames(frames, [1])
+    assert np.array_equal(out[0], frames[0]) and np.array_equal(out[2], frames[2])
+    assert sharpness(out[1]) < 0.05 * sharpness(frames[1]) and abs(out[1].mean() - frames[1].mean()) < 3
+
+
+def test_a_flagged_frame_is_blurred_in_the_clip_and_reported(tmp_path):
+    """A score over the threshold injected at the checker's seam for frame 2: the MP4 has it blurred (not black),
+    the info names it, and the person is told why and what to do."""
+    engine = Engine(tiny_settings(tmp_path))
+    call = lambda: TimelapseAPI(engine).generate("ice melting", steps=2, seed=4, safety=False,  # noqa: E731
+                                                progress=lambda *a, **k: None)
+    plain_path, _, _ = call()
+    engine.checker = FrameChecker(score=lambda frames: np.where(np.arange(len(frames)) == 2, 0.95, 0.01))
+    path, summary, info = call()
+    plain, flagged = read_video(plain_path)[0], read_video(path)[0]
+    check = info["safety"]["output_check"]
+    assert check["flagged_frames"] == [2] and check["blurred"] and check["per_frame"][2] == 0.95
+    assert sharpness(flagged[2]) < 0.3 * sharpness(plain[2]) and flagged[2].mean() > 5   # blurred, not black
+    others = [i for i in range(16) if i != 2]                         # the others as they were (up to H.264)
+    assert all(sharpness(flagged[i]) > 0.7 * sharpness(plain[i]) for i in others)
+    assert np.abs(flagged[others].astype(int) - plain[others]).mean() < 3
+    assert any("flagged 1 of 16 frames" in w and "Try another seed" in w for w in info["warnings"])
+    assert "1 of 16 frames flagged" in summary
+
+
+def test_reference_photos_go_through_the_checker_first(tmp_path):
+    flag_all = FrameChecker(score=lambda frames: np.full(len(frames), 0.9))
+    relaxed = Engine(tiny_settings(tmp_path / "on"))
+    relaxed.checker = flag_all
+    *_, info = IdentityAPI(relaxed).generate([PHOTO], "a man", steps=1, num_frames=8, progress=lambda *a, **k: None)
+    assert any("photo 1 (0.90) as explicit" in w for w in info["warnings"])
+
+    strict = Engine(tiny_settings(tmp_path / "enforced", safety="enforced"))
+    strict.checker = flag_all
+    with pytest.raises(gr.Error, match="photo 1 \\(0.90\\) as explicit; this server enforces"):
+        IdentityAPI(strict).generate([PHOTO], "a man", steps=1, progress=lambda *a, **k: None)
+    assert not any("unet" in c["key"] for c in strict.cache.stats()["components"])   # refused before the GPU
+
+
+def test_the_open_nsfw_model_scores_a_real_photo_as_safe_in_one_batch():
+    checker = FrameChecker()
+    photo = data.astronaut()
+    frames = np.stack([photo, photo[::-1].copy(), np.full_like(photo, 200)])
+    verdict = checker.check(frames)
+    assert len(verdict.scores) == 3 and verdict.flagged == []
+    assert verdict.scores[0] < 0.2                                       # measured 0.03 (the docs: < 0.2 is safe)
+    assert verdict.scores[0] == pytest.approx(checker.check(photo).scores[0], abs=1e-5)
