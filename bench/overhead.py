@@ -1,6 +1,7 @@
 """Overhead of the studio's time-lapse call over a bare diffusers AnimateDiffPipeline call.
 
-Both run on the SAME tiny components (one ModelCache), same seed, steps, prompts, guidance and size.
+Both run on the SAME tiny components (one ModelCache), same seed, steps, prompts, guidance and size, and the
+studio's call without its safety guard (safety=None; bench/safety.py measures the guard's cost).
 First the frames must match exactly (else exit 1); then both are timed, interleaved, and compared by median.
 
     .venv/bin/python bench/overhead.py [--repeats 7] [--steps 25] [--frames 16] [--threads 1] [--profile]
@@ -33,8 +34,10 @@ args = harness.arguments(__doc__.splitlines()[0], steps=25, frames_help="8 to 16
 
 # ----------------------------------------------------------------------------- one cache, two callers
 cache, registry = ModelCache("cpu"), Registry("tiny")
+# safety=None: bare diffusers has no prompt guard, and with it on (the default) the tiny profile flags tokens in
+# almost every prompt, so the frames would differ. The guard's own cost is measured by bench/safety.py.
 request = TimelapseRequest(prompt="a rose bud opens into a full bloom", num_frames=args.frames, steps=args.steps,
-                           seed=args.seed, width=64, height=64)
+                           seed=args.seed, width=64, height=64, safety=None)
 studio = TimelapsePipeline(cache, registry)
 models = registry.timelapse(request.style)
 tok, te, vae, unet = (cache.get(c) for c in (models.tokenizer, models.text_encoder, models.vae, models.unet))
