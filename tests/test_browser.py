@@ -237,3 +237,34 @@ def test_safe_generation_in_browser_shows_the_tokens_and_both_clips(page):
     assert _visible_error_texts(page) == []
     _close_toasts(page) if page.locator(TOAST).count() else None
     _screenshot(page, "#safety-run", SAFETY_SCREENSHOT)
+
+
+def test_blurred_frames_offer_another_seed(page, server):
+    """The output check flags frames (a stub score at its seam): the clip is blurred and a button offers the same
+    request with a new seed; after a clean clip it goes away again."""
+    import numpy as np
+
+    from pipelines.output_check import FrameChecker
+
+    engine, _ = server
+    real_checker = engine.checker
+    engine.checker = FrameChecker(score=lambda frames: np.full(len(frames), 0.95))
+    try:
+        page.get_by_label("What changes over time", exact=True).fill("ice melting")
+        _generate_and_wait_for_video(page)
+        another = page.locator("#timelapse-another-seed")
+        another.wait_for(state="visible")
+        summary = page.locator("#timelapse-summary")
+        assert "blurred" in summary.inner_text()
+        _close_toasts(page)
+        _screenshot(page, "#timelapse-run", ARTIFACTS / "browser-blurred.png")
+        first_seed = summary.inner_text().split("Seed", 1)[1].split()[0]
+        engine.checker = real_checker
+        another.click()
+        page.wait_for_function("(seed) => document.querySelector('#timelapse-summary')?.innerText.includes('Seed') "
+                               "&& !document.querySelector('#timelapse-summary').innerText.includes('Seed ' + seed)",
+                               arg=first_seed, timeout=GENERATE_TIMEOUT_MS)
+        another.wait_for(state="hidden")
+        assert "blurred" not in summary.inner_text()
+    finally:
+        engine.checker = real_checker

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import gradio as gr
 
 from pipelines.common import MAX_GUIDANCE, MAX_SEED, MAX_STEPS, MIN_GUIDANCE
@@ -23,6 +25,21 @@ def run_buttons(label: str, elem_id: str) -> tuple[gr.Button, gr.Button]:
         run = gr.Button(label, variant="primary", elem_id=elem_id, scale=3)
         stop = gr.Button("Stop", variant="stop", scale=1)
     return run, stop
+
+
+def another_seed_button(elem_id: str) -> gr.Button:
+    """Shown under a clip when the output check blurred frames of it: the same request with a new seed."""
+    return gr.Button("Frames were blurred: try another seed", visible=False, size="sm", elem_id=elem_id)
+
+
+def flagged_frames_shown(info: dict | None):
+    """Show the another-seed button when the last clip had frames the output check blurred."""
+    flagged = ((info or {}).get("safety") or {}).get("output_check", {}).get("flagged_frames")
+    return gr.update(visible=bool(flagged))
+
+
+def new_seed() -> int:
+    return random.randint(0, MAX_SEED)
 
 
 def safety_toggle(enforced: bool) -> gr.Checkbox:

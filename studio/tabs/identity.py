@@ -9,8 +9,8 @@ import gradio as gr
 from pipelines import identity as id_
 from pipelines.identity import IdentityRequest
 from studio.engine import Engine, randomize_seed
-from studio.tabs.identity_api import IdentityAPI
 from studio.tabs import controls
+from studio.tabs.identity_api import IdentityAPI
 
 EXAMPLE_PHOTO = str(Path(__file__).parents[2] / "assets" / "examples" / "astronaut.jpg")   # public domain (NASA)
 
@@ -55,6 +55,7 @@ def build(engine: Engine) -> gr.Dependency:
             with gr.Column(scale=5):
                 video = gr.Video(label="Identity video", autoplay=True, loop=True, height=440,
                                  elem_id="identity-video")
+                another = controls.another_seed_button("identity-another-seed")
                 summary = gr.Markdown(elem_id="identity-summary")
                 similarity = gr.LinePlot(x="frame", y="similarity", y_lim=[0, 1], height=220, x_title="Frame",
                                          y_title="Similarity", label="Face similarity to the reference, per frame",
@@ -76,5 +77,9 @@ def build(engine: Engine) -> gr.Dependency:
     generate = gr.on(
         [prompt.submit, run.click], randomize_seed, [seed, randomize], seed, queue=False, api_name=False,
     ).then(api.generate, inputs, outputs, api_name="identity", concurrency_id="gpu", show_progress_on=video)
-    stop.click(engine.stop, None, None, cancels=[generate], queue=False, api_name=False)
+    retry = another.click(controls.new_seed, None, seed, queue=False, api_name=False).then(
+        api.generate, inputs, outputs, api_name=False, concurrency_id="gpu", show_progress_on=video)
+    for event in (generate, retry):
+        event.then(controls.flagged_frames_shown, info, another, queue=False, api_name=False)
+    stop.click(engine.stop, None, None, cancels=[generate, retry], queue=False, api_name=False)
     return generate

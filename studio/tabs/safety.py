@@ -67,18 +67,24 @@ def build(engine: Engine) -> gr.Dependency:
                                        elem_id="safety-guarded")
                     unguarded = gr.Video(label="Unguarded, same seed", autoplay=True, loop=True, height=300,
                                          visible=not enforced, elem_id="safety-unguarded")
+                another = controls.another_seed_button("safety-another-seed")
                 summary = gr.Markdown(elem_id="safety-summary")
                 with gr.Accordion("Details (JSON)", open=False):
                     info = gr.JSON(show_label=False)
 
         inputs = [prompt, concepts, custom, alpha, projection, reattention, as_negative, compare, num_frames, steps,
                   guidance, seed]
+        outputs = [guarded, unguarded, tokens, summary, info]
         gr.Examples(examples=EXAMPLES, inputs=[prompt, concepts, custom],
                     example_labels=["Remove an artist's style", "Remove a character", "Nothing to remove"])
 
     generate = gr.on(
         [prompt.submit, run.click], randomize_seed, [seed, randomize], seed, queue=False, api_name=False,
-    ).then(api.generate, inputs, [guarded, unguarded, tokens, summary, info], api_name="safe_generate",
-           concurrency_id="gpu", show_progress_on=[guarded, unguarded])
-    stop.click(engine.stop, None, None, cancels=[generate], queue=False, api_name=False)
+    ).then(api.generate, inputs, outputs, api_name="safe_generate", concurrency_id="gpu",
+           show_progress_on=[guarded, unguarded])
+    retry = another.click(controls.new_seed, None, seed, queue=False, api_name=False).then(
+        api.generate, inputs, outputs, api_name=False, concurrency_id="gpu", show_progress_on=[guarded, unguarded])
+    for event in (generate, retry):
+        event.then(controls.flagged_frames_shown, info, another, queue=False, api_name=False)
+    stop.click(engine.stop, None, None, cancels=[generate, retry], queue=False, api_name=False)
     return generate

@@ -10,8 +10,8 @@ import gradio as gr
 from pipelines.registry import STYLES
 from pipelines.timelapse import CONTEXT_FRAMES, MAX_FRAMES, MIN_FRAMES, TimelapseRequest
 from studio.engine import Engine, randomize_seed
-from studio.tabs.timelapse_api import TimelapseAPI
 from studio.tabs import controls
+from studio.tabs.timelapse_api import TimelapseAPI
 
 EXAMPLES = json.loads((Path(__file__).parents[2] / "assets" / "timelapse_examples.json").read_text())
 
@@ -50,6 +50,7 @@ def build(engine: Engine) -> gr.Dependency:
                 run, stop = controls.run_buttons("Generate time-lapse", "timelapse-run")
             with gr.Column(scale=5):
                 video = gr.Video(label="Time-lapse", autoplay=True, loop=True, height=440, elem_id="timelapse-video")
+                another = controls.another_seed_button("timelapse-another-seed")
                 summary = gr.Markdown(elem_id="timelapse-summary")
                 with gr.Accordion("Details (JSON)", open=False):
                     info = gr.JSON(show_label=False)
@@ -67,5 +68,9 @@ def build(engine: Engine) -> gr.Dependency:
     generate = gr.on(
         [prompt.submit, run.click], randomize_seed, [seed, randomize], seed, queue=False, api_name=False,
     ).then(api.generate, inputs, outputs, api_name="timelapse", concurrency_id="gpu", show_progress_on=video)
-    stop.click(engine.stop, None, None, cancels=[generate], queue=False, api_name=False)
+    retry = another.click(controls.new_seed, None, seed, queue=False, api_name=False).then(
+        api.generate, inputs, outputs, api_name=False, concurrency_id="gpu", show_progress_on=video)
+    for event in (generate, retry):
+        event.then(controls.flagged_frames_shown, info, another, queue=False, api_name=False)
+    stop.click(engine.stop, None, None, cancels=[generate, retry], queue=False, api_name=False)
     return generate
