@@ -97,7 +97,7 @@ def test_face_embeds_are_diffusers_own_ip_adapter_plus_encoding(pipeline):
 def test_guidance_1_gives_every_frame_the_real_face(pipeline):
     """Without guidance diffusers does not split the face embeds in two: every frame must get the photo's face.
     Reference: diffusers run on the same components with the conditional embeds built here by hand."""
-    request = dict(guidance=1.0, num_frames=8, steps=2, seed=3, identity_strength=1.0)
+    request = dict(guidance=1.0, num_frames=8, steps=2, seed=3, identity_strength=1.0, safety=None)
     studio = run(pipeline, **request).frames
     pipe = _bare_pipe(pipeline)
     crop = pipeline.reference_faces((ASTRONAUT,)).crops[0]

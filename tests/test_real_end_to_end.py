@@ -52,7 +52,8 @@ from tests.test_real_loading import hub_cache, write_base, write_swift  # noqa: 
 STYLE = "Realistic Vision"
 CHECKPOINT = STYLES[STYLE]
 UNET_PREFIX, VAE_PREFIX, CLIP_PREFIX = "model.diffusion_model.", "first_stage_model.", "cond_stage_model.transformer."
-REQUEST = TimelapseRequest(prompt="ice melting on a warm stone", width=64, height=64, steps=2, seed=7)
+# The guard off: these tests compare the loaded weights' clip with diffusers' own (tests/test_safety.py guards).
+REQUEST = TimelapseRequest(prompt="ice melting on a warm stone", width=64, height=64, steps=2, seed=7, safety=None)
 
 
 # ----------------------------------------------------------------- diffusers -> original LDM key names

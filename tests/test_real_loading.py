@@ -129,7 +129,8 @@ def test_real_tokenizer_and_text_encoder_with_magictime_lora(hub_cache):
     save_file(single_file, hub_cache / CHECKPOINT)
     rank, alpha = 4, 6.0
     g = torch.Generator().manual_seed(0)
-    down, up = torch.randn(rank, 8, generator=g), torch.randn(8, rank, generator=g)
+    width = tiny.CROSS_ATTENTION_DIM
+    down, up = torch.randn(rank, width, generator=g), torch.randn(width, rank, generator=g)
     target = "text_model.encoder.layers.1.self_attn.v_proj"
     write_swift(hub_cache / TEXT_ENCODER_LORA, {"r": rank, "lora_alpha": alpha, "target_modules": ["v_proj"],
                                                  "use_rslora": False, "swift_type": "LORA"},

@@ -28,7 +28,7 @@ def test_default_request_gives_16_frames_at_the_requested_size(pipeline):
     result = run(pipeline)
     assert result.frames.shape == (16, 64, 64, 3) and result.frames.dtype == np.uint8
     assert result.fps == 8 and result.seed == 0
-    assert set(result.timings) == {"load", "denoise", "decode"}
+    assert set(result.timings) == {"load", "safety_prompt", "denoise", "decode"}
     assert result.frames.std() > 1   # not a blank clip
 
 
