@@ -8,7 +8,6 @@ the API's) live in that tab's own module under studio/tabs/.
 from __future__ import annotations
 
 import math
-import random
 import threading
 import time
 import uuid
@@ -22,7 +21,6 @@ import torch
 
 from pipelines import output_check
 from pipelines.cache import ModelCache
-from pipelines.common import MAX_SEED
 from pipelines.errors import Cancelled, InputError, StudioError
 from pipelines.faces import FaceAnalyzer, load_photo
 from pipelines.identity import IdentityPipeline
@@ -56,11 +54,6 @@ def _gpu_seconds(engine: str, pipeline: str, job, report, options: dict | None =
 def gpu(fn):
     return spaces.GPU(duration=_gpu_seconds)(fn) if spaces is not None else fn
 
-
-
-def randomize_seed(seed: int, randomize: bool) -> int:
-    """The UI's step before a generating call: a fresh seed when asked for, else the seed as it is."""
-    return random.randint(0, MAX_SEED) if randomize else seed
 
 
 class OutputDir:

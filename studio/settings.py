@@ -9,7 +9,6 @@ from pathlib import Path
 
 from pipelines.registry import DTYPES, PROFILES
 
-
 DEFAULT_OUTPUT_DIR = Path(tempfile.gettempdir()) / "video-studio"
 SAFETY_MODES = ("on", "enforced")
 

@@ -42,6 +42,11 @@ def new_seed() -> int:
     return random.randint(0, MAX_SEED)
 
 
+def randomize_seed(seed: int, randomize: bool) -> int:
+    """The UI's step before a generating call: a fresh seed when asked for, else the seed as it is."""
+    return new_seed() if randomize else seed
+
+
 def safety_toggle(enforced: bool) -> gr.Checkbox:
     """The guard switch every generating tab has; shown locked, with the reason, when the server enforces it."""
     return gr.Checkbox(
@@ -49,3 +54,17 @@ def safety_toggle(enforced: bool) -> gr.Checkbox:
         info="Enforced on this server (STUDIO_SAFETY=enforced): it cannot be switched off." if enforced else
         "SAFREE steers the prompt away from unsafe concepts; every frame is checked either way.",
     )
+
+
+def wire_generate(engine, triggers: list, fn, inputs: list, outputs: list, api_name: str, seed, randomize, another,
+                  info, stop, progress_on) -> gr.Dependency:
+    """Every generating tab's events, one way: the seed chain (randomize, then generate: the endpoint uses the
+    seed it gets), the another-seed retry shown when the output check blurred frames, and Stop for both."""
+    generate = gr.on(triggers, randomize_seed, [seed, randomize], seed, queue=False, api_name=False).then(
+        fn, inputs, outputs, api_name=api_name, concurrency_id="gpu", show_progress_on=progress_on)
+    retry = another.click(new_seed, None, seed, queue=False, api_name=False).then(
+        fn, inputs, outputs, api_name=False, concurrency_id="gpu", show_progress_on=progress_on)
+    for event in (generate, retry):
+        event.then(flagged_frames_shown, info, another, queue=False, api_name=False)
+    stop.click(engine.stop, None, None, cancels=[generate, retry], queue=False, api_name=False)
+    return generate

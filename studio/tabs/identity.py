@@ -8,7 +8,7 @@ import gradio as gr
 
 from pipelines import identity as id_
 from pipelines.identity import IdentityRequest
-from studio.engine import Engine, randomize_seed
+from studio.engine import Engine
 from studio.tabs import controls
 from studio.tabs.identity_api import IdentityAPI
 
@@ -74,12 +74,5 @@ def build(engine: Engine) -> gr.Dependency:
 
     photos.change(api.faces, photos, [crops, face_notes], api_name="identity_faces")
     add.click(add_webcam_photo, [photos, webcam], photos, queue=False, api_name=False)
-    generate = gr.on(
-        [prompt.submit, run.click], randomize_seed, [seed, randomize], seed, queue=False, api_name=False,
-    ).then(api.generate, inputs, outputs, api_name="identity", concurrency_id="gpu", show_progress_on=video)
-    retry = another.click(controls.new_seed, None, seed, queue=False, api_name=False).then(
-        api.generate, inputs, outputs, api_name=False, concurrency_id="gpu", show_progress_on=video)
-    for event in (generate, retry):
-        event.then(controls.flagged_frames_shown, info, another, queue=False, api_name=False)
-    stop.click(engine.stop, None, None, cancels=[generate, retry], queue=False, api_name=False)
-    return generate
+    return controls.wire_generate(engine, [prompt.submit, run.click], api.generate, inputs, outputs, "identity",
+                                  seed, randomize, another, info, stop, progress_on=video)

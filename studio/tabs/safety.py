@@ -6,7 +6,7 @@ import gradio as gr
 
 from pipelines.safety import CONCEPTS, DEFAULT_CATEGORIES, PROJECTIONS, SafetyOptions
 from pipelines.timelapse import TimelapseRequest
-from studio.engine import Engine, randomize_seed
+from studio.engine import Engine
 from studio.tabs import controls
 from studio.tabs.safety_api import DEFAULT_FRAMES, SafetyAPI
 
@@ -78,13 +78,5 @@ def build(engine: Engine) -> gr.Dependency:
         gr.Examples(examples=EXAMPLES, inputs=[prompt, concepts, custom],
                     example_labels=["Remove an artist's style", "Remove a character", "Nothing to remove"])
 
-    generate = gr.on(
-        [prompt.submit, run.click], randomize_seed, [seed, randomize], seed, queue=False, api_name=False,
-    ).then(api.generate, inputs, outputs, api_name="safe_generate", concurrency_id="gpu",
-           show_progress_on=[guarded, unguarded])
-    retry = another.click(controls.new_seed, None, seed, queue=False, api_name=False).then(
-        api.generate, inputs, outputs, api_name=False, concurrency_id="gpu", show_progress_on=[guarded, unguarded])
-    for event in (generate, retry):
-        event.then(controls.flagged_frames_shown, info, another, queue=False, api_name=False)
-    stop.click(engine.stop, None, None, cancels=[generate, retry], queue=False, api_name=False)
-    return generate
+    return controls.wire_generate(engine, [prompt.submit, run.click], api.generate, inputs, outputs, "safe_generate",
+                                  seed, randomize, another, info, stop, progress_on=[guarded, unguarded])

@@ -9,7 +9,7 @@ import gradio as gr
 
 from pipelines.registry import STYLES
 from pipelines.timelapse import CONTEXT_FRAMES, MAX_FRAMES, MIN_FRAMES, TimelapseRequest
-from studio.engine import Engine, randomize_seed
+from studio.engine import Engine
 from studio.tabs import controls
 from studio.tabs.timelapse_api import TimelapseAPI
 
@@ -65,12 +65,5 @@ def build(engine: Engine) -> gr.Dependency:
             example_labels=[e["label"] for e in EXAMPLES], examples_per_page=5,
         )
 
-    generate = gr.on(
-        [prompt.submit, run.click], randomize_seed, [seed, randomize], seed, queue=False, api_name=False,
-    ).then(api.generate, inputs, outputs, api_name="timelapse", concurrency_id="gpu", show_progress_on=video)
-    retry = another.click(controls.new_seed, None, seed, queue=False, api_name=False).then(
-        api.generate, inputs, outputs, api_name=False, concurrency_id="gpu", show_progress_on=video)
-    for event in (generate, retry):
-        event.then(controls.flagged_frames_shown, info, another, queue=False, api_name=False)
-    stop.click(engine.stop, None, None, cancels=[generate, retry], queue=False, api_name=False)
-    return generate
+    return controls.wire_generate(engine, [prompt.submit, run.click], api.generate, inputs, outputs, "timelapse",
+                                  seed, randomize, another, info, stop, progress_on=video)
