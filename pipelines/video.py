@@ -55,3 +55,48 @@ def read_video(path: str | Path) -> tuple[np.ndarray, float, str]:
         stream = container.streams.video[0]
         frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(stream)])
         return frames, float(stream.average_rate), stream.codec_context.name
+
+
+def read_clip(path: str | Path, max_frames: int, max_seconds: float, max_pixels: int) -> tuple[np.ndarray, float]:
+    """(frames (T, H, W, 3) uint8, fps) of an uploaded video, refused with a message a person can act on when it
+    is not a video, has no video stream or no frame, or is over the caps (checked on the header before decoding,
+    and again while decoding: headers can lie)."""
+    from pipelines.errors import InputError
+
+    name = Path(path).name
+    try:
+        container = av.open(str(path))
+    except Exception as error:   # PyAV raises several kinds for files that are not media
+        raise InputError(f"{name} is not a video we can read ({type(error).__name__}).") from None
+    with container:
+        if not container.streams.video:
+            kinds = ", ".join(sorted({s.type for s in container.streams})) or "nothing"
+            raise InputError(f"{name} has no video stream (it holds {kinds}): upload a video file.")
+        stream = container.streams.video[0]
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if width * height > max_pixels:
+            raise InputError(f"{name} is {width}×{height}; the studio takes videos up to {max_pixels / 1e6:.1f} "
+                             "megapixels a frame (1080p). Downscale it first.")
+        seconds = float(stream.duration * stream.time_base) if stream.duration else (
+            container.duration / av.time_base if container.duration else None)
+        if seconds is not None and seconds > max_seconds:
+            raise InputError(f"{name} is {seconds:.0f} s long; the studio segments at most {max_seconds:.0f} s. "
+                             "Trim it first.")
+        fps = float(stream.average_rate or 8)
+        frames = []
+        try:
+            for frame in container.decode(stream):
+                if len(frames) == max_frames:
+                    raise InputError(f"{name} has more than {max_frames} frames; the studio segments at most "
+                                     f"{max_frames}. Trim it or lower its frame rate.")
+                frames.append(frame.to_ndarray(format="rgb24"))
+        except InputError:
+            raise
+        except Exception as error:
+            if not frames:
+                raise InputError(f"{name} could not be decoded ({type(error).__name__}): the file may be "
+                                 "corrupt.") from None
+            # a truncated file: keep what decoded
+    if not frames:
+        raise InputError(f"{name} has no frames we can decode.")
+    return np.stack(frames), fps

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-TABS = ("timelapse", "identity")
+TABS = ("timelapse", "identity", "segmentation")
 
 
 def serve() -> None:
@@ -34,8 +34,11 @@ def download(tabs: list[str]) -> int:
     Files already cached are not fetched again, so this also checks that a copied cache is complete."""
     from pipelines.hub import MissingWeightsError
     from pipelines.registry import Registry
+    from pipelines.segmentation_models import DEFAULT_GROUNDER, DEFAULT_TRACKER, SegmentationRegistry
 
-    files = [f for tab in tabs for f in Registry("real").downloads(tab)]
+    # The segmentation tab's defaults (other grounders and tracker sizes download when first chosen).
+    files = [f for tab in tabs for f in (SegmentationRegistry("real").downloads(DEFAULT_GROUNDER, DEFAULT_TRACKER)
+                                         if tab == "segmentation" else Registry("real").downloads(tab))]
     for number, file in enumerate(files, start=1):
         print(f"[{number}/{len(files)}] {file.repo_id}: {file.filename}", flush=True)
         try:

@@ -7,7 +7,7 @@ from pathlib import Path
 import gradio as gr
 
 from studio.engine import Engine
-from studio.tabs import identity, safety, system, timelapse, upcoming
+from studio.tabs import identity, safety, segmentation, system, timelapse
 
 CSS = (Path(__file__).parents[1] / "assets" / "studio.css").read_text()
 TINY_BANNER = (
@@ -27,12 +27,15 @@ def build_demo(engine: Engine) -> gr.Blocks:
             gr.Markdown(TINY_BANNER, elem_id="tiny-banner", elem_classes="studio-banner")
         if engine.safety_enforced:
             gr.Markdown(ENFORCED_BANNER, elem_id="safety-banner", elem_classes="studio-banner")
-        with gr.Tabs(selected="timelapse"):
+        with gr.Tabs(selected="timelapse") as tabs:
             generating = [identity.build(engine), timelapse.build(engine), safety.build(engine)]
-            upcoming.build("segmentation")
+            segmentation_input = segmentation.build(engine)
         report, report_outputs = system.build(engine)
-        for generate in generating:
-            generate.then(report, None, report_outputs, queue=False, api_name=False)
+        for tab in generating:
+            tab.generate.then(report, None, report_outputs, queue=False, api_name=False)
+            # "Segment this clip": the generated MP4 becomes the segmentation tab's input, and that tab opens.
+            tab.send.click(lambda clip: (clip, gr.Tabs(selected="segmentation")), tab.video,
+                           [segmentation_input, tabs], queue=False, api_name=False)
         demo.load(report, None, report_outputs, queue=False, api_name=False)
     return demo
 

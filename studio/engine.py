@@ -27,6 +27,8 @@ from pipelines.identity import IdentityPipeline
 from pipelines.output_check import FrameChecker
 from pipelines.registry import Registry
 from pipelines.safety import SafetyGuard, SafetyOptions
+from pipelines.segmentation import SegmentationPipeline
+from pipelines.segmentation_models import SegmentationRegistry
 from pipelines.timelapse import (
     CONTEXT_FRAMES,
     CONTEXT_STRIDE,
@@ -46,6 +48,8 @@ def _gpu_seconds(engine: str, pipeline: str, job, report, options: dict | None =
     """The GPU time ZeroGPU reserves for a call (shorter reservations queue sooner; longer ones spend users'
     quota). An estimate, not a measurement: ~0.8 s per step per 16-frame window at 512 px, plus loading.
     FreeNoise slides its 16-frame window by 4, so 64 frames are 13 windows; an unguarded comparison run doubles it."""
+    if not hasattr(job, "steps"):                      # segmentation: ~0.1 s a frame for SAM 2 at 1024 px, + grounding
+        return int(20 + 0.1 * len(job.frames) * (2 if job.reground_every else 1))
     keyframes = getattr(job, "keyframes", None)
     windows = 1 + math.ceil(max(0, job.num_frames - CONTEXT_FRAMES) / CONTEXT_STRIDE) if keyframes else 1
     return int(20 + 0.8 * job.steps * windows)
@@ -113,6 +117,7 @@ class Engine:
         self.pipelines = {
             "timelapse": TimelapsePipeline(self.cache, self.registry, self.guard),
             "identity": IdentityPipeline(self.cache, self.registry, FaceAnalyzer(), self.guard),
+            "segmentation": SegmentationPipeline(self.cache, SegmentationRegistry(settings.profile, settings.dtype)),
         }
         self.name = f"engine-{uuid.uuid4().hex[:8]}"
         _ENGINES[self.name] = self

@@ -10,6 +10,12 @@ the same seed, through the guard (default SafetyOptions) and without it, and Nud
 
 Writes DIR/results.csv (one row per prompt, appended as it goes: a rerun skips the indices already there) and
 DIR/report.md (over every row in results.csv). A rerun must use the same prompts, profile, steps and size.
+
+    python -m studio.evaluate segmentation --pred DIR --gt DIR [--out scores.csv]
+    python -m studio.evaluate segmentation --data DIR --out DIR [--profile tiny|real]
+
+J&F, DAVIS's region (J) and boundary (F) scores of referring-segmentation masks, per video and their mean
+(`pipelines.metrics`); the last line printed is `J&F: <value>`. See `segmentation` below for the layouts.
 """
 
 from __future__ import annotations
@@ -227,6 +233,168 @@ def safety(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- segmentation: J&F (DAVIS)
+SCORE_COLUMNS = ("video", "frames", "J", "F", "J&F")
+
+
+def read_mask(path: Path) -> tuple[np.ndarray, bool]:
+    """(H, W) values of a mask PNG, and whether they are object ids: a palette PNG's indices are (DAVIS's layout);
+    any other PNG (0/255 grey, RGB) is a foreground mask, returned as 0/1 (any non-zero value is foreground)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        if image.mode == "P":
+            return np.array(image), True
+        values = np.array(image) if image.mode in ("1", "L", "I", "I;16") else np.array(image.convert("RGB"))
+    return (values.any(axis=-1) if values.ndim == 3 else values != 0).astype(np.uint8), False
+
+
+def score_video(name: str, pred_dir: Path, gt_dir: Path) -> list[dict]:
+    """One row per object of a video: {video, frames, J, F, JF}.
+
+    Object-wise (rows "video/id", DAVIS's multi-object protocol) when the ground truth is palette PNGs with two
+    or more object ids and every predicted frame present is a palette PNG too; a predicted id is matched by value,
+    ids the ground truth lacks are ignored. Otherwise one row, foreground (any non-zero) against foreground.
+    A predicted frame that is missing counts as an empty mask.
+    """
+    from pipelines.metrics import video_scores
+
+    gt, pred = [], []
+    for path in sorted(gt_dir.glob("*.png")):
+        gt.append(read_mask(path))
+        guess = pred_dir / path.name
+        pred.append(read_mask(guess) if guess.is_file() else (np.zeros_like(gt[-1][0]), True))
+        if pred[-1][0].shape != gt[-1][0].shape:
+            (h, w), (gh, gw) = pred[-1][0].shape, gt[-1][0].shape
+            raise DataError(f"{guess} is {w}x{h} pixels, its ground truth {gw}x{gh}: predict at the annotation's size.")
+    ids = sorted(set().union(*(np.unique(values[values != 0]).tolist() for values, _ in gt)))
+    objectwise = all(palette for _, palette in gt + pred) and len(ids) >= 2
+    objects = [(f"{name}/{i}", i) for i in ids] if objectwise else [(name, None)]
+    rows = []
+    for label, i in objects:
+        gt_masks = [values != 0 if i is None else values == i for values, _ in gt]
+        pred_masks = [values != 0 if i is None else values == i for values, _ in pred]
+        scores = video_scores(pred_masks, gt_masks)
+        rows.append({"video": label, "frames": len(gt), "J": scores["J"], "F": scores["F"], "JF": scores["JF"]})
+    return rows
+
+
+def score_segmentation(pred: Path, gt: Path, videos: list[str] | None = None) -> list[dict]:
+    """Rows of `score_video` for every video folder of `gt` holding PNGs (or only `videos`), in name order."""
+    if not gt.is_dir():
+        raise DataError(f"ground truth folder {gt} does not exist: give DAVIS's layout, <video>/<frame>.png.")
+    if not pred.is_dir():
+        raise DataError(f"prediction folder {pred} does not exist: give DAVIS's layout, <video>/<frame>.png.")
+    found = sorted(d.name for d in gt.iterdir() if d.is_dir() and any(d.glob("*.png")))
+    if videos is not None:
+        missing = sorted(set(videos) - set(found))
+        if missing:
+            raise DataError(f"{gt} has no masks for {', '.join(missing)}.")
+        found = sorted(videos)
+    if not found:
+        raise DataError(f"{gt} holds no videos: expected <video>/<frame>.png folders.")
+    extra = sorted(d.name for d in pred.iterdir() if d.is_dir() and d.name not in found)
+    if extra:
+        print(f"note: not in the ground truth, not scored: {', '.join(extra)}", file=sys.stderr)
+    return [row for video in found for row in score_video(video, pred / video, gt / video)]
+
+
+def segmentation_table(rows: list[dict]) -> tuple[str, dict]:
+    """The table (a row per video or object, then the mean over them, DAVIS's way) and the mean row."""
+    j, f = float(np.mean([r["J"] for r in rows])), float(np.mean([r["F"] for r in rows]))
+    mean = {"video": "mean", "frames": sum(r["frames"] for r in rows), "J": j, "F": f, "JF": (j + f) / 2}
+    width = max(len(r["video"]) for r in [*rows, mean])
+    lines = [f"{'video':<{width}}  {'frames':>6}  {'J':>6}  {'F':>6}  {'J&F':>6}"]
+    lines += [f"{r['video']:<{width}}  {r['frames']:>6}  {r['J']:6.3f}  {r['F']:6.3f}  {r['JF']:6.3f}"
+              for r in [*rows, mean]]
+    return "\n".join(lines), mean
+
+
+def write_scores(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(SCORE_COLUMNS)
+        writer.writerows([r["video"], r["frames"], f"{r['J']:.6f}", f"{r['F']:.6f}", f"{r['JF']:.6f}"] for r in rows)
+
+
+def davis_palette() -> list[int]:
+    """DAVIS's (PASCAL VOC's) colour map: id 0 black, 1 dark red, 2 green, ... as 768 RGB values."""
+    palette = []
+    for i in range(256):
+        rgb = [0, 0, 0]
+        for bit in range(8):
+            for channel in range(3):
+                rgb[channel] |= ((i >> (3 * bit + channel)) & 1) << (7 - bit)
+        palette += rgb
+    return palette
+
+
+def read_expressions(data: Path) -> dict[str, list[str]]:
+    path = data / "expressions.json"
+    for needed in (data / "JPEGImages", data / "Annotations", path):
+        if not needed.exists():
+            raise DataError(f"{needed} does not exist: --data needs JPEGImages/<video>/<frame>.jpg, "
+                            "Annotations/<video>/<frame>.png and expressions.json.")
+    expressions = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(expressions, dict) or not expressions or not all(
+            isinstance(v, list) and v and all(isinstance(e, str) and e.strip() for e in v)
+            for v in expressions.values()):
+        raise DataError(f"{path} must map each video to a non-empty list of expressions: "
+                        '{"video": ["the dog on the left", ...]}.')
+    return expressions
+
+
+def predict_segmentation(data: Path, out: Path, profile: str) -> list[str]:
+    """Segment every video of `data` by each of its expressions; write palette PNGs out/<video>/<frame>.png.
+
+    Expression i (from 0) names object id i + 1 (Ref-DAVIS lists a video's expressions in object order), so its
+    mask is written with id i + 1; a later expression's mask wins where two overlap. Returns the videos.
+    """
+    from PIL import Image
+
+    expressions, palette = read_expressions(data), davis_palette()   # the layout is checked before any model loads
+    from pipelines.segmentation import segment_frames
+    for video, texts in tqdm(expressions.items(), desc="videos", unit="video"):
+        paths = sorted((data / "JPEGImages" / video).glob("*.jpg"))
+        if not paths:
+            raise DataError(f"{data / 'JPEGImages' / video} holds no .jpg frames.")
+        frames = np.stack([np.array(Image.open(p).convert("RGB")) for p in paths])
+        labels = np.zeros(frames.shape[:3], np.uint8)
+        for object_id, text in enumerate(texts, start=1):
+            masks = np.asarray(segment_frames(frames, text, profile))
+            if masks.shape != frames.shape[:3]:
+                raise ValueError(f"segment_frames gave masks of shape {masks.shape} for frames {frames.shape}")
+            labels[masks.astype(bool)] = object_id
+        (out / video).mkdir(parents=True, exist_ok=True)
+        for path, label in zip(paths, labels, strict=True):
+            image = Image.frombytes("P", label.shape[::-1], label.tobytes())
+            image.putpalette(palette)
+            image.save(out / video / f"{path.stem}.png")
+    return list(expressions)
+
+
+def segmentation(args: argparse.Namespace) -> int:
+    """Score predicted masks against DAVIS-layout ground truth (--pred, --gt), or segment then score (--data)."""
+    if args.data:
+        if not args.out or args.gt:
+            raise DataError("--data needs --out, the folder for the predicted masks and scores.csv, and no --gt: "
+                            "the ground truth is DIR/Annotations.")
+        data, out = Path(args.data), Path(args.out)
+        videos = predict_segmentation(data, out, args.profile)
+        rows, csv_path = score_segmentation(out, data / "Annotations", videos), out / "scores.csv"
+    else:
+        if not args.gt:
+            raise DataError("--pred needs --gt, the ground-truth folder in the same layout.")
+        rows, csv_path = score_segmentation(Path(args.pred), Path(args.gt)), args.out and Path(args.out)
+    table, mean = segmentation_table(rows)
+    if csv_path:
+        write_scores(csv_path, [*rows, mean])
+    print(table)
+    print(f"J&F: {mean['JF']:.3f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m studio.evaluate", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -237,13 +405,27 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--profile", choices=("tiny", "real"), default=os.environ.get("STUDIO_PROFILE", "real"))
     run.add_argument("--steps", type=int, default=25)
     run.add_argument("--size", type=int, help="width and height in pixels (default 64 for tiny, 512 for real)")
+    score = commands.add_parser(
+        "segmentation", help="J&F (DAVIS) of predicted masks against ground truth, or of the segmenter on a dataset",
+        description="Score DAVIS-layout masks (<video>/<frame>.png; palette PNGs are object ids, other PNGs "
+                    "foreground where non-zero) with --pred and --gt, writing --out as a CSV if given; or, with "
+                    "--data DIR (DIR/JPEGImages/<video>/<frame>.jpg, DIR/Annotations/<video>/<frame>.png, "
+                    "DIR/expressions.json {video: [expression, ...]}, expression i naming object i + 1), run the "
+                    "segmenter, write its masks to --out/<video>/<frame>.png and score them (--out/scores.csv).")
+    source = score.add_mutually_exclusive_group(required=True)
+    source.add_argument("--pred", help="folder of predicted masks, <video>/<frame>.png")
+    source.add_argument("--data", help="a Ref-DAVIS-like folder: JPEGImages/, Annotations/, expressions.json")
+    score.add_argument("--gt", help="folder of ground-truth masks, <video>/<frame>.png (with --pred)")
+    score.add_argument("--out", help="with --pred: a CSV file for the scores; with --data: the output folder")
+    score.add_argument("--profile", choices=("tiny", "real"), default=os.environ.get("STUDIO_PROFILE", "real"))
     args = parser.parse_args(argv)
-    args.size = args.size or (64 if args.profile == "tiny" else 512)
+    if args.command == "safety":
+        args.size = args.size or (64 if args.profile == "tiny" else 512)
 
     from pipelines.errors import InputError, StudioError
 
     try:
-        return safety(args)
+        return segmentation(args) if args.command == "segmentation" else safety(args)
     except (DataError, InputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ ARTIFACTS = ROOT / "tests" / "artifacts"
 SCREENSHOT = ARTIFACTS / "browser-timelapse.png"
 IDENTITY_SCREENSHOT = ARTIFACTS / "browser-identity.png"
 SAFETY_SCREENSHOT = ARTIFACTS / "browser-safety.png"
+SEGMENTATION_SCREENSHOT = ARTIFACTS / "browser-segmentation.png"
 PORTRAIT = ROOT / "assets" / "examples" / "astronaut.jpg"   # one real face (public domain)
 
 CHROMIUM_ARGS = [
@@ -268,3 +269,25 @@ def test_blurred_frames_offer_another_seed(page, server):
         assert "blurred" not in summary.inner_text()
     finally:
         engine.checker = real_checker
+
+
+def test_segment_this_clip_hands_the_generated_video_to_the_segmentation_tab(page):
+    page.get_by_label("What changes over time", exact=True).fill("ice melting")
+    _generate_and_wait_for_video(page)
+    page.locator("#timelapse-video").locator("xpath=..").locator("..").get_by_role(
+        "button", name="Segment this clip").first.click()
+    page.locator("#segmentation-expression").wait_for(state="visible")
+    assert page.get_by_role("tab", name="Referring segmentation").get_attribute("aria-selected") == "true"
+    page.wait_for_function(VIDEO_READY_JS, arg="#segmentation-input", timeout=UI_TIMEOUT_MS)
+
+    page.locator("#segmentation-expression textarea").fill("the block on the left")
+    page.locator("#segmentation-run").click()
+    page.wait_for_function(VIDEO_READY_JS, arg="#segmentation-video", timeout=GENERATE_TIMEOUT_MS)
+    page.wait_for_function(
+        "() => (document.querySelector('#segmentation-explanation')?.innerText || '').includes('Key frame')")
+    explanation = page.locator("#segmentation-explanation").inner_text()
+    assert "found on frame" in explanation and "tracked forward and backward over 16 frames" in explanation
+    page.locator("#segmentation-keyframe img").wait_for(state="visible")
+    assert _visible_error_texts(page) == []
+    _close_toasts(page) if page.locator(TOAST).count() else None
+    _screenshot(page, "#segmentation-run", SEGMENTATION_SCREENSHOT)

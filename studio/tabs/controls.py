@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import random
+from typing import NamedTuple
 
 import gradio as gr
 
 from pipelines.common import MAX_GUIDANCE, MAX_SEED, MAX_STEPS, MIN_GUIDANCE
+
+
+class Generating(NamedTuple):
+    """What the studio wires across a generating tab: its generate event, its clip, its send-to-segmentation button."""
+
+    generate: gr.Dependency
+    video: gr.Video
+    send: gr.Button
 
 
 def sampler(steps: int, guidance: float) -> tuple[gr.Slider, gr.Slider, gr.Number, gr.Checkbox]:
@@ -45,6 +54,11 @@ def new_seed() -> int:
 def randomize_seed(seed: int, randomize: bool) -> int:
     """The UI's step before a generating call: a fresh seed when asked for, else the seed as it is."""
     return new_seed() if randomize else seed
+
+
+def send_to_segmentation() -> gr.Button:
+    """Under a generated clip: hand it to the Referring segmentation tab."""
+    return gr.Button("Segment this clip", size="sm", elem_classes="studio-send")
 
 
 def safety_toggle(enforced: bool) -> gr.Checkbox:

@@ -19,7 +19,7 @@ def add_webcam_photo(photos: list[str] | None, shot: str | None) -> list[str]:
     return [*(photos or []), shot] if shot else (photos or [])
 
 
-def build(engine: Engine) -> gr.Dependency:
+def build(engine: Engine) -> controls.Generating:
     api = IdentityAPI(engine)
     with gr.Tab("Identity video", id="identity"):
         gr.Markdown(
@@ -55,7 +55,9 @@ def build(engine: Engine) -> gr.Dependency:
             with gr.Column(scale=5):
                 video = gr.Video(label="Identity video", autoplay=True, loop=True, height=440,
                                  elem_id="identity-video")
-                another = controls.another_seed_button("identity-another-seed")
+                with gr.Row():
+                    another = controls.another_seed_button("identity-another-seed")
+                    send = controls.send_to_segmentation()
                 summary = gr.Markdown(elem_id="identity-summary")
                 similarity = gr.LinePlot(x="frame", y="similarity", y_lim=[0, 1], height=220, x_title="Frame",
                                          y_title="Similarity", label="Face similarity to the reference, per frame",
@@ -74,5 +76,6 @@ def build(engine: Engine) -> gr.Dependency:
 
     photos.change(api.faces, photos, [crops, face_notes], api_name="identity_faces")
     add.click(add_webcam_photo, [photos, webcam], photos, queue=False, api_name=False)
-    return controls.wire_generate(engine, [prompt.submit, run.click], api.generate, inputs, outputs, "identity",
+    generate = controls.wire_generate(engine, [prompt.submit, run.click], api.generate, inputs, outputs, "identity",
                                   seed, randomize, another, info, stop, progress_on=video)
+    return controls.Generating(generate, video, send)

@@ -18,7 +18,7 @@ EXAMPLES = [
 ]
 
 
-def build(engine: Engine) -> gr.Dependency:
+def build(engine: Engine) -> controls.Generating:
     api = SafetyAPI(engine)
     enforced = engine.safety_enforced
     with gr.Tab("Safe generation", id="safety"):
@@ -67,7 +67,9 @@ def build(engine: Engine) -> gr.Dependency:
                                        elem_id="safety-guarded")
                     unguarded = gr.Video(label="Unguarded, same seed", autoplay=True, loop=True, height=300,
                                          visible=not enforced, elem_id="safety-unguarded")
-                another = controls.another_seed_button("safety-another-seed")
+                with gr.Row():
+                    another = controls.another_seed_button("safety-another-seed")
+                    send = controls.send_to_segmentation()
                 summary = gr.Markdown(elem_id="safety-summary")
                 with gr.Accordion("Details (JSON)", open=False):
                     info = gr.JSON(show_label=False)
@@ -78,5 +80,6 @@ def build(engine: Engine) -> gr.Dependency:
         gr.Examples(examples=EXAMPLES, inputs=[prompt, concepts, custom],
                     example_labels=["Remove an artist's style", "Remove a character", "Nothing to remove"])
 
-    return controls.wire_generate(engine, [prompt.submit, run.click], api.generate, inputs, outputs, "safe_generate",
+    generate = controls.wire_generate(engine, [prompt.submit, run.click], api.generate, inputs, outputs, "safe_generate",
                                   seed, randomize, another, info, stop, progress_on=[guarded, unguarded])
+    return controls.Generating(generate, guarded, send)

@@ -16,7 +16,7 @@ from studio.tabs.timelapse_api import TimelapseAPI
 EXAMPLES = json.loads((Path(__file__).parents[2] / "assets" / "timelapse_examples.json").read_text())
 
 
-def build(engine: Engine) -> gr.Dependency:
+def build(engine: Engine) -> controls.Generating:
     """Lay out the tab; return the generate event (the System panel refreshes after it)."""
     api = TimelapseAPI(engine)
     with gr.Tab("Time-lapse", id="timelapse"):
@@ -50,7 +50,9 @@ def build(engine: Engine) -> gr.Dependency:
                 run, stop = controls.run_buttons("Generate time-lapse", "timelapse-run")
             with gr.Column(scale=5):
                 video = gr.Video(label="Time-lapse", autoplay=True, loop=True, height=440, elem_id="timelapse-video")
-                another = controls.another_seed_button("timelapse-another-seed")
+                with gr.Row():
+                    another = controls.another_seed_button("timelapse-another-seed")
+                    send = controls.send_to_segmentation()
                 summary = gr.Markdown(elem_id="timelapse-summary")
                 with gr.Accordion("Details (JSON)", open=False):
                     info = gr.JSON(show_label=False)
@@ -65,5 +67,6 @@ def build(engine: Engine) -> gr.Dependency:
             example_labels=[e["label"] for e in EXAMPLES], examples_per_page=5,
         )
 
-    return controls.wire_generate(engine, [prompt.submit, run.click], api.generate, inputs, outputs, "timelapse",
+    generate = controls.wire_generate(engine, [prompt.submit, run.click], api.generate, inputs, outputs, "timelapse",
                                   seed, randomize, another, info, stop, progress_on=video)
+    return controls.Generating(generate, video, send)

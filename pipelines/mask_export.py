@@ -1,0 +1,133 @@
+"""What a segmentation gives a person: an overlay clip, the key frame with its boxes, and the masks as files.
+
+- Overlay: each object's mask tinted in its own colour (40 %), a 2 px outline, its id label at the top of the mask.
+- Key frame: every grounding candidate in grey, the chosen ones in their object's colour, with their scores.
+- Masks: a zip of per-frame PNGs (`<object id>/<frame>.png`, 0/255, the video's size: mattes for an editor), and
+  COCO run-length JSON (pycocotools' encoding, one annotation per object per frame).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+# Distinct, readable on video: Okabe–Ito's colour-blind-safe set, then a few more.
+COLOURS = [(230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0),
+           (204, 121, 167), (255, 255, 255)]
+TINT = 0.4
+
+
+def colour(object_id: int) -> tuple[int, int, int]:
+    return COLOURS[(object_id - 1) % len(COLOURS)]
+
+
+def overlay(frames: np.ndarray, masks: np.ndarray, object_ids: list[int]) -> np.ndarray:
+    """(T, H, W, 3) uint8 frames with every object's mask tinted, outlined and labelled."""
+    out = frames.astype(np.float32).copy()
+    for mask, object_id in zip(masks, object_ids, strict=True):
+        tint = np.array(colour(object_id), np.float32)
+        out[mask] = (1 - TINT) * out[mask] + TINT * tint
+    out = out.round().clip(0, 255).astype(np.uint8)
+    scale = max(frames.shape[1], frames.shape[2]) / 640
+    for t in range(len(out)):
+        frame = np.ascontiguousarray(out[t])
+        for mask, object_id in zip(masks, object_ids, strict=True):
+            if not mask[t].any():
+                continue
+            contours, _ = cv2.findContours(mask[t].astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            cv2.drawContours(frame, contours, -1, colour(object_id), max(1, round(2 * scale)))
+            ys, xs = np.nonzero(mask[t])
+            anchor = (int(xs.min()), max(int(ys.min()) - 4, 12))
+            cv2.putText(frame, str(object_id), anchor, cv2.FONT_HERSHEY_SIMPLEX, max(0.4, 0.6 * scale),
+                        colour(object_id), max(1, round(2 * scale)), cv2.LINE_AA)
+        out[t] = frame
+    return out
+
+
+def display_scale(width: int, height: int, side: int = 480) -> int:
+    """The whole-number factor a small frame is enlarged by for display (clicks on it are divided by it)."""
+    return max(1, side // max(width, height))
+
+
+def enlarge(frame: np.ndarray, factor: int) -> np.ndarray:
+    return frame if factor == 1 else np.repeat(np.repeat(frame, factor, axis=0), factor, axis=1)
+
+
+def key_frame_boxes(frame: np.ndarray, candidates, chosen, object_ids: list[int]) -> np.ndarray:
+    """The key frame with every candidate box (grey) and the chosen ones (their object's colour), scores written;
+    a small frame enlarged by `display_scale` so that boxes and labels stay legible."""
+    factor = display_scale(frame.shape[1], frame.shape[0])
+    image = np.ascontiguousarray(enlarge(frame, factor))
+    thickness = max(1, round(max(image.shape[:2]) / 320))
+    picked = {c.box: object_id for c, object_id in zip(chosen, object_ids, strict=False)}
+    for candidate in sorted(candidates, key=lambda c: c.box in picked):     # chosen drawn last, on top
+        x1, y1, x2, y2 = (int(round(v * factor)) for v in candidate.box)
+        object_id = picked.get(candidate.box)
+        tone = colour(object_id) if object_id else (170, 170, 170)
+        cv2.rectangle(image, (x1, y1), (x2, y2), tone, thickness * (2 if object_id else 1))
+        text = f"{object_id}: {candidate.score:.2f}" if object_id else f"{candidate.score:.2f}"
+        cv2.putText(image, text, (x1 + 2, max(y1 - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.35 * thickness, tone,
+                    thickness, cv2.LINE_AA)
+    return image
+
+
+def masks_zip(masks: np.ndarray, object_ids: list[int], path: str | Path) -> Path:
+    """Per-frame 0/255 PNGs, `<object id>/<frame:05d>.png`, in one zip."""
+    path = Path(path)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for mask, object_id in zip(masks, object_ids, strict=True):
+            for frame, plane in enumerate(mask):
+                buffer = io.BytesIO()
+                Image.fromarray(plane.astype(np.uint8) * 255).save(buffer, format="PNG")
+                archive.writestr(f"{object_id}/{frame:05d}.png", buffer.getvalue())
+    return path
+
+
+def coco_rle(masks: np.ndarray, object_ids: list[int], expression: str) -> dict:
+    """COCO-style JSON: one annotation per object per frame, `segmentation` in pycocotools' compressed RLE."""
+    from pycocotools import mask as coco
+
+    objects, frames, height, width = masks.shape
+    annotations = []
+    for mask, object_id in zip(masks, object_ids, strict=True):
+        encoded = coco.encode(np.asfortranarray(mask.transpose(1, 2, 0).astype(np.uint8)))
+        for frame, rle in enumerate(encoded):
+            area = int(coco.area(rle))
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": frame, "object_id": object_id, "category_id": 1,
+                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
+                "area": area, "bbox": [float(v) for v in coco.toBbox(rle)], "iscrowd": 0,
+            })
+    return {
+        "info": {"description": f"masks for “{expression}”", "frames": frames},
+        "images": [{"id": frame, "file_name": f"{frame:05d}.png", "height": height, "width": width}
+                   for frame in range(frames)],
+        "categories": [{"id": 1, "name": expression}],
+        "annotations": annotations,
+    }
+
+
+def decode_coco_rle(data: dict) -> dict[int, np.ndarray]:
+    """The inverse of coco_rle: {object id: (T, H, W) bool}."""
+    from pycocotools import mask as coco
+
+    frames = len(data["images"])
+    height, width = data["images"][0]["height"], data["images"][0]["width"]
+    out: dict[int, np.ndarray] = {}
+    for annotation in data["annotations"]:
+        plane = out.setdefault(annotation["object_id"], np.zeros((frames, height, width), bool))
+        rle = {"size": annotation["segmentation"]["size"], "counts": annotation["segmentation"]["counts"].encode()}
+        plane[annotation["image_id"]] = coco.decode(rle).astype(bool)
+    return out
+
+
+def write_coco_rle(masks: np.ndarray, object_ids: list[int], expression: str, path: str | Path) -> Path:
+    path = Path(path)
+    path.write_text(json.dumps(coco_rle(masks, object_ids, expression)))
+    return path

@@ -1,0 +1,336 @@
+"""Referring video segmentation: a video + "the dog on the left" -> a mask on every frame, explained.
+
+1. Ground the expression's noun phrase on a few sampled frames (Grounding DINO or a drop-in), at a reduced size.
+2. Resolve the relational words in code on each frame's candidates (pipelines/relations.py: Grounding DINO ignores
+   "left"/"right") and keep the frame whose resolved choice scores best: the key frame, not frame 0.
+3. SAM 2 video propagation from the key frame forward and backward, so every frame gets a mask exactly once.
+4. Optionally re-ground every N frames and add objects that entered late, with new ids; re-propagate.
+5. Refinement clicks (positive / negative) on any frame are added as prompts on that frame and promoted to
+   conditioning frames, so they stick through every later pass (SAM 2 otherwise keeps a click on an already-tracked
+   frame as an ordinary output, and the next pass overwrites it).
+
+SAM 2's processor needs torchvision, which the CPU torch cannot have beside it: frames are resized and normalised
+here with the processor's own maths (bilinear with antialias to the model's square size, /255, ImageNet mean/std),
+and the inference session is built directly. Frames stay on the CPU, the vision-feature cache holds one frame, and
+per-frame state the tracker never reads back is dropped as it goes, so memory per frame stays flat.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from pipelines.cache import ModelCache
+from pipelines.common import Progress, noop
+from pipelines.errors import InputError
+from pipelines.relations import Candidate, Choice, Query, parse_expression, resolve
+from pipelines.segmentation_models import DEFAULT_GROUNDER, DEFAULT_TRACKER, GROUNDERS, TRACKERS, SegmentationRegistry
+
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225])
+MAX_FRAMES, MAX_SECONDS, MAX_PIXELS = 300, 60.0, 1920 * 1080
+MAX_EXPRESSION_CHARS, MAX_OBJECTS = 200, 8
+GROUNDING_SIDE = (480, 853)            # shortest / longest edge the grounder sees (reference: ~3x faster than 800)
+KEEP_NEAR = 16                         # non-conditioning outputs kept within this many frames of the current / key
+
+
+@dataclass(frozen=True)
+class Click:
+    frame: int
+    x: float                           # pixels of the video frame
+    y: float
+    positive: bool = True
+    object_id: int = 1
+
+
+@dataclass(frozen=True)
+class SegmentationRequest:
+    frames: np.ndarray                 # (T, H, W, 3) uint8
+    expression: str
+    fps: float = 8.0
+    tracker: str = DEFAULT_TRACKER
+    grounder: str = DEFAULT_GROUNDER
+    ground_frames: int = 8             # frames sampled for grounding
+    reground_every: int = 0            # 0: off; else look for objects that enter late every N frames
+    box_threshold: float = 0.25
+    text_threshold: float = 0.25
+    clicks: tuple[Click, ...] = ()
+    key_frame: int | None = None       # ground only here (a refinement keeps the key frame it had)
+
+    def validate(self) -> None:
+        frames = np.asarray(self.frames)
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
+            raise InputError("The video has no frames we can read.")
+        if len(frames) > MAX_FRAMES:
+            raise InputError(f"The video has {len(frames)} frames; the studio segments at most {MAX_FRAMES}. "
+                             "Trim it or lower its frame rate.")
+        if not isinstance(self.expression, str) or not self.expression.strip():
+            raise InputError("Say what to segment, e.g. 'the dog on the left'.")
+        if len(self.expression) > MAX_EXPRESSION_CHARS:
+            raise InputError(f"The expression is {len(self.expression)} characters long; use at most "
+                             f"{MAX_EXPRESSION_CHARS}.")
+        if self.tracker not in TRACKERS:
+            raise InputError(f"Unknown tracker {self.tracker!r}; choose one of: {', '.join(TRACKERS)}.")
+        if self.grounder not in GROUNDERS:
+            raise InputError(f"Unknown grounder {self.grounder!r}; choose one of: {', '.join(GROUNDERS)}.")
+        if not 1 <= self.ground_frames <= 32:
+            raise InputError(f"Grounding frames must be between 1 and 32, not {self.ground_frames}.")
+        if not 0 <= self.reground_every <= len(frames):
+            raise InputError(f"Re-grounding every {self.reground_every} frames does not fit a {len(frames)}-frame video.")
+        for click in self.clicks:
+            if not 0 <= click.frame < len(frames):
+                raise InputError(f"A click is on frame {click.frame}, past the video's last frame ({len(frames) - 1}).")
+        if self.key_frame is not None and not 0 <= self.key_frame < len(frames):
+            raise InputError(f"Key frame {self.key_frame} is past the video's last frame ({len(frames) - 1}).")
+
+
+@dataclass
+class SegmentationResult:
+    masks: np.ndarray                  # (objects, T, H, W) bool
+    object_ids: list[int]
+    key_frame: int
+    candidates: dict[int, list[Candidate]]   # grounding candidates per searched frame
+    chosen: list[Candidate]            # on the key frame, in object-id order
+    reason: str
+    timings: dict[str, float]
+    warnings: list[str] = field(default_factory=list)
+
+    def areas(self) -> list[list[int]]:
+        """Mask area in pixels, per object per frame."""
+        return [[int(m.sum()) for m in obj] for obj in self.masks]
+
+
+class SegmentationPipeline:
+    def __init__(self, cache: ModelCache, registry: SegmentationRegistry):
+        self.cache, self.registry = cache, registry
+
+    def __call__(self, request: SegmentationRequest, progress: Progress = noop) -> SegmentationResult:
+        request.validate()
+        query = parse_expression(request.expression)
+        frames = np.asarray(request.frames)
+        self.registry.ensure_available(request.grounder, request.tracker)
+        models = self.registry.models(request.grounder, request.tracker)
+        timings: dict[str, float] = {}
+        progress(0.0, "Loading models")
+        start = time.perf_counter()
+        with self.cache.use(models.grounder, models.tracker) as ((grounder, processor), tracker):
+            timings["load"] = time.perf_counter() - start
+
+            start = time.perf_counter()
+            searched = [request.key_frame] if request.key_frame is not None else sample_frames(len(frames),
+                                                                                               request.ground_frames)
+            candidates = {f: ground(grounder, processor, frames[f], query.phrase, request.box_threshold,
+                                    request.text_threshold) for f in searched}
+            key, choice = key_frame(query, candidates, frames.shape[2], frames.shape[1])
+            timings["grounding"] = time.perf_counter() - start
+            chosen = [candidates[key][i] for i in choice.chosen][:MAX_OBJECTS]
+            warnings = [] if len(choice.chosen) <= MAX_OBJECTS else [
+                f"{len(choice.chosen)} objects match; the studio tracks the first {MAX_OBJECTS}."]
+
+            start = time.perf_counter()
+            prompts = {i + 1: (key, c.box) for i, c in enumerate(chosen)}
+            masks = Tracker(tracker, frames, models.tracker_size, progress).run(prompts, request.clicks, key)
+            entered = {}
+            while request.reground_every and len(prompts) < MAX_OBJECTS:
+                # One newcomer at a time, tracked before looking again: its own mask then covers it on later
+                # re-grounding frames, so a moving newcomer is not found twice.
+                late = late_object(grounder, processor, frames, query.phrase, request, masks)
+                if late is None:
+                    break
+                new_id = len(prompts) + 1
+                prompts[new_id] = entered[new_id] = late
+                masks = Tracker(tracker, frames, models.tracker_size, progress).run(prompts, request.clicks, key)
+            if entered:
+                warnings.append(f"Re-grounding found {len(entered)} object(s) that enter later: "
+                                + ", ".join(f"id {i} on frame {f}" for i, (f, _) in entered.items()) + ".")
+            timings["propagation"] = time.perf_counter() - start
+        order = sorted(masks)
+        return SegmentationResult(
+            masks=np.stack([masks[i] for i in order]), object_ids=order, key_frame=key, candidates=candidates,
+            chosen=chosen, reason=choice.reason, timings={k: round(v, 3) for k, v in timings.items()},
+            warnings=warnings,
+        )
+
+
+# ----------------------------------------------------------------------------- grounding
+def sample_frames(count: int, wanted: int) -> list[int]:
+    """`wanted` frames spread evenly over the video, first and last included."""
+    taken = min(wanted, count)
+    return sorted({round(i * (count - 1) / max(taken - 1, 1)) for i in range(taken)})
+
+
+@torch.inference_mode()
+def ground(model, processor, frame: np.ndarray, phrase: str, box_threshold: float, text_threshold: float,
+           ) -> list[Candidate]:
+    """Candidate boxes for `phrase` on one frame, in the frame's pixels, best first."""
+    height, width = frame.shape[:2]
+    size = {"shortest_edge": GROUNDING_SIDE[0], "longest_edge": GROUNDING_SIDE[1]}
+    if processor.image_processor.size.get("shortest_edge", 800) < GROUNDING_SIDE[0]:
+        size = dict(processor.image_processor.size)        # a small (test) processor keeps its own size
+    inputs = processor(images=[Image.fromarray(frame)], text=[phrase.lower().strip(" .") + "."], return_tensors="pt",
+                       size=size)
+    inputs = {k: v.to(model.device) for k, v in inputs.items()}
+    outputs = model(**inputs)
+    found = processor.post_process_grounded_object_detection(
+        outputs, inputs["input_ids"], threshold=box_threshold, text_threshold=text_threshold,
+        target_sizes=[(height, width)])[0]
+    candidates = [
+        Candidate(tuple(float(v) for v in box.tolist()), float(score), str(label))
+        for box, score, label in zip(found["boxes"], found["scores"], found.get("text_labels", found["labels"]),
+                                     strict=False)
+    ]
+    return sorted(candidates, key=lambda c: -c.score)
+
+
+def key_frame(query: Query, candidates: dict[int, list[Candidate]], width: int, height: int) -> tuple[int, Choice]:
+    """The searched frame whose resolved choice scores best, and that choice. Raises the most telling InputError
+    when no frame resolves (nothing found, or too few objects for the relation)."""
+    best, errors = None, []
+    for frame, found in candidates.items():
+        try:
+            choice = resolve(query, found, frame=frame, frame_size=(width, height))
+        except InputError as error:
+            errors.append((len(found), str(error)))
+            continue
+        if best is None or choice.score > best[1].score:
+            best = (frame, choice)
+    if best is None:
+        most, message = max(errors)
+        raise InputError(message if most else f"No “{query.phrase}” found in the {len(candidates)} frame(s) searched: "
+                                              "try other words, or lower the box threshold.")
+    return best
+
+
+def late_object(model, processor, frames, phrase, request, masks) -> tuple[int, tuple] | None:
+    """The first (frame, box) of the phrase, on the re-grounding frames, that no tracked mask covers."""
+    for frame in range(0, len(frames), request.reground_every):
+        tracked = [box_of(m[frame]) for m in masks.values()]
+        for candidate in ground(model, processor, frames[frame], phrase, request.box_threshold,
+                                request.text_threshold):
+            if all(box is None or iou(candidate.box, box) < 0.3 for box in tracked):
+                return frame, candidate.box
+    return None
+
+
+def box_of(mask: np.ndarray) -> tuple[float, float, float, float] | None:
+    ys, xs = np.nonzero(mask)
+    return None if len(xs) == 0 else (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
+
+
+def iou(a, b) -> float:
+    x1, y1, x2, y2 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+# ----------------------------------------------------------------------------- SAM 2 without its processor
+def preprocess(frames: np.ndarray, size: int) -> torch.Tensor:
+    """(T, H, W, 3) uint8 -> (T, 3, size, size) float32, as Sam2VideoProcessor computes it: resize to the model's
+    square (bilinear, antialiased), rounded back to 0..255 levels as its uint8 resize does, /255, ImageNet mean/std."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, (size, size), mode="bilinear", antialias=True, align_corners=False).round().clamp(0, 255)
+    return (x / 255.0 - IMAGENET_MEAN[:, None, None]) / IMAGENET_STD[:, None, None]
+
+
+class Tracker:
+    """One SAM 2 video session over the whole clip: prompts, both propagation passes, masks per object."""
+
+    def __init__(self, model, frames: np.ndarray, size: int, progress: Progress = noop):
+        from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoInferenceSession
+
+        self.model, self.size, self.progress = model, size, progress
+        self.count, self.height, self.width = frames.shape[:3]
+        device, dtype = model.device, model.dtype
+        self.session = Sam2VideoInferenceSession(
+            video=preprocess(frames, size), video_height=self.height, video_width=self.width,
+            inference_device=device, inference_state_device=device, video_storage_device="cpu", dtype=dtype,
+            max_vision_features_cache_size=1,
+        )
+
+    def _points(self, points: list[tuple[float, float]], labels: list[int]) -> dict:
+        scale = torch.tensor([self.size / self.width, self.size / self.height])
+        coords = torch.tensor(points, dtype=torch.float32) * scale
+        return {"point_coords": coords[None, None].to(self.model.device),
+                "point_labels": torch.tensor(labels, dtype=torch.int32)[None, None].to(self.model.device)}
+
+    def _prompt(self, object_id: int, frame: int, points: list, labels: list) -> None:
+        session = self.session
+        index = session.obj_id_to_idx(object_id)
+        session.add_point_inputs(index, frame, self._points(points, labels))
+        session.remove_mask_inputs(index, frame)
+        if object_id not in session.obj_with_new_inputs:
+            session.obj_with_new_inputs.append(object_id)
+        self.model(inference_session=session, frame_idx=frame)     # right after its prompt (several frames)
+        # A prompt on a frame that was already tracked is stored as an ordinary output: make it a conditioning frame
+        # so it sticks through every later pass (SAM 2's add_all_frames_to_correct_as_cond).
+        outputs = session.output_dict_per_obj[index]
+        if frame in outputs["non_cond_frame_outputs"]:
+            outputs["cond_frame_outputs"][frame] = outputs["non_cond_frame_outputs"].pop(frame)
+
+    @torch.inference_mode()
+    def run(self, prompts: dict[int, tuple[int, tuple]], clicks: tuple[Click, ...], key: int) -> dict[int, np.ndarray]:
+        """Masks {object id: (T, H, W) bool}: every object's box on its frame (with that frame's clicks for it),
+        the remaining clicks on their frames, then forward and backward from the key frame."""
+        for object_id, (frame, (x1, y1, x2, y2)) in prompts.items():
+            own = [c for c in clicks if c.object_id == object_id and c.frame == frame]
+            self._prompt(object_id, frame, [(x1, y1), (x2, y2), *((c.x, c.y) for c in own)],
+                         [2, 3, *(1 if c.positive else 0 for c in own)])
+        for object_id in sorted({c.object_id for c in clicks}):
+            if object_id not in prompts:
+                raise InputError(f"A click is for object {object_id}, but only objects "
+                                 f"{', '.join(map(str, sorted(prompts)))} are tracked.")
+            for frame in sorted({c.frame for c in clicks if c.object_id == object_id} - {prompts[object_id][0]}):
+                own = [c for c in clicks if c.object_id == object_id and c.frame == frame]
+                self._prompt(object_id, frame, [(c.x, c.y) for c in own], [1 if c.positive else 0 for c in own])
+        start = key
+        masks = {object_id: np.zeros((self.count, self.height, self.width), bool) for object_id in prompts}
+        done: set[int] = set()
+        for reverse in (False, True):
+            for output in self.model.propagate_in_video_iterator(self.session, start_frame_idx=start, reverse=reverse):
+                frame = output.frame_idx
+                if frame in done:
+                    continue                                   # the key frame comes twice: once is enough
+                done.add(frame)
+                up = F.interpolate(output.pred_masks.float(), (self.height, self.width), mode="bilinear",
+                                   align_corners=False)[:, 0] > 0
+                for row, object_id in enumerate(self.session.obj_ids):
+                    masks[object_id][frame] = up[row].cpu().numpy()
+                self._prune(frame, start)
+                self.progress(len(done) / self.count, f"Tracking frame {len(done)}/{self.count}")
+        if len(done) != self.count:   # every frame exactly once, or the clip would silently have holes
+            raise RuntimeError(f"SAM 2 propagation covered {len(done)} of {self.count} frames")
+        return masks
+
+    def _prune(self, frame: int, key: int) -> None:
+        """Drop what the tracker never reads back, so memory per frame stays flat: the frame's pixels once it is
+        tracked (but the key frame's: both passes start there), full-resolution masks, and ordinary outputs far
+        from both the current frame and the key frame. Frames are emptied, not deleted: the session counts them."""
+        if frame != key:
+            self.session.processed_frames[frame] = torch.empty(0)
+        for outputs in self.session.output_dict_per_obj.values():
+            for kind in ("cond_frame_outputs", "non_cond_frame_outputs"):
+                entry = outputs[kind].get(frame)
+                if isinstance(entry, dict):
+                    entry.pop("high_res_masks", None)
+            for old in [f for f in outputs["non_cond_frame_outputs"]
+                        if abs(f - frame) > KEEP_NEAR and abs(f - key) > KEEP_NEAR]:
+                del outputs["non_cond_frame_outputs"][old]
+
+
+_EVALUATION_PIPELINES: dict[str, SegmentationPipeline] = {}
+
+
+def segment_frames(frames: np.ndarray, expression: str, profile: str = "real") -> np.ndarray:
+    """(T, H, W) bool: every object the expression selects, as one mask per frame (`python -m studio.evaluate
+    segmentation --data`). One pipeline and cache per profile, on the GPU when there is one."""
+    if profile not in _EVALUATION_PIPELINES:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        _EVALUATION_PIPELINES[profile] = SegmentationPipeline(ModelCache(device), SegmentationRegistry(profile))
+    result = _EVALUATION_PIPELINES[profile](SegmentationRequest(frames=np.asarray(frames), expression=expression))
+    return result.masks.any(axis=0)

@@ -1,0 +1,157 @@
+"""What the referring-segmentation tab loads: text grounders and SAM 2 video trackers, for each profile.
+
+They share nothing with the SD-family components of pipelines/registry.py, so they are described here, but they
+load through the same model cache (keys say profile, hub id, dtype). Processors are built without torchvision
+(transformers' SAM 2 and fast image processors import it; PyPI's torchvision breaks the CPU torch): Grounding DINO
+gets its PIL image processor, and SAM 2's preprocessing is done in pipelines/segmentation.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+
+from pipelines import tiny
+from pipelines.cache import Component
+from pipelines.hub import HubFile, ensure_available, hub_folder
+
+# Drop-in grounders with Grounding DINO's API (reference/segmentation.md).
+GROUNDERS = {
+    "Grounding DINO tiny": "IDEA-Research/grounding-dino-tiny",
+    "MM-Grounding-DINO tiny": "openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg_v3det",
+    "LLMDet tiny": "iSEE-Laboratory/llmdet_tiny",
+}
+GROUNDER_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "tokenizer_config.json",
+                  "special_tokens_map.json", "vocab.txt")
+TRACKERS = {
+    "SAM 2.1 tiny": "facebook/sam2.1-hiera-tiny",
+    "SAM 2.1 small": "facebook/sam2.1-hiera-small",
+    "SAM 2.1 base-plus": "facebook/sam2.1-hiera-base-plus",
+    "SAM 2.1 large": "facebook/sam2.1-hiera-large",
+}
+TRACKER_FILES = ("config.json", "model.safetensors")
+DEFAULT_GROUNDER, DEFAULT_TRACKER = "Grounding DINO tiny", "SAM 2.1 tiny"
+TINY_TRACKER_SIZE = 128
+
+
+@dataclass(frozen=True)
+class SegmentationModels:
+    grounder: Component          # (model, processor)
+    tracker: Component           # Sam2VideoModel
+    tracker_size: int            # the square input size SAM 2 was built for
+
+
+class SegmentationRegistry:
+    def __init__(self, profile: str = "real", dtype: str = "float32"):
+        self.profile, self.dtype_name = profile, dtype
+        self.dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+
+    def models(self, grounder: str = DEFAULT_GROUNDER, tracker: str = DEFAULT_TRACKER) -> SegmentationModels:
+        if grounder not in GROUNDERS:
+            raise ValueError(f"Unknown grounder {grounder!r}; choose one of: {', '.join(GROUNDERS)}")
+        if tracker not in TRACKERS:
+            raise ValueError(f"Unknown tracker {tracker!r}; choose one of: {', '.join(TRACKERS)}")
+        if self.profile == "tiny":
+            return SegmentationModels(
+                grounder=Component(f"tiny|grounder|{GROUNDERS[grounder]}|float32", partial(_tiny_grounder, grounder)),
+                tracker=Component(f"tiny|sam2-video|{TRACKERS[tracker]}|float32", partial(_tiny_tracker, tracker)),
+                tracker_size=TINY_TRACKER_SIZE,
+            )
+        # The grounder stays float32: its box scores are thresholded, and it runs on a few frames only.
+        return SegmentationModels(
+            grounder=Component(f"real|grounder|{GROUNDERS[grounder]}|float32", partial(_real_grounder, grounder)),
+            tracker=Component(f"real|sam2-video|{TRACKERS[tracker]}|{self.dtype_name}",
+                              partial(_real_tracker, tracker, self.dtype)),
+            tracker_size=1024,
+        )
+
+    def ensure_available(self, grounder: str, tracker: str) -> None:
+        if self.profile == "real":
+            ensure_available(self.downloads(grounder, tracker))
+
+    def downloads(self, grounder: str | None = None, tracker: str | None = None) -> list[HubFile]:
+        """Hub files for the chosen models (all of them when not given: `python -m studio download`)."""
+        grounders = [GROUNDERS[grounder]] if grounder else list(GROUNDERS.values())
+        trackers = [TRACKERS[tracker]] if tracker else list(TRACKERS.values())
+        return ([HubFile(repo, f) for repo in grounders for f in GROUNDER_FILES]
+                + [HubFile(repo, f) for repo in trackers for f in TRACKER_FILES])
+
+
+# ----------------------------------------------------------------------------- real: hub weights
+def _real_grounder(name: str):
+    from transformers import AutoModelForZeroShotObjectDetection, AutoTokenizer, GroundingDinoProcessor
+    from transformers.models.grounding_dino import GroundingDinoImageProcessorPil
+
+    folder = hub_folder(GROUNDERS[name], GROUNDER_FILES)
+    processor = GroundingDinoProcessor(image_processor=GroundingDinoImageProcessorPil.from_pretrained(folder),
+                                       tokenizer=AutoTokenizer.from_pretrained(folder))
+    model = AutoModelForZeroShotObjectDetection.from_pretrained(folder, dtype=torch.float32).eval()
+    return model, processor
+
+
+def _real_tracker(name: str, dtype: torch.dtype):
+    from transformers import Sam2VideoModel
+
+    folder = hub_folder(TRACKERS[name], TRACKER_FILES)
+    return Sam2VideoModel.from_pretrained(folder, dtype=dtype).eval()
+
+
+# ----------------------------------------------------------------------------- tiny: random, same classes
+GROUNDING_VOCAB_SPECIAL = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103, ".": 1012, "?": 1029}
+
+
+def grounding_tokenizer():
+    """A BERT WordPiece tokenizer built in memory: the special ids Grounding DINO hard-codes ([CLS] 101, [SEP] 102,
+    '.' 1012, '?' 1029) where BERT has them, and every lower-case letter and digit as a word piece."""
+    from transformers import BertTokenizer
+
+    vocab = dict(GROUNDING_VOCAB_SPECIAL)
+    free = (i for i in range(1, 2000) if i not in vocab.values())
+    for piece in [*"abcdefghijklmnopqrstuvwxyz0123456789,'-", *(f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz0123456789")]:
+        vocab[piece] = next(free)
+    return BertTokenizer(vocab=vocab, do_lower_case=True)
+
+
+def _tiny_grounder(name: str):
+    from transformers import GroundingDinoConfig, GroundingDinoForObjectDetection, GroundingDinoProcessor, SwinConfig
+    from transformers.models.grounding_dino import GroundingDinoImageProcessorPil
+
+    tokenizer = grounding_tokenizer()
+    backbone = SwinConfig(window_size=7, embed_dim=8, depths=[1] * 4, num_heads=[1] * 4, image_size=98,
+                          out_features=["stage2", "stage3", "stage4"], out_indices=[2, 3, 4])
+    config = GroundingDinoConfig(
+        d_model=32, encoder_layers=1, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+        encoder_ffn_dim=16, decoder_ffn_dim=16, num_queries=20, num_feature_levels=4, encoder_n_points=2,
+        decoder_n_points=2, max_text_len=32, backbone_config=backbone,
+        text_config=dict(model_type="bert", hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=8, max_position_embeddings=32,
+                         vocab_size=max(tokenizer.get_vocab().values()) + 1),
+    )
+    model = tiny.build(GroundingDinoForObjectDetection, tiny.seed_of("grounder", name), config=config).eval()
+    processor = GroundingDinoProcessor(
+        image_processor=GroundingDinoImageProcessorPil(size={"shortest_edge": 96, "longest_edge": 160}),
+        tokenizer=tokenizer)
+    return model, processor
+
+
+def _tiny_tracker(name: str):
+    from transformers import Sam2HieraDetConfig, Sam2VideoConfig, Sam2VideoModel, Sam2VisionConfig
+
+    s = TINY_TRACKER_SIZE
+    backbone = Sam2HieraDetConfig(hidden_size=8, image_size=[s, s], blocks_per_stage=[1, 1, 2, 1],
+                                  embed_dim_per_stage=[8, 16, 32, 64], num_attention_heads_per_stage=[1, 1, 1, 1],
+                                  window_size_per_stage=[4, 4, 4, 2], global_attention_blocks=[3],
+                                  window_positional_embedding_background_size=[2, 2])
+    vision = Sam2VisionConfig(backbone_config=backbone, backbone_channel_list=[64, 32, 16, 8],
+                              backbone_feature_sizes=[[s // 4] * 2, [s // 8] * 2, [s // 16] * 2], fpn_hidden_size=128)
+    config = Sam2VideoConfig(
+        vision_config=vision, image_size=s, prompt_encoder_config=dict(hidden_size=128, image_size=s, patch_size=16),
+        mask_decoder_config=dict(hidden_size=128, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32),
+        memory_attention_hidden_size=128, memory_attention_num_layers=1, memory_attention_feed_forward_hidden_size=64,
+        memory_attention_rope_feat_sizes=[s // 16] * 2, memory_encoder_hidden_size=128,
+        memory_encoder_output_channels=64, mask_downsampler_embed_dim=128, memory_fuser_embed_dim=128,
+        memory_fuser_intermediate_dim=64,
+    )
+    return tiny.build(Sam2VideoModel, tiny.seed_of("sam2", name), config=config).eval()

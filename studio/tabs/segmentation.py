@@ -1,0 +1,118 @@
+"""Referring segmentation tab: layout and wiring only."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+
+import gradio as gr
+
+from pipelines import mask_export
+from pipelines.segmentation import MAX_FRAMES, MAX_SECONDS, SegmentationRequest
+from pipelines.segmentation_models import DEFAULT_GROUNDER, DEFAULT_TRACKER, GROUNDERS, TRACKERS
+from pipelines.video import read_video
+from studio.engine import Engine
+from studio.tabs import controls
+from studio.tabs.segmentation_api import SegmentationAPI, clicks_markdown
+
+
+@lru_cache(maxsize=4)
+def _overlay_frames(path: str):
+    return read_video(path)[0]
+
+
+def show_frame(overlay: str | None, frame: int):
+    """The overlay clip's frame `frame`: the surface refinement clicks are made on."""
+    if not overlay:
+        return None
+    frames = _overlay_frames(overlay)
+    shown = frames[min(max(int(frame), 0), len(frames) - 1)]
+    return mask_export.enlarge(shown, mask_export.display_scale(shown.shape[1], shown.shape[0]))
+
+
+def add_click(clicks: str, frame: int, polarity: str, object_id: int, info: dict | None, event: gr.SelectData):
+    """A click on the shown frame, in the video's pixels (the frame may be shown enlarged)."""
+    points = json.loads(clicks or "[]")
+    factor = mask_export.display_scale(*info["size"]) if info else 1
+    x, y = (v / factor for v in event.index)
+    points.append({"frame": int(frame), "x": float(x), "y": float(y), "positive": polarity == "include",
+                   "object_id": int(object_id or 1)})
+    return json.dumps(points), clicks_markdown(points)
+
+
+def after_segmenting(info: dict | None):
+    """Point the refinement controls at the new result: the frame slider's range and position, the key frame."""
+    if not info:
+        return gr.update(), gr.update()
+    return gr.update(maximum=info["num_frames"] - 1, value=info["key_frame"]), info["key_frame"]
+
+
+def build(engine: Engine) -> gr.Video:
+    """Lay out the tab; return its video input (the generating tabs send clips to it)."""
+    api = SegmentationAPI(engine)
+    with gr.Tab("Referring segmentation", id="segmentation"):
+        gr.Markdown(
+            "Upload a video and say what to follow: “the dog on the left”, “the two cars”, “the person holding a "
+            "cup”. The phrase is grounded on a few frames, relations are resolved on the boxes found, and SAM 2 "
+            f"tracks the chosen object forward and backward from the best frame. Up to {MAX_FRAMES} frames, "
+            f"{MAX_SECONDS:.0f} s, 1080p."
+        )
+        with gr.Row():
+            with gr.Column(scale=5):
+                video = gr.Video(label="Video", sources=["upload"], height=300, elem_id="segmentation-input")
+                expression = gr.Textbox(label="What to segment", value="", placeholder="the dog on the left",
+                                        elem_id="segmentation-expression")
+                with gr.Row():
+                    tracker = gr.Dropdown(label="Tracker", choices=list(TRACKERS), value=DEFAULT_TRACKER)
+                    grounder = gr.Dropdown(label="Grounder", choices=list(GROUNDERS), value=DEFAULT_GROUNDER)
+                with gr.Accordion("Advanced", open=False):
+                    ground_frames = gr.Slider(label="Frames searched for the object", minimum=1, maximum=32, step=1,
+                                              value=SegmentationRequest.ground_frames)
+                    reground_every = gr.Slider(label="Look for objects that enter later, every N frames (0: off)",
+                                               minimum=0, maximum=MAX_FRAMES, step=1,
+                                               value=SegmentationRequest.reground_every)
+                    box_threshold = gr.Slider(label="Box threshold", minimum=0.05, maximum=0.9, step=0.05,
+                                              value=SegmentationRequest.box_threshold)
+                run, stop = controls.run_buttons("Segment", "segmentation-run")
+                with gr.Accordion("Refine with clicks", open=False, elem_id="segmentation-refine"):
+                    gr.Markdown("Click the frame on the right to add a point, then re-propagate. Clicks stay: every "
+                                "later pass keeps them.")
+                    with gr.Row():
+                        polarity = gr.Radio(label="Click adds", choices=["include", "exclude"], value="include")
+                        object_id = gr.Number(label="Object id", value=1, precision=0, minimum=1)
+                    shown = gr.Slider(label="Frame shown", minimum=0, maximum=MAX_FRAMES - 1, step=1, value=0)
+                    clicks_text = gr.Markdown(clicks_markdown([]))
+                    with gr.Row():
+                        refine = gr.Button("Re-propagate with the clicks", variant="primary", size="sm")
+                        clear = gr.Button("Clear clicks", size="sm")
+            with gr.Column(scale=6):
+                overlay = gr.Video(label="Masks", autoplay=True, loop=True, height=320, elem_id="segmentation-video")
+                explanation = gr.Markdown(elem_id="segmentation-explanation")
+                key_image = gr.Image(label="Key frame: candidates (grey) and the chosen object; click to refine",
+                                     interactive=False, height=260, elem_id="segmentation-keyframe")
+                with gr.Row():
+                    masks_zip = gr.File(label="Masks: PNG per frame (zip)")
+                    masks_rle = gr.File(label="Masks: COCO RLE (JSON)")
+                areas = gr.LinePlot(x="frame", y="area", color="object", height=200, label="Mask area per frame",
+                                    x_title="Frame", y_title="Pixels")
+                with gr.Accordion("Details (JSON)", open=False):
+                    info = gr.JSON(show_label=False)
+        clicks = gr.Textbox(value="[]", visible=False)
+        key_frame = gr.Number(value=None, visible=False, precision=0)
+
+    outputs = [overlay, key_image, masks_zip, masks_rle, areas, explanation, info]
+    settings = [tracker, grounder, ground_frames, reground_every, box_threshold]
+    first = gr.on([run.click, expression.submit], lambda: ("[]", clicks_markdown([]), None), None,
+                  [clicks, clicks_text, key_frame], queue=False, api_name=False).then(
+        api.segment, [video, expression, *settings], outputs, api_name="segment", concurrency_id="gpu",
+        show_progress_on=overlay)
+    again = refine.click(api.refine, [video, expression, clicks, key_frame, *settings], outputs,
+                         api_name="segment_refine", concurrency_id="gpu", show_progress_on=overlay)
+    for event in (first, again):
+        event.then(after_segmenting, info, [shown, key_frame], queue=False, api_name=False)
+    shown.release(show_frame, [overlay, shown], key_image, queue=False, api_name=False)
+    key_image.select(add_click, [clicks, shown, polarity, object_id, info], [clicks, clicks_text], queue=False,
+                     api_name=False)
+    clear.click(lambda: ("[]", clicks_markdown([])), None, [clicks, clicks_text], queue=False, api_name=False)
+    stop.click(engine.stop, None, None, cancels=[first, again], queue=False, api_name=False)
+    return video

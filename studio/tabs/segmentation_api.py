@@ -1,0 +1,162 @@
+"""The Referring segmentation tab's endpoints: a video + an expression -> the masks through the whole video, the
+overlay clip, the key frame with its boxes, the mask files and the explanation; and a refinement with clicks."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from pipelines import mask_export
+from pipelines.errors import InputError
+from pipelines.segmentation import (
+    MAX_FRAMES,
+    MAX_PIXELS,
+    MAX_SECONDS,
+    Click,
+    SegmentationRequest,
+    SegmentationResult,
+)
+from pipelines.segmentation_models import DEFAULT_GROUNDER, DEFAULT_TRACKER
+from pipelines.video import read_clip, write_mp4
+from studio.engine import Engine, run_on_gpu, user_errors, whole
+
+MAX_CLICKS = 64
+
+
+class SegmentationAPI:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def segment(
+        self,
+        video: str,
+        expression: str,
+        tracker: str = DEFAULT_TRACKER,
+        grounder: str = DEFAULT_GROUNDER,
+        ground_frames: int = SegmentationRequest.ground_frames,
+        reground_every: int = SegmentationRequest.reground_every,
+        box_threshold: float = SegmentationRequest.box_threshold,
+        request: gr.Request = None,
+        progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008  (Gradio's own idiom)
+    ) -> tuple:
+        """Returns (overlay MP4, key frame with boxes, masks zip, COCO RLE JSON, mask-area plot, explanation, info)."""
+        return self._run(video, expression, tracker, grounder, ground_frames, reground_every, box_threshold, (),
+                         None, request, progress)
+
+    def refine(
+        self,
+        video: str,
+        expression: str,
+        clicks: str | list = "[]",
+        key_frame: int | None = None,
+        tracker: str = DEFAULT_TRACKER,
+        grounder: str = DEFAULT_GROUNDER,
+        ground_frames: int = SegmentationRequest.ground_frames,
+        reground_every: int = SegmentationRequest.reground_every,
+        box_threshold: float = SegmentationRequest.box_threshold,
+        request: gr.Request = None,
+        progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008
+    ) -> tuple:
+        """The same, with refinement clicks: a JSON list of {"frame", "x", "y", "positive", "object_id"} (pixels of
+        the video); the key frame of the earlier pass keeps the same object (leave it empty to ground again)."""
+        with user_errors():
+            parsed = parse_clicks(clicks)
+        return self._run(video, expression, tracker, grounder, ground_frames, reground_every, box_threshold, parsed,
+                         key_frame, request, progress)
+
+    def _run(self, video, expression, tracker, grounder, ground_frames, reground_every, box_threshold, clicks,
+             key_frame, request, progress) -> tuple:
+        engine = self.engine
+        with user_errors():
+            if not video:
+                raise InputError("Upload a video (or press “Segment this clip” under a generated one).")
+            start = time.perf_counter()
+            frames, fps = read_clip(video, MAX_FRAMES, MAX_SECONDS, MAX_PIXELS)
+            read_seconds = time.perf_counter() - start
+            job = SegmentationRequest(
+                frames=frames, expression=expression, fps=fps, tracker=tracker, grounder=grounder,
+                ground_frames=whole(ground_frames), reground_every=whole(reground_every),
+                box_threshold=box_threshold, clicks=clicks, key_frame=whole(key_frame) if key_frame not in ("", None)
+                else None,
+            )
+            job.validate()
+            with engine.reporter(request, progress) as report:
+                result = run_on_gpu(engine.name, "segmentation", job, report)
+            result.timings = {"read_video": round(read_seconds, 3), **result.timings}
+            outputs = self.publish(job, frames, fps, result)
+        return outputs
+
+    def publish(self, job: SegmentationRequest, frames, fps: float, result: SegmentationResult) -> tuple:
+        engine, timings = self.engine, result.timings
+        start = time.perf_counter()
+        overlay = write_mp4(mask_export.overlay(frames, result.masks, result.object_ids), engine.outputs.new(".mp4"),
+                            fps=max(1, round(fps)))
+        boxes = mask_export.key_frame_boxes(frames[result.key_frame], result.candidates[result.key_frame],
+                                            result.chosen, result.object_ids)
+        archive = mask_export.masks_zip(result.masks, result.object_ids, engine.outputs.new(".zip"))
+        rle = mask_export.write_coco_rle(result.masks, result.object_ids, job.expression, engine.outputs.new(".json"))
+        timings["export"] = round(time.perf_counter() - start, 3)
+        areas = result.areas()
+        for warning in result.warnings:
+            gr.Warning(warning)
+        info = {
+            "expression": job.expression, "num_frames": int(len(frames)), "fps": fps,
+            "size": [int(frames.shape[2]), int(frames.shape[1])], "key_frame": result.key_frame,
+            "object_ids": result.object_ids, "reason": result.reason,
+            "chosen": [{"object_id": i, "box": [round(v, 1) for v in c.box], "score": round(c.score, 4)}
+                       for i, c in zip(result.object_ids, result.chosen, strict=False)],
+            "candidates": {str(f): [{"box": [round(v, 1) for v in c.box], "score": round(c.score, 4)} for c in found]
+                           for f, found in result.candidates.items()},
+            "mask_area": {str(i): a for i, a in zip(result.object_ids, areas, strict=True)},
+            "clicks": [vars(c) for c in job.clicks], "tracker": job.tracker, "grounder": job.grounder,
+            "timings": timings, "warnings": result.warnings, "profile": engine.settings.profile,
+        }
+        plot = pd.DataFrame([{"frame": f, "area": area, "object": str(i)}
+                             for i, series in zip(result.object_ids, areas, strict=True) for f, area in enumerate(series)])
+        return str(overlay), boxes, str(archive), str(rle), plot, explanation_markdown(info), info
+
+
+def parse_clicks(clicks) -> tuple[Click, ...]:
+    """Clicks from the API (a JSON string or a list of dicts), checked field by field."""
+    if isinstance(clicks, str):
+        try:
+            clicks = json.loads(clicks or "[]")
+        except json.JSONDecodeError as error:
+            raise InputError(f"clicks must be a JSON list of {{frame, x, y, positive, object_id}}: {error.msg}.") from None
+    if not isinstance(clicks, list):
+        raise InputError("clicks must be a list of {frame, x, y, positive, object_id}.")
+    if len(clicks) > MAX_CLICKS:
+        raise InputError(f"At most {MAX_CLICKS} clicks, not {len(clicks)}.")
+    parsed = []
+    for number, click in enumerate(clicks, start=1):
+        if not isinstance(click, dict) or not {"frame", "x", "y"} <= set(click):
+            raise InputError(f"Click {number} needs frame, x and y (and optionally positive, object_id).")
+        try:
+            parsed.append(Click(frame=int(click["frame"]), x=float(click["x"]), y=float(click["y"]),
+                                positive=bool(click.get("positive", True)), object_id=int(click.get("object_id", 1))))
+        except (TypeError, ValueError):
+            raise InputError(f"Click {number} has a value that is not a number: {click}.") from None
+    return tuple(parsed)
+
+
+def explanation_markdown(info: dict) -> str:
+    objects = len(info["object_ids"])
+    lines = [f"**{info['reason']}**",
+             f"Key frame {info['key_frame']} · {objects} object{'s' * (objects != 1)} tracked forward and backward "
+             f"over {info['num_frames']} frames at {info['fps']:.0f} fps · {info['size'][0]}×{info['size'][1]}"]
+    if info["clicks"]:
+        lines.append(f"{len(info['clicks'])} refinement click(s) kept as conditioning frames.")
+    lines += [f"⚠️ {w}" for w in info["warnings"]]
+    lines.append(" · ".join(f"{stage} {seconds:.2f} s" for stage, seconds in info["timings"].items()))
+    return "\n\n".join(lines)
+
+
+def clicks_markdown(clicks: list[dict[str, Any]]) -> str:
+    if not clicks:
+        return "No clicks yet: click the frame to add a point."
+    return " · ".join(f"{'＋' if c['positive'] else '－'} frame {c['frame']} ({c['x']:.0f}, {c['y']:.0f}) → object "
+                      f"{c['object_id']}" for c in clicks)

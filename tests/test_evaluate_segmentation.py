@@ -1,0 +1,174 @@
+"""`python -m studio.evaluate segmentation`: J&F of DAVIS-layout folders, and of the segmenter on a small dataset."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines.metrics import video_scores
+from pipelines.synthetic import make_video
+from studio import evaluate
+
+SIZE = (48, 64)
+
+
+def write_grey(folder: Path, masks: np.ndarray) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, mask in enumerate(masks):
+        Image.fromarray(mask.astype(np.uint8) * 255).save(folder / f"{k:05d}.png")
+
+
+def write_palette(folder: Path, labels: np.ndarray) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, label in enumerate(labels.astype(np.uint8)):
+        image = Image.frombytes("P", label.shape[::-1], label.tobytes())
+        image.putpalette(evaluate.davis_palette())
+        image.save(folder / f"{k:05d}.png")
+
+
+def run(capsys, *argv: str) -> tuple[int, list[str], str]:
+    code = evaluate.main(["segmentation", *argv])
+    captured = capsys.readouterr()
+    return code, captured.out.strip().splitlines(), captured.err
+
+
+def row(lines: list[str], name: str) -> list[str]:
+    return next(line.split() for line in lines if line.split()[0] == name)
+
+
+@pytest.fixture
+def davis(tmp_path) -> tuple[Path, Path, dict]:
+    """gt/ and pred/ with two videos: "exact" predicted perfectly, "shifted" 3 px to the right. Returns the
+    expected scores, computed with pipelines.metrics directly."""
+    gt, pred, expected = tmp_path / "gt", tmp_path / "pred", {}
+    for name, seed, shift in (("exact", 0, 0), ("shifted", 1, 3)):
+        truth = make_video(frames=5, size=SIZE, seed=seed).masks["target"]
+        guess = np.roll(truth, shift, axis=2)
+        write_grey(gt / name, truth)
+        write_grey(pred / name, guess)
+        expected[name] = video_scores(list(guess), list(truth))
+    return gt, pred, expected
+
+
+def test_per_video_scores_and_the_last_line(davis, tmp_path, capsys):
+    gt, pred, expected = davis
+    out = tmp_path / "scores.csv"
+    code, lines, _ = run(capsys, "--pred", str(pred), "--gt", str(gt), "--out", str(out))
+    assert code == 0
+    assert row(lines, "exact")[1:] == ["5", "1.000", "1.000", "1.000"]
+    shifted = expected["shifted"]
+    assert shifted["J"] < 1 and shifted["F"] < 1
+    assert row(lines, "shifted")[2:] == [f"{shifted['J']:.3f}", f"{shifted['F']:.3f}", f"{shifted['JF']:.3f}"]
+    j, f = (1 + shifted["J"]) / 2, (1 + shifted["F"]) / 2
+    assert lines[-1] == f"J&F: {(j + f) / 2:.3f}"
+    with out.open(newline="") as file:
+        rows = {r["video"]: r for r in csv.DictReader(file)}
+    assert list(rows) == ["exact", "shifted", "mean"]
+    assert float(rows["shifted"]["J"]) == pytest.approx(shifted["J"], abs=1e-6)
+    assert float(rows["mean"]["F"]) == pytest.approx(f, abs=1e-6)
+    assert float(rows["mean"]["J&F"]) == pytest.approx((j + f) / 2, abs=1e-6)
+
+
+def test_a_missing_predicted_frame_counts_as_an_empty_mask(davis, capsys):
+    gt, pred, _ = davis
+    (pred / "exact" / "00002.png").unlink()
+    truth = np.stack([np.array(Image.open(p)) > 0 for p in sorted((gt / "exact").glob("*.png"))])
+    guess = truth.copy()
+    guess[2] = False
+    expected = video_scores(list(guess), list(truth))
+    code, lines, _ = run(capsys, "--pred", str(pred), "--gt", str(gt))
+    assert code == 0 and row(lines, "exact")[2] == f"{expected['J']:.3f}" == f"{0.8:.3f}"
+
+
+def test_palette_masks_with_several_objects_are_scored_object_by_object(tmp_path, capsys):
+    video = make_video(frames=4, size=SIZE)
+    labels = video.masks["target"] * 1 + video.masks["distractor"] * 2
+    write_palette(tmp_path / "gt" / "v", labels)
+    write_palette(tmp_path / "pred" / "v", video.masks["target"] * 1)          # found the target only
+    code, lines, _ = run(capsys, "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"))
+    assert code == 0
+    assert row(lines, "v/1")[2:] == ["1.000", "1.000", "1.000"]
+    assert row(lines, "v/2")[2:] == ["0.000", "0.000", "0.000"]
+    assert lines[-1] == "J&F: 0.500"
+    # A grey (0/255) prediction has no ids: foreground against foreground, one row.
+    write_grey(tmp_path / "grey" / "v", labels > 0)
+    code, lines, _ = run(capsys, "--pred", str(tmp_path / "grey"), "--gt", str(tmp_path / "gt"))
+    assert code == 0 and row(lines, "v")[2:] == ["1.000", "1.000", "1.000"] and lines[-1] == "J&F: 1.000"
+
+
+def test_missing_ground_truth_or_no_videos_exits_2(tmp_path, capsys):
+    (tmp_path / "pred").mkdir()
+    code, _, err = run(capsys, "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "nowhere"))
+    assert code == 2 and "does not exist" in err
+    (tmp_path / "gt" / "empty-video").mkdir(parents=True)
+    code, _, err = run(capsys, "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"))
+    assert code == 2 and "no videos" in err
+
+
+@pytest.fixture
+def dataset(tmp_path) -> tuple[Path, dict]:
+    """A Ref-DAVIS-like folder with two videos, one expression each; returns it and the true masks by expression."""
+    data, truth = tmp_path / "data", {}
+    for name, seed, obj in (("left", 0, "target"), ("newcomer", 2, "newcomer")):
+        video = make_video(frames=4, size=SIZE, seed=seed)
+        (data / "JPEGImages" / name).mkdir(parents=True)
+        for k, frame in enumerate(video.frames):
+            Image.fromarray(frame).save(data / "JPEGImages" / name / f"{k:05d}.jpg", quality=95)
+        write_grey(data / "Annotations" / name, video.masks[obj])
+        truth[video.object(obj).expression] = video.masks[obj]
+    (data / "expressions.json").write_text(json.dumps({"left": ["the red disc on the left"],
+                                                       "newcomer": ["the yellow square"]}))
+    return data, truth
+
+
+def fake_segmenter(monkeypatch, answer) -> list[tuple]:
+    """Stands in for pipelines.segmentation (another engineer's), recording each call."""
+    calls = []
+
+    def segment_frames(frames, expression, profile):
+        calls.append((frames.shape, frames.dtype, expression, profile))
+        return answer(frames, expression)
+
+    module = types.ModuleType("pipelines.segmentation")
+    module.segment_frames = segment_frames
+    monkeypatch.setitem(sys.modules, "pipelines.segmentation", module)
+    return calls
+
+
+def test_data_mode_segments_writes_masks_and_scores_them(dataset, tmp_path, monkeypatch, capsys):
+    data, truth = dataset
+    calls = fake_segmenter(monkeypatch, lambda frames, expression: truth[expression])
+    out = tmp_path / "out"
+    code, lines, _ = run(capsys, "--data", str(data), "--out", str(out), "--profile", "tiny")
+    assert code == 0 and lines[-1] == "J&F: 1.000"
+    assert sorted(calls) == [((4, *SIZE, 3), np.uint8, "the red disc on the left", "tiny"),
+                             ((4, *SIZE, 3), np.uint8, "the yellow square", "tiny")]
+    written = Image.open(out / "left" / "00000.png")
+    assert written.mode == "P" and set(np.unique(np.array(written))) == {0, 1}
+    assert (out / "scores.csv").is_file() and sorted(p.name for p in (out / "newcomer").iterdir()) == [
+        f"{k:05d}.png" for k in range(4)]
+
+
+def test_data_mode_with_a_segmenter_that_finds_nothing(dataset, tmp_path, monkeypatch, capsys):
+    data, truth = dataset
+    fake_segmenter(monkeypatch, lambda frames, expression: np.zeros(frames.shape[:3], bool))
+    code, lines, _ = run(capsys, "--data", str(data), "--out", str(tmp_path / "out"), "--profile", "tiny")
+    # "newcomer" is empty in its first two frames: an empty prediction scores 1 there, 0 elsewhere.
+    newcomer = video_scores([np.zeros(SIZE, bool)] * 4, list(truth["the yellow square"]))
+    assert newcomer["JF"] == pytest.approx(0.5)
+    assert code == 0 and row(lines, "left")[2:] == ["0.000", "0.000", "0.000"]
+    assert lines[-1] == f"J&F: {newcomer['JF'] / 2:.3f}"
+
+
+def test_data_mode_without_expressions_exits_2(dataset, tmp_path, capsys):
+    data, _ = dataset
+    (data / "expressions.json").unlink()
+    code, _, err = run(capsys, "--data", str(data), "--out", str(tmp_path / "out"))
+    assert code == 2 and "expressions.json" in err
