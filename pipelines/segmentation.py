@@ -134,7 +134,7 @@ class SegmentationPipeline:
 
             start = time.perf_counter()
             prompts = {i + 1: (key, c.box) for i, c in enumerate(chosen)}
-            masks = Tracker(tracker, frames, models.tracker_size, progress).run(prompts, request.clicks, key)
+            masks = Tracker(tracker, frames, progress).run(prompts, request.clicks, key)
             entered = {}
             while request.reground_every and len(prompts) < MAX_OBJECTS:
                 # One newcomer at a time, tracked before looking again: its own mask then covers it on later
@@ -144,7 +144,7 @@ class SegmentationPipeline:
                     break
                 new_id = len(prompts) + 1
                 prompts[new_id] = entered[new_id] = late
-                masks = Tracker(tracker, frames, models.tracker_size, progress).run(prompts, request.clicks, key)
+                masks = Tracker(tracker, frames, progress).run(prompts, request.clicks, key)
             if entered:
                 warnings.append(f"Re-grounding found {len(entered)} object(s) that enter later: "
                                 + ", ".join(f"id {i} on frame {f}" for i, (f, _) in entered.items()) + ".")
@@ -241,14 +241,14 @@ def preprocess(frames: np.ndarray, size: int) -> torch.Tensor:
 class Tracker:
     """One SAM 2 video session over the whole clip: prompts, both propagation passes, masks per object."""
 
-    def __init__(self, model, frames: np.ndarray, size: int, progress: Progress = noop):
+    def __init__(self, model, frames: np.ndarray, progress: Progress = noop):
         from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoInferenceSession
 
-        self.model, self.size, self.progress = model, size, progress
+        self.model, self.size, self.progress = model, model.config.image_size, progress
         self.count, self.height, self.width = frames.shape[:3]
         device, dtype = model.device, model.dtype
         self.session = Sam2VideoInferenceSession(
-            video=preprocess(frames, size), video_height=self.height, video_width=self.width,
+            video=preprocess(frames, self.size), video_height=self.height, video_width=self.width,
             inference_device=device, inference_state_device=device, video_storage_device="cpu", dtype=dtype,
             max_vision_features_cache_size=1,
         )

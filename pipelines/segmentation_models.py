@@ -23,8 +23,10 @@ GROUNDERS = {
     "MM-Grounding-DINO tiny": "openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg_v3det",
     "LLMDet tiny": "iSEE-Laboratory/llmdet_tiny",
 }
+# What from_pretrained reads of a grounder repository (IDEA-Research/grounding-dino-tiny's layout): the model,
+# the image processor's config and the fast tokenizer.
 GROUNDER_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "tokenizer_config.json",
-                  "special_tokens_map.json", "vocab.txt")
+                  "tokenizer.json")
 TRACKERS = {
     "SAM 2.1 tiny": "facebook/sam2.1-hiera-tiny",
     "SAM 2.1 small": "facebook/sam2.1-hiera-small",
@@ -39,8 +41,7 @@ TINY_TRACKER_SIZE = 128
 @dataclass(frozen=True)
 class SegmentationModels:
     grounder: Component          # (model, processor)
-    tracker: Component           # Sam2VideoModel
-    tracker_size: int            # the square input size SAM 2 was built for
+    tracker: Component           # Sam2VideoModel (its config's image_size is the square it takes)
 
 
 class SegmentationRegistry:
@@ -57,14 +58,12 @@ class SegmentationRegistry:
             return SegmentationModels(
                 grounder=Component(f"tiny|grounder|{GROUNDERS[grounder]}|float32", partial(_tiny_grounder, grounder)),
                 tracker=Component(f"tiny|sam2-video|{TRACKERS[tracker]}|float32", partial(_tiny_tracker, tracker)),
-                tracker_size=TINY_TRACKER_SIZE,
             )
         # The grounder stays float32: its box scores are thresholded, and it runs on a few frames only.
         return SegmentationModels(
             grounder=Component(f"real|grounder|{GROUNDERS[grounder]}|float32", partial(_real_grounder, grounder)),
             tracker=Component(f"real|sam2-video|{TRACKERS[tracker]}|{self.dtype_name}",
                               partial(_real_tracker, tracker, self.dtype)),
-            tracker_size=1024,
         )
 
     def ensure_available(self, grounder: str, tracker: str) -> None:

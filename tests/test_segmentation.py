@@ -30,7 +30,7 @@ from pipelines.segmentation import (
     preprocess,
     sample_frames,
 )
-from pipelines.segmentation_models import TINY_TRACKER_SIZE, SegmentationRegistry
+from pipelines.segmentation_models import SegmentationRegistry
 from pipelines.synthetic import make_video
 from pipelines.video import read_video, write_mp4
 
@@ -85,7 +85,7 @@ def test_propagation_from_a_mid_video_key_frame_covers_every_frame_once_both_way
 
     monkeypatch.setattr(type(sam2), "propagate_in_video_iterator", counting)
     key = 7
-    masks = Tracker(sam2, video.frames, TINY_TRACKER_SIZE).run({1: (key, target_box(video, key))}, (), key)
+    masks = Tracker(sam2, video.frames).run({1: (key, target_box(video, key))}, (), key)
     (start_f, reverse_f, forward), (start_r, reverse_r, backward) = passes
     assert (start_f, reverse_f, start_r, reverse_r) == (key, False, key, True)
     assert forward == list(range(key, 16)) and backward == list(range(key, -1, -1))
@@ -95,7 +95,7 @@ def test_propagation_from_a_mid_video_key_frame_covers_every_frame_once_both_way
 def test_a_refinement_click_survives_later_passes(sam2, video):
     """A click on a frame the box prompt's pass would otherwise overwrite: after both passes that frame's mask is the
     one its click produced, and the frame is a conditioning frame of the object."""
-    tracker = Tracker(sam2, video.frames, TINY_TRACKER_SIZE)
+    tracker = Tracker(sam2, video.frames)
     key, clicked = 3, 10
     tracker._prompt(1, key, [target_box(video, key)[:2], target_box(video, key)[2:]], [2, 3])
     x, y = np.argwhere(video.masks["target"][clicked]).mean(0)[::-1]
@@ -110,7 +110,7 @@ def test_a_refinement_click_survives_later_passes(sam2, video):
     assert torch.equal(done[clicked][0], after_click[0])
 
     # Through the pipeline's own entry point: the click is on its frame's conditioning outputs after the run.
-    tracker = Tracker(sam2, video.frames, TINY_TRACKER_SIZE)
+    tracker = Tracker(sam2, video.frames)
     tracker.run({1: (key, target_box(video, key))}, (Click(clicked, float(x), float(y), True, 1),), key)
     outputs = tracker.session.output_dict_per_obj[tracker.session.obj_id_to_idx(1)]
     assert clicked in outputs["cond_frame_outputs"]
@@ -120,7 +120,7 @@ def test_memory_per_frame_stays_flat(sam2):
     """Nothing the tracker never reads back is kept: no full-resolution masks, and ordinary outputs only near the
     current and the key frame, however long the video."""
     long = make_video(frames=48, seed=2)
-    tracker = Tracker(sam2, long.frames, TINY_TRACKER_SIZE)
+    tracker = Tracker(sam2, long.frames)
     tracker.run({1: (0, target_box(long, 0))}, (), 0)
     outputs = tracker.session.output_dict_per_obj[0]
     kept = sorted(outputs["non_cond_frame_outputs"])

@@ -1,0 +1,90 @@
+"""The segmentation tab's `real` profile, offline, on a Hugging Face cache holding a grounder's and a tracker's
+repositories in their hub layout (tiny models saved with save_pretrained): what loads is what was written, the
+clip's masks are those of the same models in memory, and missing files fail fast, naming them."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from pipelines.cache import ModelCache
+from pipelines.hub import MissingWeightsError
+from pipelines.segmentation import SegmentationPipeline, SegmentationRequest
+from pipelines.segmentation_models import (
+    DEFAULT_GROUNDER,
+    DEFAULT_TRACKER,
+    GROUNDER_FILES,
+    GROUNDERS,
+    TRACKER_FILES,
+    TRACKERS,
+    SegmentationRegistry,
+    _tiny_grounder,
+    _tiny_tracker,
+)
+from pipelines.synthetic import make_video
+from tests.test_real_identity_loading import block_network, cached_files, hub, snapshot  # noqa: F401  (hub: fixture)
+
+
+def write_repos(grounder: str = DEFAULT_GROUNDER, tracker: str = DEFAULT_TRACKER, skip: tuple = ()):
+    model, processor = _tiny_grounder(grounder)
+    if GROUNDERS[grounder] not in skip:
+        folder = snapshot(GROUNDERS[grounder])
+        model.save_pretrained(folder)
+        processor.image_processor.save_pretrained(folder)
+        processor.tokenizer.save_pretrained(folder)
+    sam2 = _tiny_tracker(tracker)
+    if TRACKERS[tracker] not in skip:
+        sam2.save_pretrained(snapshot(TRACKERS[tracker]))
+    return model, processor, sam2
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_real_profile_loads_the_files_and_segments_as_the_models_in_memory(hub, monkeypatch):
+    grounder, processor, sam2 = write_repos()
+    attempts = block_network(monkeypatch)
+    registry = SegmentationRegistry("real")
+    models = registry.models()
+    cache = ModelCache("cpu")
+    (loaded, loaded_processor), tracker = cache.get(models.grounder), cache.get(models.tracker)
+    assert same_weights(loaded, grounder) and same_weights(tracker, sam2)
+    assert loaded_processor.tokenizer("a dog.").input_ids == processor.tokenizer("a dog.").input_ids
+    assert attempts == []
+
+    video = make_video(frames=8)
+    request = SegmentationRequest(frames=video.frames, expression="the circle on the left", box_threshold=0.05,
+                                  text_threshold=0.05)
+    real = SegmentationPipeline(cache, registry)(request)
+    tiny = SegmentationPipeline(ModelCache("cpu"), SegmentationRegistry("tiny"))(request)
+    assert real.key_frame == tiny.key_frame and real.reason == tiny.reason
+    assert real.masks.shape == (1, 8, 96, 128) and np.array_equal(real.masks, tiny.masks)
+
+
+def test_downloads_list_exactly_the_files_the_loaders_read(hub):
+    write_repos()
+    cache = ModelCache("cpu")
+    models = SegmentationRegistry("real").models()
+    cache.get(models.grounder), cache.get(models.tracker)
+    listed = {(f.repo_id, f.filename) for f in SegmentationRegistry("real").downloads(DEFAULT_GROUNDER, DEFAULT_TRACKER)}
+    assert listed == {(GROUNDERS[DEFAULT_GROUNDER], f) for f in GROUNDER_FILES} | {
+        (TRACKERS[DEFAULT_TRACKER], f) for f in TRACKER_FILES}
+    assert listed <= cached_files()
+
+
+def test_a_missing_tracker_fails_within_seconds_naming_it(hub, monkeypatch):
+    write_repos(skip=(TRACKERS[DEFAULT_TRACKER],))
+    block_network(monkeypatch)
+    start = time.monotonic()
+    try:
+        SegmentationPipeline(ModelCache("cpu"), SegmentationRegistry("real"))(
+            SegmentationRequest(frames=np.zeros((2, 32, 32, 3), np.uint8), expression="a dog"))
+    except MissingWeightsError as error:
+        assert error.repo_ids == [TRACKERS[DEFAULT_TRACKER]] and "STUDIO_PROFILE=tiny" in str(error)
+    else:
+        raise AssertionError("no MissingWeightsError")
+    assert time.monotonic() - start < 5
