@@ -118,7 +118,8 @@ class SegmentationPipeline:
         timings: dict[str, float] = {}
         progress(0.0, "Loading models")
         start = time.perf_counter()
-        with self.cache.use(models.grounder, models.tracker) as ((grounder, processor), tracker):
+        with self.cache.use(models.grounder, models.grounder_processor, models.tracker) as (grounder, processor,
+                                                                                            tracker):
             timings["load"] = time.perf_counter() - start
 
             start = time.perf_counter()

@@ -40,7 +40,8 @@ TINY_TRACKER_SIZE = 128
 
 @dataclass(frozen=True)
 class SegmentationModels:
-    grounder: Component          # (model, processor)
+    grounder: Component          # the detection model (placed on the device by the cache)
+    grounder_processor: Component
     tracker: Component           # Sam2VideoModel (its config's image_size is the square it takes)
 
 
@@ -56,12 +57,17 @@ class SegmentationRegistry:
             raise ValueError(f"Unknown tracker {tracker!r}; choose one of: {', '.join(TRACKERS)}")
         if self.profile == "tiny":
             return SegmentationModels(
-                grounder=Component(f"tiny|grounder|{GROUNDERS[grounder]}|float32", partial(_tiny_grounder, grounder)),
+                grounder=Component(f"tiny|grounder|{GROUNDERS[grounder]}|float32",
+                                   partial(_tiny_grounder_model, grounder)),
+                grounder_processor=Component(f"tiny|grounder-processor|{GROUNDERS[grounder]}",
+                                             _tiny_grounder_processor),
                 tracker=Component(f"tiny|sam2-video|{TRACKERS[tracker]}|float32", partial(_tiny_tracker, tracker)),
             )
         # The grounder stays float32: its box scores are thresholded, and it runs on a few frames only.
         return SegmentationModels(
-            grounder=Component(f"real|grounder|{GROUNDERS[grounder]}|float32", partial(_real_grounder, grounder)),
+            grounder=Component(f"real|grounder|{GROUNDERS[grounder]}|float32", partial(_real_grounder_model, grounder)),
+            grounder_processor=Component(f"real|grounder-processor|{GROUNDERS[grounder]}",
+                                         partial(_real_grounder_processor, grounder)),
             tracker=Component(f"real|sam2-video|{TRACKERS[tracker]}|{self.dtype_name}",
                               partial(_real_tracker, tracker, self.dtype)),
         )
@@ -79,15 +85,20 @@ class SegmentationRegistry:
 
 
 # ----------------------------------------------------------------------------- real: hub weights
-def _real_grounder(name: str):
-    from transformers import AutoModelForZeroShotObjectDetection, AutoTokenizer, GroundingDinoProcessor
+def _real_grounder_model(name: str):
+    from transformers import AutoModelForZeroShotObjectDetection
+
+    folder = hub_folder(GROUNDERS[name], GROUNDER_FILES)
+    return AutoModelForZeroShotObjectDetection.from_pretrained(folder, dtype=torch.float32).eval()
+
+
+def _real_grounder_processor(name: str):
+    from transformers import AutoTokenizer, GroundingDinoProcessor
     from transformers.models.grounding_dino import GroundingDinoImageProcessorPil
 
     folder = hub_folder(GROUNDERS[name], GROUNDER_FILES)
-    processor = GroundingDinoProcessor(image_processor=GroundingDinoImageProcessorPil.from_pretrained(folder),
-                                       tokenizer=AutoTokenizer.from_pretrained(folder))
-    model = AutoModelForZeroShotObjectDetection.from_pretrained(folder, dtype=torch.float32).eval()
-    return model, processor
+    return GroundingDinoProcessor(image_processor=GroundingDinoImageProcessorPil.from_pretrained(folder),
+                                  tokenizer=AutoTokenizer.from_pretrained(folder))
 
 
 def _real_tracker(name: str, dtype: torch.dtype):
@@ -114,8 +125,21 @@ def grounding_tokenizer():
 
 
 def _tiny_grounder(name: str):
-    from transformers import GroundingDinoConfig, GroundingDinoForObjectDetection, GroundingDinoProcessor, SwinConfig
+    """(model, processor): the tiny grounder as a pair, for tests that write it in the hub layout."""
+    return _tiny_grounder_model(name), _tiny_grounder_processor()
+
+
+def _tiny_grounder_processor():
+    from transformers import GroundingDinoProcessor
     from transformers.models.grounding_dino import GroundingDinoImageProcessorPil
+
+    return GroundingDinoProcessor(
+        image_processor=GroundingDinoImageProcessorPil(size={"shortest_edge": 96, "longest_edge": 160}),
+        tokenizer=grounding_tokenizer())
+
+
+def _tiny_grounder_model(name: str):
+    from transformers import GroundingDinoConfig, GroundingDinoForObjectDetection, SwinConfig
 
     tokenizer = grounding_tokenizer()
     backbone = SwinConfig(window_size=7, embed_dim=8, depths=[1] * 4, num_heads=[1] * 4, image_size=98,
@@ -128,11 +152,7 @@ def _tiny_grounder(name: str):
                          intermediate_size=8, max_position_embeddings=32,
                          vocab_size=max(tokenizer.get_vocab().values()) + 1),
     )
-    model = tiny.build(GroundingDinoForObjectDetection, tiny.seed_of("grounder", name), config=config).eval()
-    processor = GroundingDinoProcessor(
-        image_processor=GroundingDinoImageProcessorPil(size={"shortest_edge": 96, "longest_edge": 160}),
-        tokenizer=tokenizer)
-    return model, processor
+    return tiny.build(GroundingDinoForObjectDetection, tiny.seed_of("grounder", name), config=config).eval()
 
 
 def _tiny_tracker(name: str):

@@ -127,6 +127,8 @@ class Engine:
         timelapse, identity = self.registry.timelapse(DEFAULT_STYLE), self.registry.identity()
         self.cache.preload(timelapse.tokenizer, timelapse.text_encoder, timelapse.vae, timelapse.unet)
         self.cache.preload(identity.text_encoder, identity.unet, identity.image_encoder, identity.image_processor)
+        segmentation = self.pipelines["segmentation"].registry.models()
+        self.cache.preload(segmentation.grounder, segmentation.grounder_processor, segmentation.tracker)
 
     # ----------------------------------------------------------------- the safety guard
     @property

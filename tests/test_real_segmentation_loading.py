@@ -51,7 +51,8 @@ def test_real_profile_loads_the_files_and_segments_as_the_models_in_memory(hub, 
     registry = SegmentationRegistry("real")
     models = registry.models()
     cache = ModelCache("cpu")
-    (loaded, loaded_processor), tracker = cache.get(models.grounder), cache.get(models.tracker)
+    loaded, loaded_processor, tracker = (cache.get(c) for c in (models.grounder, models.grounder_processor,
+                                                                 models.tracker))
     assert same_weights(loaded, grounder) and same_weights(tracker, sam2)
     assert loaded_processor.tokenizer("a dog.").input_ids == processor.tokenizer("a dog.").input_ids
     assert attempts == []
@@ -69,7 +70,8 @@ def test_downloads_list_exactly_the_files_the_loaders_read(hub):
     write_repos()
     cache = ModelCache("cpu")
     models = SegmentationRegistry("real").models()
-    cache.get(models.grounder), cache.get(models.tracker)
+    for component in (models.grounder, models.grounder_processor, models.tracker):
+        cache.get(component)
     listed = {(f.repo_id, f.filename) for f in SegmentationRegistry("real").downloads(DEFAULT_GROUNDER, DEFAULT_TRACKER)}
     assert listed == {(GROUNDERS[DEFAULT_GROUNDER], f) for f in GROUNDER_FILES} | {
         (TRACKERS[DEFAULT_TRACKER], f) for f in TRACKER_FILES}
