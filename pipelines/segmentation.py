@@ -249,10 +249,13 @@ class Tracker:
         self.count, self.height, self.width = frames.shape[:3]
         device, dtype = model.device, model.dtype
         self.session = Sam2VideoInferenceSession(
-            video=preprocess(frames, self.size), video_height=self.height, video_width=self.width,
-            inference_device=device, inference_state_device=device, video_storage_device="cpu", dtype=dtype,
-            max_vision_features_cache_size=1,
+            video=None, video_height=self.height, video_width=self.width, inference_device=device,
+            inference_state_device=device, video_storage_device="cpu", dtype=dtype, max_vision_features_cache_size=1,
         )
+        # One tensor per frame (the session's own constructor keeps views of one video tensor, which no frame could
+        # then give back): a tracked frame's memory is freed when _prune empties it.
+        self.session.processed_frames = {t: preprocess(frames[t:t + 1], self.size)[0].to(dtype)
+                                         for t in range(self.count)}
 
     def _points(self, points: list[tuple[float, float]], labels: list[int]) -> dict:
         scale = torch.tensor([self.size / self.width, self.size / self.height])

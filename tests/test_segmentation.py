@@ -126,8 +126,9 @@ def test_memory_per_frame_stays_flat(sam2):
     kept = sorted(outputs["non_cond_frame_outputs"])
     # near the last frame tracked (47) or the key frame (0): at most 2·16 + 1, whatever the video's length
     assert len(kept) <= 2 * KEEP_NEAR + 1 and all(f >= 47 - KEEP_NEAR or f <= KEEP_NEAR for f in kept)
-    stored = [f for f, pixels in tracker.session.processed_frames.items() if pixels.numel()]
-    assert stored == [0]                                      # frames already tracked are let go, but the key frame
+    stored = {f: pixels for f, pixels in tracker.session.processed_frames.items() if pixels.numel()}
+    assert list(stored) == [0]                                # frames already tracked are let go, but the key frame
+    assert stored[0].untyped_storage().nbytes() == stored[0].numel() * stored[0].element_size()   # and it owns only itself
     assert not any("high_res_masks" in entry for kind in outputs.values() for entry in kind.values())
 
 
@@ -234,6 +235,18 @@ def _written(path, content):
     return path
 
 
+def _no_frames(path):
+    """An MP4 whose video stream never got a frame."""
+    container = av.open(str(path), "w")
+    stream = container.add_stream("libx264", rate=8)
+    stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+    container.start_encoding()
+    for packet in stream.encode(None):
+        container.mux(packet)
+    container.close()
+    return path
+
+
 def _audio_only(path):
     with av.open(str(path), "w") as container:
         stream = container.add_stream("pcm_s16le", rate=8000)
@@ -250,12 +263,13 @@ def _audio_only(path):
 @pytest.mark.parametrize("make, expression, message", [
     (lambda d: _written(d / "notes.mp4", "not a video"), "the dog", "not a video we can read"),
     (lambda d: _audio_only(d / "sound.wav"), "the dog", "has no video stream"),
+    (lambda d: _no_frames(d / "empty.mp4"), "the dog", "no video stream|no frames"),
     (lambda d: d / "clip.mp4", "   ", "Say what to segment"),
     (lambda d: d / "clip.mp4", "the dog " * 40, "use at most 200"),
     (lambda d: _written(d / "cut.mp4", (d / "clip.mp4").read_bytes()[:300]), "the dog",
      "not a video we can read|no video stream|no frames|could not be decoded"),
     (lambda d: write_mp4(np.zeros((301, 16, 16, 3), np.uint8), d / "long.mp4", fps=30), "the dog", "more than 300 frames"),
-], ids=["text-file", "audio-only", "empty-expression", "overlong-expression", "corrupt", "too-many-frames"])
+], ids=["text-file", "audio-only", "zero-frames", "empty-expression", "overlong-expression", "corrupt", "too-many-frames"])
 def test_bad_input_gets_a_clear_error_and_the_server_keeps_serving(client, server_outputs, video, tmp_path, make,
                                                                     expression, message):
     write_mp4(video.frames[:8], tmp_path / "clip.mp4", fps=8)
@@ -277,3 +291,23 @@ def test_bad_clicks_are_refused_naming_the_problem(client, video, tmp_path):
                            box_threshold=0.05, api_name="/segment_refine")
 
 
+
+
+def test_stop_ends_tracking_and_the_next_call_runs(pipeline, video):
+    """Stop raises from the progress report at the next frame; the cache stays usable and the next call completes."""
+    from pipelines.errors import Cancelled
+
+    seen = []
+
+    def stop_after_three(fraction, desc):
+        if desc.startswith("Tracking"):
+            seen.append(desc)
+            if len(seen) == 3:
+                raise Cancelled("Stopped.")
+
+    request = SegmentationRequest(frames=video.frames, expression="the circle", **LOW)
+    with pytest.raises(Cancelled):
+        pipeline(request, progress=stop_after_three)
+    assert seen == ["Tracking frame 1/16", "Tracking frame 2/16", "Tracking frame 3/16"]
+    assert pipeline(request).masks.shape == (1, 16, 96, 128)
+    assert not any(c["locked"] for c in pipeline.cache.stats()["components"])
