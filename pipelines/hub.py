@@ -57,7 +57,7 @@ class MissingWeightsError(WeightsError):
         super().__init__(
             f"Model weights are missing from the local cache — {'; '.join(map(listed, self.repo_ids))} — and "
             f"{reason}. Either pre-download "
-            f"them on a machine with internet access (`python -m studio download`, then copy the Hugging Face "
+            f"them on a machine with internet access (.venv/bin/python -m studio download, then copy the Hugging Face "
             f"cache, {constants.HF_HUB_CACHE}), or run the studio with STUDIO_PROFILE=tiny to try it with small "
             f"random test models."
         )

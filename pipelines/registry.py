@@ -243,7 +243,7 @@ class _RealLoaders:
         if len(tok) <= len(set(tok.all_special_tokens)):
             raise WeightsError(
                 f"The tokenizer in {path} loaded empty ({len(tok)} tokens): its files are missing or incomplete. "
-                "Download the weights again with `python -m studio download`."
+                "Download the weights again with .venv/bin/python -m studio download."
             )
         return tok
 
@@ -289,7 +289,7 @@ class _RealLoaders:
                 raise
             raise WeightsError(
                 f"{path.name} is incomplete: its {subfolder} part lacks weights that "
-                f"{cls.__name__} needs. Download it again with `python -m studio download`."
+                f"{cls.__name__} needs. Download it again with .venv/bin/python -m studio download."
             ) from exc
 
     def vae(self, checkpoint: str):

@@ -52,7 +52,7 @@ def parse_keyframes(text: str) -> dict[int, str]:
         if not match:
             raise InputError(
                 f"Keyframe line {number} ({line.strip()!r}) does not parse: write one stage per line as "
-                "`frame: description`, for example `0: a closed rose bud`."
+                "“frame: description”, for example “0: a closed rose bud”."
             )
         frame, description = int(match.group(1)), match.group(2)
         if not description:

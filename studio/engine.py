@@ -55,6 +55,9 @@ def _gpu_seconds(engine: str, pipeline: str, job, report, options: dict | None =
     return int(20 + 0.8 * job.steps * windows)
 
 
+STOPPED = "Stopped before the end; nothing was saved."
+
+
 def gpu(fn):
     return spaces.GPU(duration=_gpu_seconds)(fn) if spaces is not None else fn
 
@@ -184,10 +187,12 @@ class Engine:
 
     # ----------------------------------------------------------------- stopping, progress, errors
     def stop(self, request: gr.Request = None) -> None:
-        """Ask the running call of this browser session to stop at its next step."""
+        """Ask the running call of this browser session to stop at its next step, and say so: the cancelled event
+        itself can no longer show anything (its output area just empties)."""
         flag = _STOP_FLAGS.get(getattr(request, "session_hash", None))
         if flag is not None:
             flag.set()
+        gr.Info(STOPPED)
 
     @staticmethod
     @contextmanager
@@ -227,7 +232,7 @@ def user_errors():
     try:
         yield
     except Cancelled as exc:
-        raise gr.Error("Stopped before the end; nothing was saved.", print_exception=False) from exc
+        raise gr.Error(STOPPED, print_exception=False) from exc
     except StudioError as exc:
         raise gr.Error(str(exc), print_exception=False) from exc
     except torch.OutOfMemoryError as exc:

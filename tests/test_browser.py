@@ -291,3 +291,24 @@ def test_segment_this_clip_hands_the_generated_video_to_the_segmentation_tab(pag
     assert _visible_error_texts(page) == []
     _close_toasts(page) if page.locator(TOAST).count() else None
     _screenshot(page, "#segmentation-run", SEGMENTATION_SCREENSHOT)
+
+
+def test_stop_says_it_stopped_and_the_next_run_starts_cleanly(page, server):
+    engine, _ = server
+    page.get_by_label("What changes over time", exact=True).fill("ice melting")
+    page.locator("button:visible", has_text="Advanced").first.click()         # the time-lapse tab's accordion
+    steps = page.locator("input[aria-label='number input for Steps']:visible")
+    steps.fill("100")
+    steps.press("Enter")
+    page.locator("#timelapse-run").click()
+    progress = "() => (document.querySelector('#timelapse-video')?.innerText || '').includes('/100')"
+    page.wait_for_function(progress, timeout=GENERATE_TIMEOUT_MS)        # running: "27/100 steps" over the video
+    page.get_by_role("button", name="Stop", exact=True).first.click()
+    page.locator(TOAST).get_by_text("Stopped before the end; nothing was saved.").first.wait_for(state="visible")
+    page.wait_for_function(f"() => !({progress})()", timeout=UI_TIMEOUT_MS)
+    _close_toasts(page)
+    steps.fill("2")
+    steps.press("Enter")
+    _generate_and_wait_for_video(page)
+    assert _visible_error_texts(page) == []
+    assert not any(c["locked"] for c in engine.cache.stats()["components"])

@@ -80,5 +80,5 @@ def wire_generate(engine, triggers: list, fn, inputs: list, outputs: list, api_n
         fn, inputs, outputs, api_name=False, concurrency_id="gpu", show_progress_on=progress_on)
     for event in (generate, retry):
         event.then(flagged_frames_shown, info, another, queue=False, api_name=False)
-    stop.click(engine.stop, None, None, cancels=[generate, retry], queue=False, api_name=False)
+    stop.click(engine.stop, None, None, cancels=[generate, retry], api_name=False)   # queued: its toast needs it
     return generate

@@ -114,5 +114,5 @@ def build(engine: Engine) -> gr.Video:
     key_image.select(add_click, [clicks, shown, polarity, object_id, info], [clicks, clicks_text], queue=False,
                      api_name=False)
     clear.click(lambda: ("[]", clicks_markdown([])), None, [clicks, clicks_text], queue=False, api_name=False)
-    stop.click(engine.stop, None, None, cancels=[first, again], queue=False, api_name=False)
+    stop.click(engine.stop, None, None, cancels=[first, again], api_name=False)   # queued: its toast needs it
     return video
