@@ -209,13 +209,22 @@ def main() -> int:
                                     daemon=True, name=f"soak-client-{n}") for n in range(args.clients)]
         for thread in threads:
             thread.start()
-        for thread in threads:                # in-flight requests get their own timeout past the deadline
-            thread.join(timeout=max(0.0, deadline - time.monotonic()) + args.request_timeout + 10)
+        # Wait for the clients (in-flight requests get their own timeout past the deadline), sampling RSS as they go.
+        give_up = deadline + args.request_timeout + 10
+        samples = [(0, rss_warm)]
+        every = max(5.0, args.max_seconds / 12)
+        while any(thread.is_alive() for thread in threads) and time.monotonic() < give_up:
+            time.sleep(1.0)
+            if time.monotonic() - start >= every * len(samples):
+                samples.append((len(records), rss_mib()))
         wall = time.monotonic() - start
         stuck = sum(thread.is_alive() for thread in threads)
         rss_end = rss_mib()
         after_outputs, after_gradio = files_in(outputs), files_in(gradio_tmp)
         stats = engine.cache.stats()
+        tracked = {str(Path(f).resolve()) for files in demo.temp_file_sets for f in files}
+        untracked = [(p.relative_to(gradio_tmp), p.stat().st_size) for p in gradio_tmp.rglob("*")
+                     if p.is_file() and str(p.resolve()) not in tracked]
     finally:
         closer = threading.Thread(target=demo.close, daemon=True)     # a bounded close: it must not hang
         closer.start()
@@ -254,15 +263,21 @@ def main() -> int:
         kinds = ", ".join(f"{suffix} {n}" for suffix, n in sorted((after[2] - before[2]).items()))
         print(f"  {name + ':':<17}{before[0]} -> {after[0]} files, {before[1]:.1f} -> {after[1]:.1f} MiB "
               f"(new: {kinds or 'none'}; {per_request * 1024:.0f} KiB per good request, "
-              f"~{per_request * counts['ok'] / wall * ttl:.0f} MiB held at this rate after {ttl} s)")
+              f"~{per_request * counts['ok'] / wall * ttl:.0f} MiB per {ttl} s at this rate)")
     new_outputs = after_outputs[0] - before_outputs[0]
     print(f"  output files new / published by good requests: {new_outputs} / {good_published}")
-    print(f"temp_within_bound: {new_outputs <= good_published}")
+    print(f"  GRADIO_TEMP_DIR files that Gradio's delete_cache does not track (never deleted): {len(untracked)}"
+          + "".join(f"\n    {name} ({size} bytes)" for name, size in untracked[:3]))
+    print(f"temp_within_bound: {new_outputs <= good_published and not untracked}")
     print(f"model cache: loads {stats['loads']}, hits {stats['hits']}, offloads {stats['offloads']}, "
           f"drops {stats['drops']}")
+    trace = samples + [(len(done), rss_end)]
+    print("RSS while running (requests done: MiB): " + ", ".join(f"{n}: {mib:.0f}" for n, mib in trace))
+    half = min(trace, key=lambda sample: abs(sample[0] - len(done) / 2))
     growth = 100 * (rss_end - rss_warm) / rss_warm
     print(f"RSS: start {rss_start:.0f} MiB, after warm-up {rss_warm:.0f} MiB, end {rss_end:.0f} MiB: "
-          f"growth {growth:+.1f} % since warm-up ({100 * (rss_end - rss_start) / rss_start:+.0f} % since start)")
+          f"growth {growth:+.1f} % since warm-up ({100 * (rss_end - rss_start) / rss_start:+.0f} % since start; "
+          f"{100 * (rss_end - half[1]) / half[1]:+.1f} % over the last {len(done) - half[0]} requests)")
     frames = list(probes.values())
     same = len(frames) >= 2 and all(np.array_equal(frames[0], f) for f in frames[1:])
     print(f"same-seed /timelapse probes compared: {len(frames)} clients")

@@ -16,6 +16,9 @@ MAX_SEED = 2**32 - 1
 MAX_STEPS = 100
 MIN_GUIDANCE, MAX_GUIDANCE = 1.0, 20.0
 
+MAX_TEXT_CHARS = 2000      # any prompt-like text; CLIP reads ~75 tokens (~300 characters) of it anyway
+QUOTE_CHARS = 80           # at most this much of a user's text is quoted back in a message
+
 Progress = Callable[[float, str], None]
 
 
@@ -33,6 +36,24 @@ def check_int(name: str, value, low: int, high: int) -> None:
 def check_number(name: str, value, low: float, high: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
         raise InputError(f"{name} must be between {low:g} and {high:g}, not {value!r}.")
+
+
+def check_text(name: str, value, limit: int = MAX_TEXT_CHARS, required: bool = False) -> None:
+    """A text input: a string (or nothing, when optional) of at most `limit` characters."""
+    if value is None and not required:
+        return
+    if not isinstance(value, str):
+        raise InputError(f"{name} must be text, not {type(value).__name__}.")
+    if len(value) > limit:
+        raise InputError(f"{name} is {len(value):,} characters long; the studio takes at most {limit:,}.")
+
+
+def excerpt(text: str, limit: int = QUOTE_CHARS) -> str:
+    """`text` as quoted back to a person: whole if short, else its start and how much was left out."""
+    if len(text) <= limit:
+        return text
+    cut = text[:limit].rsplit(" ", 1)[0]
+    return f"{cut} … ({len(text.split()) - len(cut.split())} more words)"
 
 
 def check_sampling(steps, guidance, seed, width, height) -> None:
@@ -77,7 +98,7 @@ def prompt_warnings(tokenizer, texts: dict[str, str]) -> tuple[dict[str, int], l
         if dropped:
             warnings.append(
                 f"{name} is {counts[name]} tokens long; CLIP reads only the first {tokenizer.model_max_length - 2}, "
-                f"so these words were dropped: “{dropped}”"
+                f"so these words were dropped: “{excerpt(dropped)}”"
             )
     return counts, warnings
 

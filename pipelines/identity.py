@@ -21,6 +21,7 @@ from pipelines.common import (
     check_int,
     check_number,
     check_sampling,
+    check_text,
     decode_frames,
     noop,
     prompt_warnings,
@@ -58,8 +59,8 @@ class IdentityRequest:
     def validate(self) -> None:
         if self.safety is not None:
             self.safety.validate()
-        if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):
-            raise InputError(f"The negative prompt must be text, not {type(self.negative_prompt).__name__}.")
+        check_text("The prompt", self.prompt)
+        check_text("The negative prompt", self.negative_prompt)
         if not MIN_PHOTOS <= len(self.photos) <= MAX_PHOTOS:
             raise InputError(f"Give {MIN_PHOTOS} to {MAX_PHOTOS} photos of the same person, not {len(self.photos)}.")
         if not isinstance(self.prompt, str) or not self.prompt.strip():

@@ -19,10 +19,13 @@ from diffusers import AnimateDiffPipeline
 
 from pipelines.cache import ModelCache
 from pipelines.common import (
+    MAX_TEXT_CHARS,
     Progress,
     animatediff,
     check_int,
     check_sampling,
+    check_text,
+    excerpt,
     decode_frames,
     noop,
     prompt_warnings,
@@ -44,6 +47,7 @@ _KEYFRAME_LINE = re.compile(r"^\s*(\d+)\s*[:=]\s*(.*?)\s*$")
 
 def parse_keyframes(text: str) -> dict[int, str]:
     """'0: a closed rose bud' / '24: a rose in full bloom' (one stage per line) -> {0: ..., 24: ...}."""
+    check_text("The keyframes", text, 4 * MAX_TEXT_CHARS)
     stages: dict[int, str] = {}
     for number, line in enumerate((text or "").splitlines(), start=1):
         if not line.strip():
@@ -51,7 +55,7 @@ def parse_keyframes(text: str) -> dict[int, str]:
         match = _KEYFRAME_LINE.match(line)
         if not match:
             raise InputError(
-                f"Keyframe line {number} ({line.strip()!r}) does not parse: write one stage per line as "
+                f"Keyframe line {number} (“{excerpt(line.strip())}”) does not parse: write one stage per line as "
                 "“frame: description”, for example “0: a closed rose bud”."
             )
         frame, description = int(match.group(1)), match.group(2)
@@ -81,6 +85,10 @@ class TimelapseRequest:
         """Every check a request can fail, with a message a person can act on. No model work happens here."""
         if self.safety is not None:
             self.safety.validate()
+        check_text("The prompt", self.prompt)
+        check_text("The negative prompt", self.negative_prompt)
+        for frame, stage in self.keyframes.items():
+            check_text(f"Keyframe {frame}", stage)
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise InputError("Write a prompt: describe what changes over time, e.g. 'a seed grows into a sunflower'.")
         if self.style not in STYLES:
