@@ -8,6 +8,7 @@ the API's) live in that tab's own module under studio/tabs/.
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 import uuid
@@ -220,9 +221,36 @@ class Engine:
             f"({stats['load_seconds']:.1f} s) · **offloads** {stats['offloads']} · **drops** {stats['drops']} · "
             f"**over budget** {stats['over_budget']}"
         )
-        rows = [[c["key"], c["device"], round(c["bytes"] / 2**20, 1), "yes" if c["locked"] else ""]
+        rows = [[*describe_key(c["key"]), c["device"], round(c["bytes"] / 2**20, 1), "yes" if c["locked"] else ""]
                 for c in stats["components"]]
-        return summary, rows
+        keys = [c["key"] for c in stats["components"]]
+        return summary, rows, keys
+
+
+SYSTEM_COLUMNS = ["component", "from", "adapters", "device", "MiB", "in use"]
+_COMPONENT_NAMES = {
+    "unet-motion": "motion UNet", "unet2d": "2-D UNet", "clip-text": "CLIP text encoder", "vae": "VAE",
+    "tokenizer": "tokenizer", "motion-adapter": "motion adapter", "clip-vision": "image encoder",
+    "clip-image-processor": "image processor", "grounder": "grounder", "grounder-processor": "grounder processor",
+    "sam2-video": "SAM 2 tracker",
+}
+
+
+def describe_key(key: str) -> tuple[str, str, str]:
+    """A cache key ("profile|kind|source…|+adapter…|dtype") as a person reads it: (component, from which
+    files, with which adapters), file names without their folders."""
+    parts = key.split("|")
+    kind, rest = (parts[1], parts[2:]) if len(parts) > 1 else (parts[0], [])
+    if rest and rest[-1] in ("float32", "float16", "bfloat16"):
+        kind, rest = f"{_COMPONENT_NAMES.get(kind, kind)} ({rest[-1]})", rest[:-1]
+    else:
+        kind = _COMPONENT_NAMES.get(kind, kind)
+    def name(part: str) -> str:          # "Magic_Weights/magic_adapter_s/magic_adapter_s.ckptx4" -> "magic_adapter_s.ckpt ×4"
+        return re.sub(r"(\.\w+)x(\d+)$", r"\1 ×\2", part.rstrip("/").rsplit("/", 1)[-1])
+
+    sources = [name(p) for p in rest if not p.startswith("+")]
+    adapters = [name(p[1:]) for p in rest if p.startswith("+")]
+    return kind, ", ".join(sources), ", ".join(adapters)
 
 
 @contextmanager

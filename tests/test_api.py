@@ -47,7 +47,9 @@ def test_long_prompt_warning_reaches_the_user(client):
     prompt = " ".join(f"stage{i}" for i in range(30))
     result = client.predict(prompt=prompt, steps=2, api_name="/timelapse")
     assert result[1].startswith("⚠️") and "dropped" in result[1]
-    assert result[-1]["warnings"] and "stage29" in result[-1]["warnings"][0]
+    (warning,) = result[-1]["warnings"]
+    dropped = warning.split("“", 1)[1]                     # the first dropped words, then how many more
+    assert dropped.startswith("stage") and dropped.endswith("more words)”")
 
 
 @pytest.mark.parametrize("arguments, message", [
@@ -70,10 +72,14 @@ def test_bad_input_gets_a_clear_error_and_the_server_keeps_serving(client, serve
 
 def test_system_endpoint_reports_the_cache(client):
     client.predict(prompt="warm", steps=1, api_name="/timelapse")
-    summary, table = client.predict(api_name="/system")
+    summary, table, keys = client.predict(api_name="/system")
     assert "tiny" in summary and "**loads**" in summary
-    keys = [row[0] for row in table["data"]]
-    assert any("unet-motion" in key for key in keys) and any("clip-text" in key for key in keys)
+    assert table["headers"] == ["component", "from", "adapters", "device", "MiB", "in use"]
+    rows = {row[0]: row for row in table["data"]}
+    motion = rows["motion UNet (float32)"]
+    assert motion[1] == "RealisticVisionV60B1_v51VAE.safetensors, motion_module.ckpt"
+    assert motion[2] == "magic_adapter_s.ckpt ×4, magic_adapter_t" and motion[3] == "cpu"
+    assert any(k.startswith("tiny|unet-motion|") for k in keys) and any("clip-text" in k for k in keys)
 
 
 def test_stop_interrupts_the_running_call_of_that_session_only(server):
