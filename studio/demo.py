@@ -7,7 +7,7 @@ from pathlib import Path
 import gradio as gr
 
 from studio.engine import Engine
-from studio.tabs import identity, safety, segmentation, system, timelapse
+from studio.tabs import controls, identity, safety, segmentation, system, timelapse
 
 CSS = (Path(__file__).parents[1] / "assets" / "studio.css").read_text()
 TINY_BANNER = (
@@ -37,6 +37,7 @@ def build_demo(engine: Engine) -> gr.Blocks:
             tab.send.click(lambda clip: (clip, gr.Tabs(selected="segmentation")), tab.video,
                            [segmentation_input, tabs], queue=False, api_name=False)
         demo.load(report, None, report_outputs, queue=False, api_name=False)
+    controls.name_bad_values(demo)
     return demo
 
 

@@ -40,3 +40,17 @@ def test_excerpt_keeps_short_texts_and_cuts_long_ones_at_a_word():
     assert excerpt("a rose") == "a rose"
     cut = excerpt("alpha beta " * 30, limit=20)
     assert cut.startswith("alpha beta alpha") and cut.endswith("(57 more words)")
+
+
+@pytest.mark.parametrize("api_name, arguments, message", [
+    ("/timelapse", dict(prompt="ice", seed="abc"), "Seed takes a number, not 'abc'"),
+    ("/timelapse", dict(prompt="ice", steps="many"), "Steps takes a number from 1 to 100, not 'many'"),
+    ("/timelapse", dict(prompt="ice", safety="yes"), "safety must be true or false, not 'yes'"),
+    ("/identity", dict(photos=[handle_file(PHOTO)], prompt="a man", identity_strength="strong"),
+     "Identity strength takes a number from 0 to 1.5"),
+    ("/safe_generate", dict(prompt="a dog", alpha=[1]), "selection margin takes a number"),
+])
+def test_a_value_of_the_wrong_type_is_refused_naming_the_parameter(client, api_name, arguments, message):
+    with pytest.raises(AppError, match=message):
+        client.predict(api_name=api_name, **arguments)
+    assert client.predict(prompt="still here", steps=1, api_name="/timelapse")[-1]["num_frames"] == 16

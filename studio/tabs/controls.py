@@ -82,3 +82,44 @@ def wire_generate(engine, triggers: list, fn, inputs: list, outputs: list, api_n
         event.then(flagged_frames_shown, info, another, queue=False, api_name=False)
     stop.click(engine.stop, None, None, cancels=[generate, retry], api_name=False)   # queued: its toast needs it
     return generate
+
+
+def _expects(component) -> str:
+    """What a component takes, in a person's words (for the message about a value it could not read)."""
+    if isinstance(component, gr.Slider):
+        return f"a number from {component.minimum:g} to {component.maximum:g}"
+    if isinstance(component, gr.Number):
+        return "a number"
+    if isinstance(component, gr.Checkbox):
+        return "true or false"
+    if isinstance(component, gr.CheckboxGroup):
+        return "a list of: " + ", ".join(str(c[1] if isinstance(c, tuple) else c) for c in component.choices)
+    if isinstance(component, (gr.Dropdown, gr.Radio)):
+        return "one of: " + ", ".join(str(c[1] if isinstance(c, tuple) else c) for c in component.choices)
+    if isinstance(component, (gr.File, gr.Video, gr.Image)):
+        return "an uploaded file (from Python: gradio_client.handle_file(path))"
+    return "text" if isinstance(component, gr.Textbox) else f"a {type(component).__name__} value"
+
+
+def name_bad_values(demo: gr.Blocks) -> None:
+    """Every input component refuses a value it cannot read with a message naming it and what it takes, where
+    Gradio would answer "The upstream Gradio app has raised an exception" (a TypeError inside). Its own messages
+    (a slider's range, a choice not in the list) pass through."""
+    from pipelines.common import excerpt
+
+    for block in demo.blocks.values():
+        if not isinstance(block, gr.components.Component) or getattr(block, "_studio_checked", False):
+            continue
+        original, name = block.preprocess, block.label or block.elem_id or type(block).__name__
+
+        def preprocess(payload, _original=original, _name=name, _block=block):
+            try:
+                return _original(payload)
+            except gr.Error:
+                raise
+            except Exception:
+                raise gr.Error(f"{_name} takes {_expects(_block)}, not {excerpt(repr(payload))}.",
+                               print_exception=False) from None
+
+        block.preprocess = preprocess
+        block._studio_checked = True
