@@ -56,11 +56,30 @@ class Record:
     message: str = ""
 
 
-def rss_mib() -> float:
+def proc_status(field: str) -> int:
+    """A number from /proc/self/status (VmRSS in kB, Threads, ...); -1 where there is none."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    return -1
+
+
+def rss_mib() -> float:
+    return proc_status("VmRSS") / 1024
+
+
+def rss_trimmed_mib() -> float | None:
+    """RSS after a full collection and glibc's malloc_trim(0): what is still live once the allocator hands back the
+    free memory it keeps (None where there is no glibc). A leak stays; allocator retention goes."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        return None
+    return rss_mib()
 
 
 def files_in(folder: Path) -> tuple[int, float, Counter]:
@@ -178,7 +197,7 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help=f"keep the temporary folder ({ROOT_TMP})")
     args = parser.parse_args()
     deadline = time.monotonic() + args.max_seconds       # the whole run, start-up and warm-up included
-    rss_start = rss_mib()
+    rss_start, threads_start = rss_mib(), proc_status("Threads")
 
     from pipelines.synthetic import make_video
     from pipelines.video import write_mp4
@@ -200,7 +219,7 @@ def main() -> int:
         print(f"server {url} · {args.clients} clients x {args.requests} requests · max {args.max_seconds:.0f} s · "
               f"temp {ROOT_TMP}", flush=True)
         warm_seconds = warm_up(url, args.video)
-        rss_warm = rss_mib()
+        rss_warm, threads_warm = rss_mib(), proc_status("Threads")
         before_outputs, before_gradio = files_in(outputs), files_in(gradio_tmp)
         print(f"warm-up (one call per endpoint, loads the models): {warm_seconds:.1f} s", flush=True)
 
@@ -219,7 +238,8 @@ def main() -> int:
                 samples.append((len(records), rss_mib()))
         wall = time.monotonic() - start
         stuck = sum(thread.is_alive() for thread in threads)
-        rss_end = rss_mib()
+        rss_end, threads_end = rss_mib(), proc_status("Threads")
+        rss_trimmed = rss_trimmed_mib()
         after_outputs, after_gradio = files_in(outputs), files_in(gradio_tmp)
         stats = engine.cache.stats()
         tracked = {str(Path(f).resolve()) for files in demo.temp_file_sets for f in files}
@@ -271,13 +291,18 @@ def main() -> int:
     print(f"temp_within_bound: {new_outputs <= good_published and not untracked}")
     print(f"model cache: loads {stats['loads']}, hits {stats['hits']}, offloads {stats['offloads']}, "
           f"drops {stats['drops']}")
-    trace = samples + [(len(done), rss_end)]
+    trace = samples + [(len(done), rss_end)] if samples[-1][0] != len(done) else samples[:-1] + [(len(done), rss_end)]
     print("RSS while running (requests done: MiB): " + ", ".join(f"{n}: {mib:.0f}" for n, mib in trace))
     half = min(trace, key=lambda sample: abs(sample[0] - len(done) / 2))
     growth = 100 * (rss_end - rss_warm) / rss_warm
     print(f"RSS: start {rss_start:.0f} MiB, after warm-up {rss_warm:.0f} MiB, end {rss_end:.0f} MiB: "
           f"growth {growth:+.1f} % since warm-up ({100 * (rss_end - rss_start) / rss_start:+.0f} % since start; "
           f"{100 * (rss_end - half[1]) / half[1]:+.1f} % over the last {len(done) - half[0]} requests)")
+    print(f"OS threads in the process: start {threads_start}, after warm-up {threads_warm}, end {threads_end} "
+          "(the soak's own clients included)")
+    if rss_trimmed is not None:
+        print(f"RSS at the end after gc + malloc_trim(0): {rss_trimmed:.0f} MiB: "
+              f"{100 * (rss_trimmed - rss_warm) / rss_warm:+.1f} % since warm-up (the rest was free memory glibc kept)")
     frames = list(probes.values())
     same = len(frames) >= 2 and all(np.array_equal(frames[0], f) for f in frames[1:])
     print(f"same-seed /timelapse probes compared: {len(frames)} clients")
