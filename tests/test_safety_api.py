@@ -156,3 +156,11 @@ def test_the_open_nsfw_model_scores_a_real_photo_as_safe_in_one_batch():
     assert len(verdict.scores) == 3 and verdict.flagged == []
     assert verdict.scores[0] < 0.2                                       # measured 0.03 (the docs: < 0.2 is safe)
     assert verdict.scores[0] == pytest.approx(checker.check(photo).scores[0], abs=1e-5)
+
+
+def test_a_frame_is_flagged_from_0_8_on():
+    """Open-NSFW's own guidance: above 0.8 is unsafe. The threshold, written out here, is inclusive."""
+    from pipelines.output_check import Verdict
+
+    assert Verdict((0.79, 0.8, 0.95, 0.2), threshold=FLAG_THRESHOLD).flagged == [1, 2]
+    assert FLAG_THRESHOLD == 0.8 and FrameChecker().threshold == 0.8

@@ -311,3 +311,11 @@ def test_stop_ends_tracking_and_the_next_call_runs(pipeline, video):
     assert seen == ["Tracking frame 1/16", "Tracking frame 2/16", "Tracking frame 3/16"]
     assert pipeline(request).masks.shape == (1, 16, 96, 128)
     assert not any(c["locked"] for c in pipeline.cache.stats()["components"])
+
+
+def test_box_prompts_are_scaled_to_the_models_square_per_axis(sam2):
+    """A 128×96 video into a 128×128 model: x scales by 128/128, y by 128/96 (hand-computed)."""
+    tracker = Tracker(sam2, np.zeros((2, 96, 128, 3), np.uint8))
+    points = tracker._points([(64.0, 48.0), (128.0, 96.0)], [2, 3])
+    assert torch.allclose(points["point_coords"][0, 0].cpu(), torch.tensor([[64.0, 64.0], [128.0, 128.0]]))
+    assert points["point_labels"].tolist() == [[[2, 3]]]
