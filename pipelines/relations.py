@@ -164,7 +164,8 @@ def _area(box) -> float:
     return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
 
 
-def _iou(a, b) -> float:
+def iou(a, b) -> float:
+    """Intersection over union of two (x1, y1, x2, y2) boxes."""
     inter = _area((max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])))
     union = _area(a) + _area(b) - inter
     return inter / union if union > 0 else 0.0
@@ -174,7 +175,7 @@ def _drop_duplicates(candidates: list[Candidate]) -> list[int]:
     """Indices of the candidates left after merging each box into a higher-scoring one it overlaps (IoU > 0.8)."""
     kept: list[int] = []
     for i in sorted(range(len(candidates)), key=lambda i: (-candidates[i].score, i)):
-        if all(_iou(candidates[i].box, candidates[j].box) <= DUPLICATE_IOU for j in kept):
+        if all(iou(candidates[i].box, candidates[j].box) <= DUPLICATE_IOU for j in kept):
             kept.append(i)
     return sorted(kept)
 

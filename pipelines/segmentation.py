@@ -28,7 +28,7 @@ from PIL import Image
 from pipelines.cache import ModelCache
 from pipelines.common import Progress, noop
 from pipelines.errors import InputError
-from pipelines.relations import Candidate, Choice, Query, parse_expression, resolve
+from pipelines.relations import Candidate, Choice, Query, iou, parse_expression, resolve
 from pipelines.segmentation_models import DEFAULT_GROUNDER, DEFAULT_TRACKER, GROUNDERS, TRACKERS, SegmentationRegistry
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])
@@ -221,13 +221,6 @@ def late_object(model, processor, frames, phrase, request, masks) -> tuple[int, 
 def box_of(mask: np.ndarray) -> tuple[float, float, float, float] | None:
     ys, xs = np.nonzero(mask)
     return None if len(xs) == 0 else (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
-
-
-def iou(a, b) -> float:
-    x1, y1, x2, y2 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 # ----------------------------------------------------------------------------- SAM 2 without its processor
