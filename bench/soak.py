@@ -209,9 +209,9 @@ def main() -> int:
     (ROOT_TMP / "input").mkdir(parents=True)
     args.video = str(write_mp4(make_video(frames=FRAMES).frames, ROOT_TMP / "input" / "clip.mp4", fps=8))
     engine = Engine(Settings(profile="tiny", device="cpu", dtype="float32", resolution=64, output_dir=outputs))
-    demo = build_demo(engine).queue(default_concurrency_limit=1)
+    demo = build_demo(engine)
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
-                            quiet=True, **launch_kwargs())
+                            quiet=True, **launch_kwargs(engine.settings))
     records: list[Record] = []
     probes: dict[int, np.ndarray] = {}
     lock = threading.Lock()

@@ -72,6 +72,10 @@ def read_clip(path: str | Path, max_frames: int, max_seconds: float, max_pixels:
         if not container.streams.video:
             kinds = ", ".join(sorted({s.type for s in container.streams})) or "nothing"
             raise InputError(f"{name} has no video stream (it holds {kinds}): upload a video file.")
+        if container.format.name == "image2" or container.format.name.endswith("_pipe"):
+            # FFmpeg reads a photo as a one-frame "video"; a person who uploads one has picked the wrong file.
+            raise InputError(f"{name} is a still image ({container.streams.video[0].codec_context.name}), not a "
+                             "video: upload a video clip.")
         stream = container.streams.video[0]
         width, height = stream.codec_context.width, stream.codec_context.height
         if width * height > max_pixels:

@@ -7,6 +7,7 @@ from pathlib import Path
 import gradio as gr
 
 from studio.engine import Engine
+from studio.settings import Settings
 from studio.tabs import controls, identity, safety, segmentation, system, timelapse
 
 CSS = (Path(__file__).parents[1] / "assets" / "studio.css").read_text()
@@ -38,9 +39,20 @@ def build_demo(engine: Engine) -> gr.Blocks:
                            [segmentation_input, tabs], queue=False, api_name=False)
         demo.load(report, None, report_outputs, queue=False, api_name=False)
     controls.name_bad_values(demo)
-    return demo
+    # One worker per event and one shared concurrency_id ("gpu") for every GPU event: calls run one at a time.
+    # A full queue is refused at once; the page says "This application is currently busy. Please try again."
+    # and gradio_client raises QueueError("Queue is full! Please try again.").
+    return demo.queue(default_concurrency_limit=1, max_size=engine.settings.queue_size)
 
 
-def launch_kwargs() -> dict:
-    """What Blocks.launch needs besides host and port (Gradio 6 takes theme and CSS here)."""
-    return dict(theme=gr.themes.Soft(primary_hue="indigo", secondary_hue="amber"), css=CSS)
+def launch_kwargs(settings: Settings) -> dict:
+    """What Blocks.launch needs besides host and port (Gradio 6 takes theme and CSS here). Uploads over the
+    cap are refused by Gradio's upload route before anything is written to disk or decoded.
+
+    show_error: Gradio refuses some requests itself before any studio code runs (a file path on the server
+    that was never uploaded, the wrong number of values) and would answer them with an empty error. Shown, a
+    client reads "Cannot move /etc/passwd to the gradio cache dir because it was not uploaded by a user". The
+    trade-off: an unexpected exception's one-line text is shown too instead of a bare "Error" (its traceback
+    stays in the server log); those are bugs, and their text is more use to the person reporting them."""
+    return dict(theme=gr.themes.Soft(primary_hue="indigo", secondary_hue="amber"), css=CSS,
+                max_file_size=f"{settings.max_upload_mb}mb", show_error=True)

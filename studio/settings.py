@@ -40,6 +40,10 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 7860
     safety: str = "on"                    # "on": guarded by default, a call may switch it off; "enforced": never off
+    # One GPU serves everyone: calls wait in one queue. A bounded queue answers "busy" at once instead of making
+    # the 40th visitor wait half an hour; 16 waiting calls of ~30 s each is about the longest wait worth keeping.
+    queue_size: int = 16
+    max_upload_mb: int = 200              # a 60 s 1080p clip at a generous bitrate is ~100 MB; photos far less
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -74,6 +78,8 @@ class Settings:
             host=_env("STUDIO_HOST", _env("GRADIO_SERVER_NAME", "127.0.0.1")),
             port=int(_env("STUDIO_PORT", _env("GRADIO_SERVER_PORT", "7860"))),
             safety=safety,
+            queue_size=int(_env("STUDIO_QUEUE_SIZE", "16")),
+            max_upload_mb=int(_env("STUDIO_MAX_UPLOAD_MB", "200")),
         )
 
 

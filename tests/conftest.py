@@ -39,12 +39,12 @@ def server(server_outputs):
     from studio.engine import Engine
 
     engine = Engine(tiny_settings(server_outputs))
-    demo = build_demo(engine).queue(default_concurrency_limit=1)
+    demo = build_demo(engine)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
-                            quiet=True, **launch_kwargs())
+                            quiet=True, **launch_kwargs(engine.settings))
     try:
         yield engine, url
     finally:

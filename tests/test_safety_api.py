@@ -77,12 +77,12 @@ def enforced(tmp_path_factory):
     from studio.demo import build_demo, launch_kwargs
 
     engine = Engine(tiny_settings(tmp_path_factory.mktemp("enforced"), safety="enforced"))
-    demo = build_demo(engine).queue(default_concurrency_limit=1)
+    demo = build_demo(engine)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                            **launch_kwargs())
+                            **launch_kwargs(engine.settings))
     try:
         yield Client(url, verbose=False, download_files=str(tmp_path_factory.mktemp("enforced-client")))
     finally:
