@@ -96,7 +96,7 @@ class ModelCache:
         self.ram_budget = ram_budget
         self._lock = threading.RLock()
         self._entries: dict[str, _Entry] = {}
-        self._stats = dict(hits=0, misses=0, loads=0, load_errors=0, offloads=0, drops=0, over_budget=0)
+        self._stats = dict(hits=0, misses=0, loads=0, load_errors=0, offloads=0, drops=0, over_budget=0, oom_frees=0)
         self._load_seconds = 0.0
 
     # ----------------------------------------------------------------- public API
@@ -138,6 +138,24 @@ class ModelCache:
         """Load and place on the execution device now (ZeroGPU wants weights on `cuda` at start-up)."""
         with self.use(*components):
             pass
+
+    def free_memory(self) -> int:
+        """After an out-of-memory error: every unlocked component leaves the execution device (to CPU; on a
+        CPU-only machine it is dropped), and the allocator returns its cached blocks. Returns bytes freed.
+        The next call reloads or re-places what it needs: slower, but it may now fit."""
+        with self._lock:
+            victims = self._evictable(self.device.type)
+            freed = sum(e.nbytes for e in victims)
+            for entry in victims:
+                if self.device.type == "cpu":
+                    self._drop(entry)
+                else:
+                    self._offload(entry)
+            self._stats["oom_frees"] += 1
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        logger.warning("out of memory: freed %.1f MB of unlocked components", freed / 2**20)
+        return freed
 
     def stats(self) -> dict[str, Any]:
         """Counters and current residency, for the System panel, tests and benchmarks."""

@@ -22,6 +22,7 @@ from huggingface_hub.errors import LocalEntryNotFoundError
 from pipelines.errors import WeightsError
 
 PROBE_TIMEOUT_S = 5.0
+DOWNLOAD_COMMAND = ".venv/bin/python -m studio download"
 
 
 @dataclass(frozen=True)
@@ -29,13 +30,25 @@ class HubFile:
     repo_id: str
     filename: str
 
-    def path(self) -> Path:
-        """Local path, downloading the file if it is not cached and the hub can be reached."""
-        cached = self.cached()
+    def path(self, force: bool = False) -> Path:
+        """Local path, downloading the file if it is not cached and the hub can be reached. A cached file is
+        checked for completeness first (see `check_complete`): a half-written one is refused, not loaded.
+        `force`: fetch it again whatever the cache holds (the download command does, for an incomplete one)."""
+        cached = None if force else self.cached()
         if cached is not None:
+            check_complete(cached, self)
             return cached
-        ensure_available([self])
-        return Path(hf_hub_download(self.repo_id, self.filename))
+        ensure_available([self], force=force)
+        try:
+            path = Path(hf_hub_download(self.repo_id, self.filename, force_download=force))
+        except Exception as error:   # connection reset, timeout, disk full, 404: the hub's many kinds
+            raise WeightsError(
+                f"Downloading {self.filename} from {self.repo_id} failed ({type(error).__name__}: "
+                f"{str(error)[:200]}). Run {DOWNLOAD_COMMAND} again (it resumes), or pre-download on a machine "
+                f"with internet access and copy the Hugging Face cache ({constants.HF_HUB_CACHE})."
+            ) from None
+        check_complete(path, self)
+        return path
 
     def cached(self) -> Path | None:
         try:
@@ -57,10 +70,74 @@ class MissingWeightsError(WeightsError):
         super().__init__(
             f"Model weights are missing from the local cache — {'; '.join(map(listed, self.repo_ids))} — and "
             f"{reason}. Either pre-download "
-            f"them on a machine with internet access (.venv/bin/python -m studio download, then copy the Hugging Face "
+            f"them on a machine with internet access ({DOWNLOAD_COMMAND}, then copy the Hugging Face "
             f"cache, {constants.HF_HUB_CACHE}), or run the studio with STUDIO_PROFILE=tiny to try it with small "
             f"random test models."
         )
+
+
+class IncompleteWeightsError(WeightsError):
+    """A cached weights file that was cut short (a copy or download interrupted outside the hub client)."""
+
+
+_CHECKED: set[tuple[str, int, int]] = set()     # (path, size, mtime_ns) already found complete
+
+
+def check_complete(path: Path, file: HubFile) -> None:
+    """Refuse a weights file that ends before its own structure says it should. The hub client writes to
+    `.incomplete` and renames when done, so this catches what it cannot: a cache copied with `cp` or `rsync`
+    that was interrupted, a disk that filled up. The checks read only headers and trailers (milliseconds for
+    a 2 GB file), against what each format declares:
+    - safetensors: an 8-byte header length, a JSON header, and tensors whose last byte is the file's last;
+    - torch's zip checkpoints (.ckpt/.bin/.pt/.pth): the zip directory at the end of the file;
+    - JSON configs: they parse.
+    A file that passes once is not read again while its size and time stay the same."""
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key in _CHECKED:
+        return
+    problem = _structure_problem(path, stat.st_size)
+    if problem:
+        raise IncompleteWeightsError(
+            f"{file.filename} from {file.repo_id} is incomplete in the local cache ({problem}): delete "
+            f"{path} and fetch it again with {DOWNLOAD_COMMAND}."
+        )
+    _CHECKED.add(key)
+
+
+def _structure_problem(path: Path, size: int) -> str | None:
+    import json
+    import struct
+    import zipfile
+
+    suffix = path.name.rsplit(".", 1)[-1].lower() if "." in path.name else ""
+    if size == 0:
+        return "the file is empty"
+    if suffix == "safetensors":
+        with path.open("rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return f"{size} bytes, shorter than a safetensors header"
+            (length,) = struct.unpack("<Q", head)
+            if 8 + length > size:
+                return f"its header declares {length} bytes of metadata but the file has {size} bytes"
+            try:
+                header = json.loads(f.read(length))
+            except ValueError:
+                return "its header is not valid JSON"
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        if 8 + length + end != size:
+            return f"{size:,} bytes where its tensors need {8 + length + end:,}"
+    elif suffix in ("ckpt", "bin", "pt", "pth"):
+        with path.open("rb") as f:
+            if f.read(4) == b"PK\x03\x04" and not zipfile.is_zipfile(path):
+                return f"{size:,} bytes and no end: the checkpoint's zip directory is missing"
+    elif suffix == "json":
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            return "not valid JSON"
+    return None
 
 
 def hub_folder(repo_id: str, filenames: Sequence[str]) -> Path:
@@ -71,10 +148,10 @@ def hub_folder(repo_id: str, filenames: Sequence[str]) -> Path:
     return paths[0].parents[len(PurePosixPath(filenames[0]).parts) - len(shared) - 1]
 
 
-def ensure_available(files: list[HubFile]) -> None:
+def ensure_available(files: list[HubFile], force: bool = False) -> None:
     """Fail fast, naming every file at once, when some of `files` are not cached and cannot be downloaded.
     Checked before a call loads anything, so a person learns in one message what is missing."""
-    missing = [f for f in files if f.cached() is None]
+    missing = [f for f in files if force or f.cached() is None]
     if not missing:
         return
     if _offline():

@@ -24,26 +24,58 @@ def serve() -> None:
     if settings.preload:
         engine.preload()
     demo = build_demo(engine)
-    demo.queue(default_concurrency_limit=1).launch(
-        server_name=settings.host, server_port=settings.port, **launch_kwargs()
+    demo.launch(
+        server_name=settings.host, server_port=settings.port, **launch_kwargs(settings)
     )
 
 
-def download(tabs: list[str]) -> int:
-    """Fetch every hub file the tabs need into the Hugging Face cache (tqdm progress per file).
-    Files already cached are not fetched again, so this also checks that a copied cache is complete."""
-    from pipelines.hub import MissingWeightsError
+def tab_files(tabs: list[str]) -> list:
+    """Every hub file the tabs' defaults need, each once (the two generating tabs share Realistic Vision)."""
     from pipelines.registry import Registry
     from pipelines.segmentation_models import DEFAULT_GROUNDER, DEFAULT_TRACKER, SegmentationRegistry
 
     # The segmentation tab's defaults (other grounders and tracker sizes download when first chosen).
     files = [f for tab in tabs for f in (SegmentationRegistry("real").downloads(DEFAULT_GROUNDER, DEFAULT_TRACKER)
                                          if tab == "segmentation" else Registry("real").downloads(tab))]
+    return list(dict.fromkeys(files))
+
+
+def sizes(tabs: list[str]) -> int:
+    """Print each file's size as the hub lists it, and the sum: what a first download costs."""
+    from huggingface_hub import HfApi
+
+    files, total = tab_files(tabs), 0
+    for repo in dict.fromkeys(f.repo_id for f in files):
+        names = [f.filename for f in files if f.repo_id == repo]
+        try:
+            listed = {entry.path: entry.size for entry in HfApi().get_paths_info(repo, names)}
+        except Exception as error:
+            print(f"The hub did not answer for {repo} ({type(error).__name__}): sizes need internet access.",
+                  file=sys.stderr)
+            return 1
+        for name in names:
+            total += listed.get(name) or 0
+            print(f"{(listed.get(name) or 0) / 1e9:8.3f} GB  {repo}: {name}")
+    print(f"{total / 1e9:8.3f} GB  in all, {len(files)} files")
+    return 0
+
+
+def download(tabs: list[str]) -> int:
+    """Fetch every hub file the tabs need into the Hugging Face cache (tqdm progress per file).
+    Files already cached are not fetched again, so this also checks that a copied cache is complete."""
+    from pipelines.errors import WeightsError
+    from pipelines.hub import IncompleteWeightsError
+
+    files = tab_files(tabs)
     for number, file in enumerate(files, start=1):
         print(f"[{number}/{len(files)}] {file.repo_id}: {file.filename}", flush=True)
         try:
-            file.path()
-        except MissingWeightsError as error:
+            try:
+                file.path()
+            except IncompleteWeightsError as error:
+                print(f"  {error}\n  Fetching it again.", flush=True)
+                file.path(force=True)
+        except WeightsError as error:       # missing and out of reach, a failed download, still incomplete
             print(error, file=sys.stderr)
             return 1
     print(f"All {len(files)} files are in the Hugging Face cache.")
@@ -56,9 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("serve", help="start the studio (the default)")
     fetch = commands.add_parser("download", help="pre-fetch model weights for the real profile")
     fetch.add_argument("--tab", choices=TABS, action="append", help="only this tab's weights (repeatable)")
+    fetch.add_argument("--sizes", action="store_true", help="list each file's size and the sum; download nothing")
     args = parser.parse_args(argv)
     if args.command == "download":
-        return download(args.tab or list(TABS))
+        return (sizes if args.sizes else download)(args.tab or list(TABS))
     serve()
     return 0
 

@@ -105,8 +105,26 @@ class Reporter:
 @gpu
 def run_on_gpu(engine: str, pipeline: str, job, report: Reporter, options: dict | None = None):
     """Run one of the engine's pipelines on a request: the only function that holds the GPU. Picklable
-    arguments only (see above); `options` are the pipeline's keyword arguments besides the request."""
-    return _ENGINES[engine].pipelines[pipeline](job, report, **(options or {}))
+    arguments only (see above); `options` are the pipeline's keyword arguments besides the request.
+
+    Out of memory: the cache frees every component this call is not using, and the call runs once more
+    (another tab's UNet on the device is the usual cause, and a retry then fits). A second failure reaches
+    the person as `user_errors`' message; either way the call's locks were released when it unwound."""
+    run = _ENGINES[engine].pipelines[pipeline]
+    try:
+        return run(job, report, **(options or {}))
+    except Exception as error:
+        if not is_out_of_memory(error):
+            raise
+        del error                                   # its traceback holds the failed call's tensors
+    _ENGINES[engine].cache.free_memory()
+    return run(job, report, **(options or {}))
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """A GPU's OutOfMemoryError, or the CPU allocator's RuntimeError (torch has no type for that one)."""
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
 
 
 class Engine:
@@ -263,8 +281,11 @@ def user_errors():
         raise gr.Error(STOPPED, print_exception=False) from exc
     except StudioError as exc:
         raise gr.Error(str(exc), print_exception=False) from exc
-    except torch.OutOfMemoryError as exc:
-        raise gr.Error("The GPU ran out of memory: try fewer frames, or a shorter clip with keyframes.") from exc
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        raise gr.Error("The studio ran out of memory, even after freeing every model this call does not use: "
+                       "try fewer frames or a shorter clip.", print_exception=False) from exc
 
 
 def whole(value):

@@ -56,11 +56,11 @@ def write_swift(folder: Path, config: dict, weights: dict) -> None:
     torch.save(weights, folder / "default" / "adapter_model.bin")
 
 
-def write_clip_tokenizer(folder: Path, vocab: dict[str, int]) -> None:
+def write_clip_tokenizer(folder: Path, vocab: dict[str, int], merges=()) -> None:
     """SD1.5's tokenizer folder as it is on the hub: vocab.json, merges.txt and two small configs."""
     folder.mkdir(parents=True)
     (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
     special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
                "pad_token": "<|endoftext|>"}
     (folder / "special_tokens_map.json").write_text(json.dumps(special))
@@ -70,10 +70,27 @@ def write_clip_tokenizer(folder: Path, vocab: dict[str, int]) -> None:
 
 def write_base(snapshot: Path, vocab: dict[str, int] | None = None) -> None:
     base = snapshot / BASE
-    write_clip_tokenizer(base / "tokenizer", vocab or tiny.tokenizer().get_vocab())
+    if vocab is None:
+        vocab, merges = tiny._vocabulary()
+        write_clip_tokenizer(base / "tokenizer", vocab, merges)
+    else:
+        write_clip_tokenizer(base / "tokenizer", vocab)
     tiny.text_encoder(0).config.save_pretrained(base / "text_encoder")
     tiny.unet2d(0).save_config(base / "unet")
     tiny.vae(0).save_config(base / "vae")
+
+
+def write_complete(path: Path) -> None:
+    """A small file that is complete by its format's own structure (what the cache's completeness check reads)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".safetensors":
+        save_file({"w": torch.zeros(2)}, path)
+    elif path.suffix in (".ckpt", ".bin"):
+        torch.save({"w": torch.zeros(2)}, path)
+    elif path.suffix == ".json":
+        path.write_text("{}")
+    else:
+        path.write_text("x")
 
 
 # ----------------------------------------------------------------- no weights: fast, actionable failure
@@ -178,8 +195,7 @@ def test_download_checks_the_cache_and_names_what_is_missing(hub_cache, capsys):
     assert main(["download", "--tab", "timelapse"]) == 1
     assert "Base_Model/stable-diffusion-v1-5/tokenizer/merges.txt" in capsys.readouterr().err
     for file in Registry("real").downloads("timelapse"):       # a complete (copied) cache for one tab
-        (hub_cache / file.filename).parent.mkdir(parents=True, exist_ok=True)
-        (hub_cache / file.filename).write_bytes(b"x")
+        write_complete(hub_cache / file.filename)
     capsys.readouterr()
     assert main(["download", "--tab", "timelapse"]) == 0
     assert f"All {len(Registry('real').downloads('timelapse'))} files" in capsys.readouterr().out
