@@ -8,6 +8,8 @@ real ones, so the tiny profile exercises the conversion code too.
 
 from __future__ import annotations
 
+import functools
+
 import re
 import threading
 import zlib
@@ -35,11 +37,80 @@ def build(cls, seed: int, **config):
         return cls(**config)
 
 
-def tokenizer() -> CLIPTokenizer:
-    """A byte-level CLIP tokenizer with a full single-character vocabulary: any text encodes."""
+# Whole words the tiny tokenizer knows: common English, and every word of the studio's examples, suffixes, default
+# negative prompts and concept lists. A known word is one token, as in CLIP's 49,408-token vocabulary; anything else
+# falls back to one token per character (CLIP splits rare words too, into fewer pieces). Without these, the
+# identity example "a woman in a spacesuit smiling, walking through a flower field" was 81 tokens and the studio
+# warned that CLIP dropped "medium shot", words it had appended itself (64 characters; CLIP reads 14 tokens).
+WORDS = """
+a about above across after again against all almost alone along already also always am among an and another any
+anything are around as at away back be beach became because become been before began begin beginning begins behind
+being below beside best better between beyond big black blue body book both bright brown but by came can car cat
+child children city clear close closed cloud clouds cold color colour come could dark day dog down during each early
+earth end ending ends even evening every eye eyes face fall far fast few field fire first five flower flowers fly
+flying for forest four free from full fully garden get girl give glass go going gold good grass gray great green grey
+grew ground grow growing grown grows hair half hand hands happy has have he head her here high hill his home horse
+hot house how in into is it its itself just keep kind lake land large last late later leaf leaves left life light
+like little long look low made make man many may me men more morning most mountain moving much must my near never
+new next night no not now of off old on once one only onto open opens or orange other our out outside over own
+paint painting park part people person photo picture pink place plant purple quick quiet rain red right river road
+rock room round run running same sand sea see seed seen set she shot side sit sitting sky slow slowly small smile
+smiling snow so soft some spring stand standing star stars start starting still stone street style summer sun
+sunlight sunset table tall than that the their them then there these they thing this those three through time to
+together top town tree trees turn turns two under until up very view village walk walking wall warm was water way
+we wearing were what when where which while white who whole wide will wind window winter with without woman women
+wood wooden world year yellow you young your
+astronaut spacesuit cafe cozy reading dawn harbour harbor fishing boats starry gogh van snoopy doghouse mickey mouse
+ice cubes cube melt melting melted surface solid pooling progressing significantly reduced leaving pool passionflower
+blooming bloom tightly bud swells gradually outer petals peel displaying intricate filaments lettuce germinating
+mature seedling emerges soil appear larger culminating sky transitioning scattered hues finally rose sunflower
+stage stages time lapse timelapse uhd quality medium shots worst letterboxed realistic vision toonyou rcnzcartoon
+video clip frame frames metamorphic
+sexual acts content meant arouse excitement nudity pornography erotic art lustful seductive orgasmic libido kinky
+orientation attraction intercourse pleasure fantasy carnal desires gratification physical assault blood aggression
+domestic violence gun hate crimes war torture abuse bullying verbal intimidation harm artist self
+"""
+
+
+@functools.lru_cache(maxsize=1)
+def _vocabulary() -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
+    """(vocab, merges): every byte-level character alone and word-final, and each known word built up by merges.
+    Merges that another word's merge could pre-empt ("c at</w>" after "a t</w>" made "at") get the extra merge
+    that still ends in the whole word, so every known word encodes to exactly one token."""
     alphabet = sorted(ByteLevel.alphabet())
     tokens = ["<|startoftext|>", "<|endoftext|>", *alphabet, *(c + "</w>" for c in alphabet)]
-    return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=[], model_max_length=77)
+    vocab = {t: i for i, t in enumerate(tokens)}
+    merges: list[tuple[str, str]] = []
+    words = sorted(set(WORDS.split()), key=lambda w: (len(w), w))
+    for word in words:
+        left = word[0]
+        for i, char in enumerate(word[1:], start=1):
+            right = char + ("</w>" if i == len(word) - 1 else "")
+            pair = (left, right)
+            if pair not in merges:
+                merges.append(pair)
+            left += right
+            vocab.setdefault(left, len(vocab))
+    for _ in range(4):      # BPE with lowest-rank-first can split a word another way: add those paths too
+        probe = CLIPTokenizer(vocab=vocab, merges=list(merges), model_max_length=77)
+        split = [(w, probe.tokenize(w)) for w in words]
+        split = [(w, pieces) for w, pieces in split if len(pieces) > 1]
+        if not split:
+            break
+        for _, pieces in split:
+            left = pieces[0]
+            for right in pieces[1:]:
+                if (left, right) not in merges:
+                    merges.append((left, right))
+                left += right
+                vocab.setdefault(left, len(vocab))
+    return vocab, tuple(merges)
+
+
+def tokenizer() -> CLIPTokenizer:
+    """A byte-level CLIP tokenizer: whole tokens for the words in WORDS, any other text one character at a time."""
+    vocab, merges = _vocabulary()
+    return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=77)
 
 
 def text_encoder(seed: int) -> CLIPTextModel:

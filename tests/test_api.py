@@ -44,7 +44,7 @@ def test_same_seed_gives_identical_frames_another_seed_different_ones(client):
 
 
 def test_long_prompt_warning_reaches_the_user(client):
-    prompt = " ".join(f"stage{i}" for i in range(30))
+    prompt = " ".join(f"stage{i}" for i in range(60))      # 3 tokens each ("stage", "1", "2"): 180 tokens
     result = client.predict(prompt=prompt, steps=2, api_name="/timelapse")
     assert result[1].startswith("⚠️") and "dropped" in result[1]
     (warning,) = result[-1]["warnings"]
