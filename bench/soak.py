@@ -195,8 +195,14 @@ def main() -> int:
                         "(in-flight ones finish, each within --request-timeout)")
     parser.add_argument("--request-timeout", type=float, default=180.0, help="seconds to wait for one result")
     parser.add_argument("--keep", action="store_true", help=f"keep the temporary folder ({ROOT_TMP})")
+    parser.add_argument("--arenas", type=int, default=2,
+                        help="glibc malloc arenas, as `python -m studio` sets them (0: glibc's default, 8 per core)")
     args = parser.parse_args()
     deadline = time.monotonic() + args.max_seconds       # the whole run, start-up and warm-up included
+    if args.arenas:
+        from studio.memory import limit_malloc_arenas
+
+        print(f"malloc arenas capped at {args.arenas}: {limit_malloc_arenas(args.arenas)}")
     rss_start, threads_start = rss_mib(), proc_status("Threads")
 
     from pipelines.synthetic import make_video

@@ -12,6 +12,9 @@ TABS = ("timelapse", "identity", "segmentation")
 
 def serve() -> None:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from studio.memory import limit_malloc_arenas
+
+    limit_malloc_arenas()
     from studio.demo import build_demo, launch_kwargs
     from studio.engine import Engine
     from studio.settings import Settings

@@ -37,6 +37,7 @@ from pipelines.timelapse import (
     TimelapsePipeline,
 )
 from pipelines.video import write_mp4
+from studio.memory import give_back_free_memory
 from studio.settings import Settings
 
 try:  # ZeroGPU: attaches a GPU for the duration of a call; a no-op everywhere else.
@@ -274,7 +275,7 @@ def describe_key(key: str) -> tuple[str, str, str]:
 @contextmanager
 def user_errors():
     """Turn errors a person can act on into `gr.Error` (shown in the UI, sent to API clients as they are).
-    Anything else is a bug and keeps its traceback."""
+    Anything else is a bug and keeps its traceback. Wraps every endpoint's whole call."""
     try:
         yield
     except Cancelled as exc:
@@ -286,6 +287,8 @@ def user_errors():
             raise
         raise gr.Error("The studio ran out of memory, even after freeing every model this call does not use: "
                        "try fewer frames or a shorter clip.", print_exception=False) from exc
+    finally:
+        give_back_free_memory()     # every endpoint's call ends here: its freed memory goes back (studio/memory.py)
 
 
 def whole(value):
@@ -299,7 +302,10 @@ def whole(value):
 def summary_markdown(info: dict) -> str:
     """Warnings first (a person must see them), then one line on what was made and how long it took."""
     lines = [f"⚠️ {w}" for w in info["warnings"]]
-    timings = " · ".join(f"{stage} {seconds:.2f} s" for stage, seconds in info["timings"].items())
+    timings = " · ".join(
+        f"{stage} {seconds:.2f} s" + (f" ({info['timings']['denoise_per_step']:.3f} s/step)"
+                                      if stage == "denoise" and "denoise_per_step" in info["timings"] else "")
+        for stage, seconds in info["timings"].items() if stage != "denoise_per_step")
     lines.append(
         f"**Seed** {info['seed']} · {info['num_frames']} frames at {info['fps']} fps · "
         f"{info['size'][0]}×{info['size'][1]} · {info['prompt_tokens']} prompt tokens  \n"
