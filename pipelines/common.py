@@ -3,7 +3,9 @@ AnimateDiff plumbing (a pipeline per call around cached components, step reports
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -110,6 +112,33 @@ def animatediff(vae, text_encoder, tokenizer, unet, scheduler_config: dict) -> A
                                motion_adapter=None, scheduler=DDIMScheduler.from_config(scheduler_config))
     pipe.set_progress_bar_config(disable=True)   # steps are reported through `progress` instead
     return pipe
+
+
+@contextmanager
+def timed_sampling(pipe: AnimateDiffPipeline, timings: dict[str, float], steps: int) -> Iterator[None]:
+    """Split one diffusers call's time into text encoding and denoising (total and per step) in `timings`.
+    Wraps the pipeline's `encode_prompt` (the pipeline is made for this call), so install it before anything else
+    that wraps it: the safety guard's projection then counts as denoising, and FreeNoise's per-stage encodings
+    add up as text encoding."""
+    original, spent = pipe.encode_prompt, [0.0]
+
+    def encode_prompt(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            spent[0] += time.perf_counter() - start
+
+    pipe.encode_prompt = encode_prompt
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        pipe.encode_prompt = original
+    total = time.perf_counter() - start
+    timings["text_encoding"] = spent[0]
+    timings["denoise"] = total - spent[0]
+    timings["denoise_per_step"] = (total - spent[0]) / steps
 
 
 def step_reporter(progress: Progress, steps: int):

@@ -26,6 +26,7 @@ from pipelines.common import (
     noop,
     prompt_warnings,
     step_reporter,
+    timed_sampling,
     uses_cfg,
 )
 from pipelines.errors import InputError
@@ -155,8 +156,7 @@ class IdentityPipeline:
             pipe = animatediff(vae, te, tok, unet, models.scheduler_config)
             pipe.set_ip_adapter_scale(float(request.identity_strength))   # per call: the UNet is ours while locked
 
-            start = time.perf_counter()
-            with self.guard.applied(pipe, plan):
+            with timed_sampling(pipe, timings, request.steps), self.guard.applied(pipe, plan):
                 latents = pipe(
                     prompt=prompt, negative_prompt=negative, num_frames=request.num_frames,
                     height=request.height, width=request.width, num_inference_steps=request.steps,
@@ -164,7 +164,6 @@ class IdentityPipeline:
                     generator=torch.Generator("cpu").manual_seed(request.seed), output_type="latent",
                     callback_on_step_end=step_reporter(progress, request.steps),
                 ).frames
-            timings["denoise"] = time.perf_counter() - start
 
             progress(1.0, "Decoding frames")
             start = time.perf_counter()

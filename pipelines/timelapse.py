@@ -30,6 +30,7 @@ from pipelines.common import (
     noop,
     prompt_warnings,
     step_reporter,
+    timed_sampling,
 )
 from pipelines.errors import InputError
 from pipelines.registry import STYLES, Registry
@@ -172,8 +173,7 @@ class TimelapsePipeline:
                 pipe.enable_free_noise(context_length=min(CONTEXT_FRAMES, request.num_frames),
                                        context_stride=CONTEXT_STRIDE)
             try:
-                start = time.perf_counter()
-                with self.guard.applied(pipe, plan):
+                with timed_sampling(pipe, timings, request.steps), self.guard.applied(pipe, plan):
                     latents = pipe(
                         prompt=stages or request.prompt,
                         negative_prompt=negative or None,
@@ -186,7 +186,6 @@ class TimelapsePipeline:
                         output_type="latent",
                         callback_on_step_end=step_reporter(progress, request.steps),
                     ).frames
-                timings["denoise"] = time.perf_counter() - start
             finally:
                 if stages:
                     _disable_free_noise(pipe)

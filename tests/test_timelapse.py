@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -28,7 +30,7 @@ def test_default_request_gives_16_frames_at_the_requested_size(pipeline):
     result = run(pipeline)
     assert result.frames.shape == (16, 64, 64, 3) and result.frames.dtype == np.uint8
     assert result.fps == 8 and result.seed == 0
-    assert set(result.timings) == {"load", "safety_prompt", "denoise", "decode"}
+    assert set(result.timings) == {"load", "safety_prompt", "text_encoding", "denoise", "denoise_per_step", "decode"}
     assert result.frames.std() > 1   # not a blank clip
 
 
@@ -128,3 +130,24 @@ def test_bad_requests_are_refused_before_any_model_work(fields, message):
     with pytest.raises(InputError, match=message):
         TimelapsePipeline(cache, Registry("tiny"))(TimelapseRequest(**{"prompt": "ice", **SIZE, **fields}))
     assert cache.stats()["misses"] == 0
+
+
+def test_timings_split_text_encoding_from_denoising_per_step(pipeline, monkeypatch):
+    """The info's breakdown: text encoding timed on its own (every encode_prompt call, FreeNoise's too),
+    denoising is the rest of the sampling call, and the per-step figure is denoising over the steps."""
+    import pipelines.common as common
+
+    calls = []
+    real_encode = common.AnimateDiffPipeline.encode_prompt
+
+    def slow_encode(self, *args, **kwargs):
+        calls.append(1)
+        time.sleep(0.05)
+        return real_encode(self, *args, **kwargs)
+
+    monkeypatch.setattr(common.AnimateDiffPipeline, "encode_prompt", slow_encode)
+    timings = run(pipeline, steps=4).timings
+    assert timings["text_encoding"] >= 0.05 * len(calls) - 0.01 and len(calls) >= 1
+    assert timings["denoise_per_step"] == pytest.approx(timings["denoise"] / 4, abs=1e-3)
+    staged = run(pipeline, steps=2, num_frames=24, keyframes={0: "ice", 12: "water"}).timings
+    assert staged["text_encoding"] >= 0.05 * 2        # FreeNoise: the stages in one batch, then the negative
