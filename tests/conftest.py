@@ -6,6 +6,7 @@ import os
 import socket
 import tempfile
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 # Before anything imports huggingface_hub or gradio: no hub (an unreachable hub hangs instead of failing),
@@ -32,13 +33,13 @@ def server_outputs() -> Path:
     return _TMP / "outputs"
 
 
-@pytest.fixture(scope="session")
-def server(server_outputs):
-    """The studio in the tiny profile, launched for real on a free port. Yields (engine, url)."""
+@contextmanager
+def launched(settings: Settings):
+    """The studio with `settings`, launched for real on a free port; yields (engine, url), closes within 20 s."""
     from studio.demo import build_demo, launch_kwargs
     from studio.engine import Engine
 
-    engine = Engine(tiny_settings(server_outputs))
+    engine = Engine(settings)
     demo = build_demo(engine)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -52,6 +53,13 @@ def server(server_outputs):
         closer = threading.Thread(target=demo.close, daemon=True)
         closer.start()
         closer.join(timeout=20)
+
+
+@pytest.fixture(scope="session")
+def server(server_outputs):
+    """The studio in the tiny profile, launched for real on a free port. Yields (engine, url)."""
+    with launched(tiny_settings(server_outputs)) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

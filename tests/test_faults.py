@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import gradio as gr
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -23,7 +24,7 @@ from studio.tabs.identity_api import IdentityAPI
 from studio.tabs.safety_api import SafetyAPI
 from studio.tabs.segmentation_api import SegmentationAPI
 from studio.tabs.timelapse_api import TimelapseAPI
-from tests.conftest import ROOT, tiny_settings
+from tests.conftest import ROOT, launched, tiny_settings
 
 PHOTO = str(ROOT / "assets" / "examples" / "astronaut.jpg")
 
@@ -198,23 +199,8 @@ def test_concurrent_clients_on_every_tab_get_what_sequential_runs_give(server, c
 @pytest.fixture(scope="module")
 def small_server(tmp_path_factory):
     """A studio whose queue holds one waiting call and whose uploads stop at 1 MB."""
-    import socket
-
-    from studio.demo import build_demo, launch_kwargs
-
-    engine = Engine(tiny_settings(tmp_path_factory.mktemp("small"), queue_size=1, max_upload_mb=1))
-    demo = build_demo(engine)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                            **launch_kwargs(engine.settings))
-    try:
-        yield engine, url
-    finally:
-        closer = threading.Thread(target=demo.close, daemon=True)
-        closer.start()
-        closer.join(timeout=20)
+    with launched(tiny_settings(tmp_path_factory.mktemp("small"), queue_size=1, max_upload_mb=1)) as running:
+        yield running
 
 
 def test_a_full_queue_answers_busy_at_once_and_the_studio_serves_after(small_server, monkeypatch, tmp_path):
@@ -256,8 +242,7 @@ def test_an_upload_over_the_cap_is_refused_before_it_is_stored(small_server, tmp
     client = Client(url, verbose=False, download_files=str(tmp_path / "dl"))
     with pytest.raises(ValueError, match="exceeds the maximum file size of 1048576 bytes"):   # gradio_client checks
         client.predict(video=handle_file(str(big)), expression="x", api_name="/segment")
-    import httpx                                                     # and the server, for a client that does not
-
+    # ... and the server, for a client that does not check
     uploads = Path(os.environ["GRADIO_TEMP_DIR"])
     before = {p for p in uploads.rglob("*") if p.is_file()}
     with big.open("rb") as f:

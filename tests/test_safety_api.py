@@ -3,9 +3,6 @@ generation endpoint, enforced mode over HTTP, flagged frames blurred and named, 
 
 from __future__ import annotations
 
-import socket
-import threading
-
 import cv2
 import gradio as gr
 import numpy as np
@@ -19,7 +16,7 @@ from pipelines.video import read_video
 from studio.engine import Engine
 from studio.tabs.identity_api import IdentityAPI
 from studio.tabs.timelapse_api import TimelapseAPI
-from tests.conftest import ROOT, tiny_settings
+from tests.conftest import ROOT, launched, tiny_settings
 
 PHOTO = str(ROOT / "assets" / "examples" / "astronaut.jpg")
 UNSAFE = "a nude woman on a beach"
@@ -74,21 +71,8 @@ def test_custom_concepts_and_bad_guard_options_through_the_api(client):
 # ----------------------------------------------------------------------------- enforced mode, over HTTP
 @pytest.fixture(scope="module")
 def enforced(tmp_path_factory):
-    from studio.demo import build_demo, launch_kwargs
-
-    engine = Engine(tiny_settings(tmp_path_factory.mktemp("enforced"), safety="enforced"))
-    demo = build_demo(engine)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                            **launch_kwargs(engine.settings))
-    try:
+    with launched(tiny_settings(tmp_path_factory.mktemp("enforced"), safety="enforced")) as (_, url):
         yield Client(url, verbose=False, download_files=str(tmp_path_factory.mktemp("enforced-client")))
-    finally:
-        closer = threading.Thread(target=demo.close, daemon=True)
-        closer.start()
-        closer.join(timeout=20)
 
 
 def test_enforced_mode_refuses_safety_off_and_shows_the_switch_locked(enforced):
