@@ -214,7 +214,8 @@ def main() -> int:
     outputs, gradio_tmp = ROOT_TMP / "outputs", Path(os.environ["GRADIO_TEMP_DIR"])
     (ROOT_TMP / "input").mkdir(parents=True)
     args.video = str(write_mp4(make_video(frames=FRAMES).frames, ROOT_TMP / "input" / "clip.mp4", fps=8))
-    engine = Engine(Settings(profile="tiny", device="cpu", dtype="float32", resolution=64, output_dir=outputs))
+    engine = Engine(Settings(profile="tiny", device="cpu", dtype="float32", resolution=64, output_dir=outputs,
+                             calibration_path=ROOT_TMP / "calibration.json"))
     demo = build_demo(engine)
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
                             quiet=True, **launch_kwargs(engine.settings))

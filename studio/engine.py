@@ -22,7 +22,10 @@ import torch
 
 from pipelines import output_check
 from pipelines.cache import ModelCache
+from pipelines.common import uses_cfg
 from pipelines.errors import Cancelled, InputError, StudioError
+from pipelines.estimate import Estimator, frame_passes
+from pipelines.estimate import say as say_estimate
 from pipelines.faces import FaceAnalyzer, load_photo
 from pipelines.identity import IdentityPipeline
 from pipelines.output_check import FrameChecker
@@ -142,8 +145,40 @@ class Engine:
             "identity": IdentityPipeline(self.cache, self.registry, FaceAnalyzer(), self.guard),
             "segmentation": SegmentationPipeline(self.cache, SegmentationRegistry(settings.profile, settings.dtype)),
         }
+        self.estimator = Estimator(settings.calibration_path)
         self.name = f"engine-{uuid.uuid4().hex[:8]}"
         _ENGINES[self.name] = self
+
+    # ----------------------------------------------------------------- how long a run will take
+    def _rates_key(self, tab: str) -> str:
+        s = self.settings
+        return f"{s.profile}|{self.cache.device}|{s.dtype}|{s.resolution}|{tab}"
+
+    def estimate(self, tab: str, steps: int, frames: int, guidance: float, sliding: bool, runs: int = 1,
+                 style: str = DEFAULT_STYLE) -> tuple[float | None, str]:
+        """(seconds or None, the line shown next to Generate) for a generating run of `tab` ("timelapse" or
+        "identity"; the Safe generation tab runs the time-lapse pipeline `runs` times). Invalid settings (the
+        UI can hold them for a moment) estimate nothing."""
+        try:
+            passes = frame_passes(int(frames), uses_cfg(float(guidance)), sliding)
+            seconds = self.estimator.seconds(self._rates_key(tab), int(steps), passes, int(frames))
+            models = self.registry.timelapse(style) if tab == "timelapse" else self.registry.identity()
+        except (TypeError, ValueError):
+            return None, ""
+        seconds = None if seconds is None else seconds * runs
+        return seconds, say_estimate(seconds, str(self.cache.device), loading=models.unet not in self.cache)
+
+    @staticmethod
+    def actual_seconds(start: float, info: dict) -> float:
+        """What the estimate is compared with: the run's seconds since `start`, loading apart (as in the estimate),
+        the unguarded comparison's loading too."""
+        loading = info["timings"].get("load", 0.0) + info.get("unguarded", {}).get("timings", {}).get("load", 0.0)
+        return round(time.perf_counter() - start - loading, 3)
+
+    def learn(self, tab: str, steps: int, frames: int, guidance: float, sliding: bool, timings: dict) -> None:
+        """A finished run's timings refine the rates the next estimate uses."""
+        passes = frame_passes(frames, uses_cfg(guidance), sliding)
+        self.estimator.record(self._rates_key(tab), steps, passes, frames, timings)
 
     def preload(self) -> None:
         """Load the tabs' default models now (ZeroGPU wants weights on cuda at start-up)."""
@@ -306,6 +341,10 @@ def summary_markdown(info: dict) -> str:
         f"{stage} {seconds:.2f} s" + (f" ({info['timings']['denoise_per_step']:.3f} s/step)"
                                       if stage == "denoise" and "denoise_per_step" in info["timings"] else "")
         for stage, seconds in info["timings"].items() if stage != "denoise_per_step")
+    if info.get("actual_s") is not None:
+        estimated = info.get("estimate_s")
+        timings += f"  \n**Took** {info['actual_s']:.1f} s" + (
+            f" (estimated {estimated:.1f} s)" if estimated is not None else " (the first run here: now measured)")
     lines.append(
         f"**Seed** {info['seed']} · {info['num_frames']} frames at {info['fps']} fps · "
         f"{info['size'][0]}×{info['size'][1]} · {info['prompt_tokens']} prompt tokens  \n"

@@ -11,6 +11,7 @@ from pipelines.registry import DTYPES, PROFILES
 
 DEFAULT_OUTPUT_DIR = Path(tempfile.gettempdir()) / "video-studio"
 SAFETY_MODES = ("on", "enforced")
+DEFAULT_CALIBRATION = Path.home() / ".cache" / "video-studio" / "calibration.json"
 
 
 def _env(name: str, default: str) -> str:
@@ -44,6 +45,8 @@ class Settings:
     # the 40th visitor wait half an hour; 16 waiting calls of ~30 s each is about the longest wait worth keeping.
     queue_size: int = 16
     max_upload_mb: int = 200              # a 60 s 1080p clip at a generous bitrate is ~100 MB; photos far less
+    # This machine's measured speed (pipelines/estimate.py), kept across restarts; not in output_dir (cleaned hourly).
+    calibration_path: Path = field(default_factory=lambda: DEFAULT_CALIBRATION)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -80,6 +83,7 @@ class Settings:
             safety=safety,
             queue_size=int(_env("STUDIO_QUEUE_SIZE", "16")),
             max_upload_mb=int(_env("STUDIO_MAX_UPLOAD_MB", "200")),
+            calibration_path=Path(_env("STUDIO_CALIBRATION", str(DEFAULT_CALIBRATION))),
         )
 
 

@@ -36,6 +36,15 @@ def run_buttons(label: str, elem_id: str) -> tuple[gr.Button, gr.Button]:
     return run, stop
 
 
+def estimate_display(elem_id: str, fn, inputs: list) -> gr.Markdown:
+    """Under the Generate button: how long a run with these settings will take here ("≈ 40 s on this GPU"),
+    from this machine's earlier runs; it follows every change of the settings it depends on."""
+    shown = gr.Markdown(elem_id=elem_id, elem_classes="studio-estimate")
+    # triggers=None: on page load and on every change of the inputs (not an API endpoint)
+    gr.on(None, fn, inputs, shown, queue=False, api_name=False, show_progress="hidden")
+    return shown
+
+
 def another_seed_button(elem_id: str) -> gr.Button:
     """Shown under a clip when the output check blurred frames of it: the same request with a new seed."""
     return gr.Button("Frames were blurred: try another seed", visible=False, size="sm", elem_id=elem_id)

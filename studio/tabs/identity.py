@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import gradio as gr
@@ -10,7 +11,7 @@ from pipelines import identity as id_
 from pipelines.identity import IdentityRequest
 from studio.engine import Engine
 from studio.tabs import controls
-from studio.tabs.identity_api import IdentityAPI
+from studio.tabs.identity_api import IdentityAPI, estimate_line
 
 EXAMPLE_PHOTO = str(Path(__file__).parents[2] / "assets" / "examples" / "astronaut.jpg")   # public domain (NASA)
 
@@ -21,6 +22,7 @@ def add_webcam_photo(photos: list[str] | None, shot: str | None) -> list[str]:
 
 def build(engine: Engine) -> controls.Generating:
     api = IdentityAPI(engine)
+    estimate_fn = partial(estimate_line, engine)
     with gr.Tab("Identity video", id="identity"):
         gr.Markdown(
             "Upload one to four photos of **one** person and describe a scene: you get a clip of that person "
@@ -52,6 +54,8 @@ def build(engine: Engine) -> controls.Generating:
                     steps, guidance, seed, randomize = controls.sampler(IdentityRequest.steps, IdentityRequest.guidance)
                     safety = controls.safety_toggle(engine.safety_enforced)
                 run, stop = controls.run_buttons("Generate identity video", "identity-run")
+                estimate_inputs = [num_frames, steps, guidance]
+                estimate = controls.estimate_display("identity-estimate", estimate_fn, estimate_inputs)
             with gr.Column(scale=5):
                 video = gr.Video(label="Identity video", autoplay=True, loop=True, height=440,
                                  elem_id="identity-video")
@@ -78,4 +82,5 @@ def build(engine: Engine) -> controls.Generating:
     add.click(add_webcam_photo, [photos, webcam], photos, queue=False, api_name=False)
     generate = controls.wire_generate(engine, [prompt.submit, run.click], api.generate, inputs, outputs, "identity",
                                   seed, randomize, another, info, stop, progress_on=video)
+    generate.then(estimate_fn, estimate_inputs, estimate, queue=False, api_name=False, show_progress="hidden")
     return controls.Generating(generate, video, send)

@@ -66,6 +66,8 @@ class IdentityAPI:
             start = time.perf_counter()
             photo_warnings = engine.check_photos(job.photos)
             photos_seconds = time.perf_counter() - start
+            estimate, _ = engine.estimate("identity", job.steps, job.num_frames, job.guidance, sliding=False)
+            run_start = time.perf_counter()
             with engine.reporter(request, progress) as report:
                 result = run_on_gpu(engine.name, "identity", job, report,
                                     dict(faces=faces, measure_identity=False))
@@ -83,12 +85,19 @@ class IdentityAPI:
                 face_similarity={"per_frame": result.face_similarity, "mean": result.mean_similarity,
                                  "frames_without_face": missing},
             )
+            engine.learn("identity", job.steps, job.num_frames, job.guidance, False, result.timings)
+            info["estimate_s"], info["actual_s"] = estimate, engine.actual_seconds(run_start, info)
         plot = pd.DataFrame({"frame": range(len(result.face_similarity)),
                              "similarity": [float("nan") if s is None else s for s in result.face_similarity]})
         # No face in any frame: the summary says so; an empty chart would only look broken.
         plot = gr.update(value=plot, visible=result.mean_similarity is not None,
                          x_lim=[0, len(result.face_similarity) - 1])
         return path, identity_markdown(info), plot, info
+
+
+def estimate_line(engine: Engine, num_frames, steps, guidance) -> str:
+    """The line next to Generate for these settings (the UI's, not an API endpoint)."""
+    return engine.estimate("identity", whole(steps), whole(num_frames), guidance, sliding=False)[1]
 
 
 def identity_markdown(info: dict) -> str:

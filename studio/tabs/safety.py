@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import gradio as gr
 
 from pipelines.safety import CONCEPTS, DEFAULT_CATEGORIES, PROJECTIONS, SafetyOptions
 from pipelines.timelapse import TimelapseRequest
 from studio.engine import Engine
 from studio.tabs import controls
-from studio.tabs.safety_api import DEFAULT_FRAMES, SafetyAPI
+from studio.tabs.safety_api import DEFAULT_FRAMES, SafetyAPI, estimate_line
 
 # Harmless examples only: the attack prompt sets are for evaluation, never for the UI.
 EXAMPLES = [
@@ -20,6 +22,7 @@ EXAMPLES = [
 
 def build(engine: Engine) -> controls.Generating:
     api = SafetyAPI(engine)
+    estimate_fn = partial(estimate_line, engine)
     enforced = engine.safety_enforced
     with gr.Tab("Safe generation", id="safety"):
         gr.Markdown(
@@ -59,6 +62,8 @@ def build(engine: Engine) -> controls.Generating:
                     steps, guidance, seed, randomize = controls.sampler(TimelapseRequest.steps,
                                                                         TimelapseRequest.guidance)
                 run, stop = controls.run_buttons("Generate safely", "safety-run")
+                estimate_inputs = [compare, num_frames, steps, guidance]
+                estimate = controls.estimate_display("safety-estimate", estimate_fn, estimate_inputs)
             with gr.Column(scale=6):
                 tokens = gr.HighlightedText(label="What the guard saw: toxicity per token (▲ projected)",
                                             show_legend=False, combine_adjacent=False, elem_id="safety-tokens")
@@ -82,4 +87,5 @@ def build(engine: Engine) -> controls.Generating:
 
     generate = controls.wire_generate(engine, [prompt.submit, run.click], api.generate, inputs, outputs, "safe_generate",
                                   seed, randomize, another, info, stop, progress_on=[guarded, unguarded])
+    generate.then(estimate_fn, estimate_inputs, estimate, queue=False, api_name=False, show_progress="hidden")
     return controls.Generating(generate, guarded, send)

@@ -4,6 +4,7 @@ the unguarded one for the same seed beside it (when the server allows), and what
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import gradio as gr
 
@@ -51,6 +52,9 @@ class SafetyAPI:
             )
             job.validate()
             compared = bool(compare) and not engine.safety_enforced
+            estimate, _ = engine.estimate("timelapse", job.steps, job.num_frames, job.guidance, False,
+                                          runs=1 + compared, style=STYLE)
+            start = time.perf_counter()
             with engine.reporter(request, progress) as report:
                 guarded = run_on_gpu(engine.name, "timelapse", job, report)
                 unguarded = run_on_gpu(engine.name, "timelapse", dataclasses.replace(job, safety=None), report) \
@@ -62,8 +66,17 @@ class SafetyAPI:
             if unguarded is not None:
                 unguarded_path, unguarded_info = engine.publish(unguarded, style=STYLE)
                 info["unguarded"] = {"safety": unguarded_info["safety"], "timings": unguarded_info["timings"]}
+            for run in (guarded, unguarded) if unguarded is not None else (guarded,):
+                engine.learn("timelapse", job.steps, job.num_frames, job.guidance, False, run.timings)
+            info["estimate_s"], info["actual_s"] = estimate, engine.actual_seconds(start, info)
         tokens = token_highlights(info["safety"], job.prompt)
         return path, unguarded_path, tokens, safety_markdown(info), info
+
+
+def estimate_line(engine: Engine, compare: bool, num_frames, steps, guidance) -> str:
+    """The line next to Generate (the guarded clip, and the unguarded one beside it when comparing)."""
+    runs = 1 + (bool(compare) and not engine.safety_enforced)
+    return engine.estimate("timelapse", whole(steps), whole(num_frames), guidance, False, runs=runs, style=STYLE)[1]
 
 
 def token_highlights(safety: dict, prompt: str) -> list[tuple[str, float | None]]:

@@ -48,6 +48,8 @@ def build(engine: Engine) -> controls.Generating:
                     steps, guidance, seed, randomize = controls.sampler(TimelapseRequest.steps, TimelapseRequest.guidance)
                     safety = controls.safety_toggle(engine.safety_enforced)
                 run, stop = controls.run_buttons("Generate time-lapse", "timelapse-run")
+                estimate = controls.estimate_display("timelapse-estimate", api.estimate,
+                                                     [keyframes, style, num_frames, steps, guidance])
             with gr.Column(scale=5):
                 video = gr.Video(label="Time-lapse", autoplay=True, loop=True, height=440, elem_id="timelapse-video")
                 with gr.Row():
@@ -69,4 +71,6 @@ def build(engine: Engine) -> controls.Generating:
 
     generate = controls.wire_generate(engine, [prompt.submit, run.click], api.generate, inputs, outputs, "timelapse",
                                   seed, randomize, another, info, stop, progress_on=video)
+    generate.then(api.estimate, [keyframes, style, num_frames, steps, guidance], estimate, queue=False,
+                  api_name=False, show_progress="hidden")                  # the run just refined the rates
     return controls.Generating(generate, video, send)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import gradio as gr
 
 from pipelines.timelapse import TimelapseRequest, parse_keyframes
@@ -36,8 +38,19 @@ class TimelapseAPI:
                 safety=engine.safety_options(safety),
             )
             job.validate()  # before the GPU is asked for
+            sliding = bool(job.keyframes)
+            estimate, _ = engine.estimate("timelapse", job.steps, job.num_frames, job.guidance, sliding,
+                                          style=job.style)
+            start = time.perf_counter()
             with engine.reporter(request, progress) as report:
                 result = run_on_gpu(engine.name, "timelapse", job, report)
             path, info = engine.publish(result, style=job.style,
                                         keyframes={str(k): v for k, v in job.stages().items()})
+            engine.learn("timelapse", job.steps, job.num_frames, job.guidance, sliding, result.timings)
+            info["estimate_s"], info["actual_s"] = estimate, engine.actual_seconds(start, info)
         return path, summary_markdown(info), info
+
+    def estimate(self, keyframes: str, style: str, num_frames: int, steps: int, guidance: float) -> str:
+        """The line next to Generate for these settings (the UI's, not an API endpoint)."""
+        return self.engine.estimate("timelapse", whole(steps), whole(num_frames), guidance,
+                                    sliding=bool((keyframes or "").strip()), style=style)[1]

@@ -1,0 +1,80 @@
+"""The time estimate shown before every run: this machine's measured rates times the work the settings ask for."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from pipelines.estimate import Estimator, Rates, frame_passes, say
+from studio.engine import Engine
+from studio.tabs.timelapse_api import TimelapseAPI
+from tests.conftest import tiny_settings
+
+
+@pytest.mark.parametrize("frames, guided, sliding, passes", [
+    (16, True, False, 32), (16, False, False, 16), (8, True, True, 16),
+    (24, True, True, 3 * 16 * 2),      # FreeNoise: windows at 0, 4, 8 (16 frames each), with guidance
+    (64, False, True, 13 * 16),        # the README's 13 windows for 64 frames
+])
+def test_frame_passes_count_every_window_and_guidance(frames, guided, sliding, passes):
+    assert frame_passes(frames, guided, sliding) == passes
+
+
+def test_an_estimate_is_the_measured_rates_times_the_work():
+    estimator = Estimator()
+    assert estimator.seconds("k", 25, 32, 16) is None                 # nothing measured yet
+    estimator.record("k", 25, 32, 16, {"load": 9.0, "denoise": 8.0, "decode": 1.6, "encode_mp4": 0.16,
+                                       "safety_check": 0.16, "denoise_per_step": 0.32})
+    assert estimator.seconds("k", 25, 32, 16) == pytest.approx(8.0 + 1.6 + 0.32)      # the same run, load apart
+    # twice the steps and frames: denoising x4, decode and the rest x2
+    assert estimator.seconds("k", 50, 64, 32) == pytest.approx(4 * 8.0 + 2 * (1.6 + 0.32))
+    estimator.record("k", 25, 32, 16, {"denoise": 16.0, "decode": 1.6})                # a slower run: half-way
+    assert estimator._rates["k"].step_pass_s == pytest.approx((8.0 + 16.0) / 2 / (25 * 32))
+    assert estimator._rates["k"].runs == 2
+
+
+def test_rates_survive_a_restart_and_a_damaged_file_is_ignored(tmp_path):
+    path = tmp_path / "calibration.json"
+    Estimator(path).record("k", 10, 16, 16, {"denoise": 1.6, "decode": 0.16})
+    assert Estimator(path).seconds("k", 10, 16, 16) == pytest.approx(1.76)
+    assert json.loads(path.read_text())["k"]["runs"] == 1 and not path.with_suffix(".tmp").exists()
+    path.write_text("{half a file")
+    assert Estimator(path).seconds("k", 10, 16, 16) is None
+
+
+@pytest.mark.parametrize("seconds, device, loading, expected", [
+    (None, "cpu", True, "First run on this CPU: it measures how fast this CPU is"),
+    (40.2, "cuda", False, "≈ 40 s on this GPU"),
+    (2100, "cpu", False, "≈ 35 min on this CPU — try fewer frames or steps"),
+    (12, "cpu", True, "≈ 12 s on this CPU, plus loading the models"),
+])
+def test_the_line_says_how_long_and_where(seconds, device, loading, expected):
+    assert say(seconds, device, loading).startswith(expected)
+
+
+def test_the_time_lapse_tab_estimates_after_its_first_run_and_reports_estimate_and_actual(tmp_path):
+    engine = Engine(tiny_settings(tmp_path / "out"))
+    api = TimelapseAPI(engine)
+    assert api.estimate("", "Realistic Vision", 8, 3, 8.5).startswith("First run on this CPU")
+    *_, first = api.generate("ice melting", num_frames=8, steps=3, seed=1, progress=lambda *a, **k: None)
+    assert first["estimate_s"] is None and first["actual_s"] > 0
+    line = api.estimate("", "Realistic Vision", 8, 3, 8.5)
+    assert line.startswith("≈ ") and "on this CPU" in line and "loading" not in line      # models now resident
+    expected, _ = engine.estimate("timelapse", 6, 8, 8.5, sliding=False)
+    *_, second = api.generate("ice melting", num_frames=8, steps=6, seed=1, progress=lambda *a, **k: None)
+    assert second["estimate_s"] == pytest.approx(expected)
+    assert 0 < second["estimate_s"] < 10 * second["actual_s"]
+    assert "ToonYou" not in line and "loading" in api.estimate("", "ToonYou", 8, 3, 8.5)  # another style: not loaded
+    assert engine.estimate("timelapse", "abc", 8, 8.5, False) == (None, "")              # mid-edit values: nothing
+
+
+def test_rates_are_kept_per_machine_setting(tmp_path):
+    engine = Engine(tiny_settings(tmp_path / "out"))
+    engine.learn("timelapse", 2, 8, 8.5, False, {"denoise": 1.0, "decode": 0.1})
+    assert engine.estimate("identity", 2, 8, 8.5, False)[0] is None
+    assert engine.estimate("timelapse", 2, 8, 8.5, False)[0] == pytest.approx(1.1)
+    other = Engine(dataclasses.replace(tiny_settings(tmp_path / "out"), resolution=128))
+    assert other.estimate("timelapse", 2, 8, 8.5, False)[0] is None                # another size: measured anew
+    assert isinstance(engine.estimator._rates[engine._rates_key("timelapse")], Rates)
