@@ -167,6 +167,21 @@ def client_loop(number: int, url: str, args, deadline: float, records: list, pro
             records.append(Record(number, endpoint, seconds, outcome, message))
 
 
+def clients_in_child(url: str, args, deadline: float) -> tuple[list, dict]:
+    """--clients-process: the client threads in a process of their own, so the server's RSS is the server's."""
+    records: list[Record] = []
+    probes: dict[int, np.ndarray] = {}
+    lock = threading.Lock()
+    threads = [threading.Thread(target=client_loop, args=(n, url, args, deadline, records, probes, lock),
+                                daemon=True, name=f"soak-client-{n}") for n in range(args.clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=max(1.0, deadline - time.monotonic() + args.request_timeout + 5))
+    with lock:
+        return list(records), dict(probes)
+
+
 def warm_up(url: str, video: str) -> float:
     """One good call of each endpoint (loads every model), sequentially; returns the seconds it took."""
     from gradio_client import Client
@@ -194,6 +209,8 @@ def main() -> int:
                         help="wall limit from the script's start: after it no new request is issued "
                         "(in-flight ones finish, each within --request-timeout)")
     parser.add_argument("--request-timeout", type=float, default=180.0, help="seconds to wait for one result")
+    parser.add_argument("--clients-process", action="store_true",
+                        help="run the clients in a child process: RSS and threads are then the server's alone")
     parser.add_argument("--keep", action="store_true", help=f"keep the temporary folder ({ROOT_TMP})")
     parser.add_argument("--arenas", type=int, default=2,
                         help="glibc malloc arenas, as `python -m studio` sets them (0: glibc's default, 8 per core)")
@@ -231,20 +248,36 @@ def main() -> int:
         print(f"warm-up (one call per endpoint, loads the models): {warm_seconds:.1f} s", flush=True)
 
         start = time.monotonic()
-        threads = [threading.Thread(target=client_loop, args=(n, url, args, deadline, records, probes, lock),
-                                    daemon=True, name=f"soak-client-{n}") for n in range(args.clients)]
-        for thread in threads:
-            thread.start()
+        if args.clients_process:
+            import multiprocessing
+
+            pool = multiprocessing.get_context("spawn").Pool(1)
+            pending = pool.apply_async(clients_in_child, (url, args, deadline))
+            running = lambda: not pending.ready()  # noqa: E731
+        else:
+            threads = [threading.Thread(target=client_loop, args=(n, url, args, deadline, records, probes, lock),
+                                        daemon=True, name=f"soak-client-{n}") for n in range(args.clients)]
+            for thread in threads:
+                thread.start()
+            running = lambda: any(thread.is_alive() for thread in threads)  # noqa: E731
         # Wait for the clients (in-flight requests get their own timeout past the deadline), sampling RSS as they go.
         give_up = deadline + args.request_timeout + 10
         samples = [(0, rss_warm)]
         every = max(5.0, args.max_seconds / 12)
-        while any(thread.is_alive() for thread in threads) and time.monotonic() < give_up:
+        while running() and time.monotonic() < give_up:
             time.sleep(1.0)
-            if time.monotonic() - start >= every * len(samples):
-                samples.append((len(records), rss_mib()))
+            if time.monotonic() - start >= every * len(samples):   # a child's requests are counted at its end
+                samples.append((int(time.monotonic() - start) if args.clients_process else len(records), rss_mib()))
         wall = time.monotonic() - start
-        stuck = sum(thread.is_alive() for thread in threads)
+        if args.clients_process:
+            stuck = 0 if pending.ready() else args.clients
+            if pending.ready():
+                got_records, got_probes = pending.get()
+                records.extend(got_records)
+                probes.update(got_probes)
+            pool.terminate()
+        else:
+            stuck = sum(thread.is_alive() for thread in threads)
         rss_end, threads_end = rss_mib(), proc_status("Threads")
         rss_trimmed = rss_trimmed_mib()
         after_outputs, after_gradio = files_in(outputs), files_in(gradio_tmp)
@@ -298,15 +331,17 @@ def main() -> int:
     print(f"temp_within_bound: {new_outputs <= good_published and not untracked}")
     print(f"model cache: loads {stats['loads']}, hits {stats['hits']}, offloads {stats['offloads']}, "
           f"drops {stats['drops']}")
-    trace = samples + [(len(done), rss_end)] if samples[-1][0] != len(done) else samples[:-1] + [(len(done), rss_end)]
-    print("RSS while running (requests done: MiB): " + ", ".join(f"{n}: {mib:.0f}" for n, mib in trace))
-    half = min(trace, key=lambda sample: abs(sample[0] - len(done) / 2))
+    unit, last = ("seconds", int(wall)) if args.clients_process else ("requests", len(done))
+    trace = samples + [(last, rss_end)] if samples[-1][0] != last else samples[:-1] + [(last, rss_end)]
+    print(f"RSS while running ({unit} done: MiB): " + ", ".join(f"{n}: {mib:.0f}" for n, mib in trace))
+    half = min(trace, key=lambda sample: abs(sample[0] - last / 2))
     growth = 100 * (rss_end - rss_warm) / rss_warm
     print(f"RSS: start {rss_start:.0f} MiB, after warm-up {rss_warm:.0f} MiB, end {rss_end:.0f} MiB: "
           f"growth {growth:+.1f} % since warm-up ({100 * (rss_end - rss_start) / rss_start:+.0f} % since start; "
-          f"{100 * (rss_end - half[1]) / half[1]:+.1f} % over the last {len(done) - half[0]} requests)")
+          f"{100 * (rss_end - half[1]) / half[1]:+.1f} % over the last {last - half[0]} {unit})")
     print(f"OS threads in the process: start {threads_start}, after warm-up {threads_warm}, end {threads_end} "
-          "(the soak's own clients included)")
+          + ("(the server alone: the clients ran in a child process)" if args.clients_process else
+             "(the soak's own clients included)"))
     if rss_trimmed is not None:
         print(f"RSS at the end after gc + malloc_trim(0): {rss_trimmed:.0f} MiB: "
               f"{100 * (rss_trimmed - rss_warm) / rss_warm:+.1f} % since warm-up (the rest was free memory glibc kept)")

@@ -7,7 +7,8 @@ bench/soak.py (8 clients, all four tabs, tiny profile; RSS since the warm-up):
 - as glibc is: +37.8 % after 200 requests, still rising (+6.3 % over the last 79); after gc + malloc_trim: +16.6 %;
 - arenas capped at 2: +27.9 % after 200; after 800, +42.6 %, and +11.6 % once trimmed: the cap alone is not it;
 - arenas capped and malloc_trim(0) when every endpoint's call ends: +14.8 % after 400 requests and level from the
-  63rd on (+4.8 % once trimmed). bench/README.md has every run.
+  63rd on (+4.8 % once trimmed); the server alone (the soak's clients in another process): +7.2 %, level.
+  bench/README.md has every run.
 malloc_trim walks the heap and returns whole free pages: well under a millisecond here against a call of seconds.
 """
 
