@@ -19,14 +19,20 @@ import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-CONTEXT_FRAMES, CONTEXT_STRIDE = 16, 4
+from pipelines.timelapse import CONTEXT_FRAMES, CONTEXT_STRIDE
+
 SMOOTHING = 0.5           # each run moves the figure half-way: a noisy run cannot swing it far
+
+
+def windows(num_frames: int) -> int:
+    """FreeNoise's 16-frame windows, sliding by 4, over a clip (64 frames: 13); one for a clip that fits one."""
+    return 1 + math.ceil(max(0, num_frames - CONTEXT_FRAMES) / CONTEXT_STRIDE)
 
 
 def frame_passes(num_frames: int, guided: bool, windows_sliding: bool) -> int:
     """Frames through the UNet per denoising step: every FreeNoise window's frames, twice with guidance."""
     if windows_sliding and num_frames > CONTEXT_FRAMES:
-        frames = (1 + math.ceil((num_frames - CONTEXT_FRAMES) / CONTEXT_STRIDE)) * CONTEXT_FRAMES
+        frames = windows(num_frames) * CONTEXT_FRAMES
     else:
         frames = num_frames
     return frames * (2 if guided else 1)

@@ -7,7 +7,6 @@ the API's) live in that tab's own module under studio/tabs/.
 
 from __future__ import annotations
 
-import math
 import re
 import threading
 import time
@@ -24,7 +23,7 @@ from pipelines import output_check
 from pipelines.cache import ModelCache
 from pipelines.common import uses_cfg
 from pipelines.errors import Cancelled, InputError, StudioError
-from pipelines.estimate import Estimator, frame_passes
+from pipelines.estimate import Estimator, frame_passes, windows
 from pipelines.estimate import say as say_estimate
 from pipelines.faces import FaceAnalyzer, load_photo
 from pipelines.identity import IdentityPipeline
@@ -34,8 +33,6 @@ from pipelines.safety import SafetyGuard, SafetyOptions
 from pipelines.segmentation import SegmentationPipeline
 from pipelines.segmentation_models import SegmentationRegistry
 from pipelines.timelapse import (
-    CONTEXT_FRAMES,
-    CONTEXT_STRIDE,
     DEFAULT_STYLE,
     TimelapsePipeline,
 )
@@ -56,8 +53,7 @@ def _gpu_seconds(engine: str, pipeline: str, job, report, options: dict | None =
     if not hasattr(job, "steps"):                      # segmentation: ~0.1 s a frame for SAM 2 at 1024 px, + grounding
         return int(20 + 0.1 * len(job.frames) * (2 if job.reground_every else 1))
     keyframes = getattr(job, "keyframes", None)
-    windows = 1 + math.ceil(max(0, job.num_frames - CONTEXT_FRAMES) / CONTEXT_STRIDE) if keyframes else 1
-    return int(20 + 0.8 * job.steps * windows)
+    return int(20 + 0.8 * job.steps * (windows(job.num_frames) if keyframes else 1))
 
 
 STOPPED = "Stopped before the end; nothing was saved."
