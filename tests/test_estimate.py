@@ -78,3 +78,14 @@ def test_rates_are_kept_per_machine_setting(tmp_path):
     other = Engine(dataclasses.replace(tiny_settings(tmp_path / "out"), resolution=128))
     assert other.estimate("timelapse", 2, 8, 8.5, False)[0] is None                # another size: measured anew
     assert isinstance(engine.estimator._rates[engine._rates_key("timelapse")], Rates)
+
+
+def test_zerogpu_reserves_time_per_step_and_window():
+    """ZeroGPU's reservation: 20 s + 0.8 s per step per 16-frame window (64 keyframed frames are 13 windows)."""
+    from types import SimpleNamespace
+
+    from studio.engine import _gpu_seconds
+
+    assert _gpu_seconds("e", "timelapse", SimpleNamespace(steps=25, num_frames=64, keyframes={0: "a"}), None) == 280
+    assert _gpu_seconds("e", "identity", SimpleNamespace(steps=30, num_frames=16), None) == 44
+    assert _gpu_seconds("e", "segmentation", SimpleNamespace(frames=[0] * 100, reground_every=0), None) == 30
