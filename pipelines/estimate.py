@@ -72,7 +72,8 @@ class Estimator:
         denoise = timings.get("denoise", 0.0)
         decode = timings.get("decode", 0.0)
         other = sum(v for k, v in timings.items()
-                    if k not in ("load", "denoise", "denoise_per_step", "decode", "faces", "identity_report"))
+                    if k not in ("load", "denoise", "denoise_per_step", "decode", "faces", "identity_report",
+                                 "queue_wait", "preview"))
         measured = Rates(denoise / max(steps * passes, 1), decode / max(frames, 1), other / max(frames, 1))
         with self._lock:
             old = self._rates.get(key)
@@ -89,7 +90,7 @@ class Estimator:
                 scratch.replace(self.path)      # never a half-written file
 
 
-def say(seconds: float | None, device: str, loading: bool) -> str:
+def say(seconds: float | None, device: str, loading: bool, fast_hint: bool = True) -> str:
     """The line shown next to Generate: "≈ 40 s on this GPU", "≈ 35 min on this CPU — try fewer frames"."""
     where = "this GPU" if device.startswith("cuda") else "this CPU"
     if seconds is None:
@@ -99,5 +100,5 @@ def say(seconds: float | None, device: str, loading: bool) -> str:
     if loading:
         text += ", plus loading the models (first run of this style)"
     if seconds > 300:
-        text += " — try fewer frames or steps"
+        text += " — try Fast mode or fewer frames" if fast_hint else " — try fewer frames"
     return text

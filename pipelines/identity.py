@@ -16,6 +16,8 @@ import torch
 
 from pipelines.cache import ModelCache
 from pipelines.common import (
+    LivePreview,
+    Preview,
     Progress,
     animatediff,
     check_int,
@@ -31,6 +33,7 @@ from pipelines.common import (
 )
 from pipelines.errors import InputError
 from pipelines.faces import FaceAnalyzer, face_similarity, identity_warnings, load_photo
+from pipelines.modes import IDENTITY_MODES, Mode, mode_named
 from pipelines.registry import Registry
 from pipelines.safety import SafetyGuard, SafetyOptions, with_concepts
 
@@ -56,10 +59,16 @@ class IdentityRequest:
     width: int = 512
     height: int = 512
     safety: SafetyOptions | None = SafetyOptions()   # None: no prompt guard (the output check still runs)
+    mode: str = "quality"         # pipelines/modes.py: "quality", "fast" (Lightning, 4 or 8 steps), "fast-preview"
+
+    @property
+    def run_mode(self) -> Mode:
+        return mode_named(IDENTITY_MODES, self.mode)
 
     def validate(self) -> None:
         if self.safety is not None:
             self.safety.validate()
+        self.run_mode.check(self.steps, self.guidance)
         check_text("The prompt", self.prompt)
         check_text("The negative prompt", self.negative_prompt)
         if not MIN_PHOTOS <= len(self.photos) <= MAX_PHOTOS:
@@ -89,6 +98,7 @@ class IdentityResult:
     prompt_tokens: int
     warnings: list[str] = field(default_factory=list)
     safety: dict = field(default_factory=lambda: {"enabled": False})   # what the guard flagged and did
+    mode: str = "quality"
 
     @property
     def mean_similarity(self) -> float | None:
@@ -120,11 +130,16 @@ class IdentityPipeline:
         return with_suffix(request.prompt, PROMPT_SUFFIX), negative
 
     def __call__(self, request: IdentityRequest, progress: Progress = noop,
-                 faces: ReferenceFaces | None = None, measure_identity: bool = True) -> IdentityResult:
+                 faces: ReferenceFaces | None = None, measure_identity: bool = True,
+                 preview: Preview | None = None) -> IdentityResult:
         """`faces`: the result of `reference_faces(request.photos)` when the caller already checked them.
         `measure_identity=False` leaves `face_similarity` empty for the caller to fill with `identity_report`
-        (the studio runs that CPU work after the GPU call, not inside ZeroGPU's paid window)."""
+        (the studio runs that CPU work after the GPU call, not inside ZeroGPU's paid window).
+        `preview`: called with a glimpse of the clip every few steps (pipelines/common.LivePreview)."""
         request.validate()
+        mode = request.run_mode
+        tiny_decoder = mode.tiny_decoder or preview is not None
+        lightning = request.steps if mode.fast else None
         timings: dict[str, float] = {}
         if faces is None:
             progress(0.0, "Finding faces")
@@ -132,12 +147,13 @@ class IdentityPipeline:
             faces = self.reference_faces(request.photos)
             timings["faces"] = time.perf_counter() - start
 
-        self.registry.ensure_available("identity")
-        models = self.registry.identity()
+        self.registry.ensure_available("identity", fast=mode.fast, steps=lightning, tiny_decoder=tiny_decoder)
+        models = self.registry.identity(lightning)
         progress(0.0, "Loading models")
         start = time.perf_counter()
-        with self.cache.use(models.tokenizer, models.text_encoder, models.vae, models.unet, models.image_encoder,
-                            models.image_processor) as (tok, te, vae, unet, image_encoder, processor):
+        needed = [models.tokenizer, models.text_encoder, models.vae, models.unet, models.image_encoder,
+                  models.image_processor, *([models.tiny_vae] if tiny_decoder else [])]
+        with self.cache.use(*needed) as (tok, te, vae, unet, image_encoder, processor, *tiny):
             timings["load"] = time.perf_counter() - start
             prompt, negative = self.prompts(request)
             counts, warnings = prompt_warnings(tok, {"The prompt (with the quality suffix)": prompt,
@@ -153,7 +169,8 @@ class IdentityPipeline:
                 plan = self.guard.plan(tok, te, [prompt], request.safety, request.steps)
                 timings["safety_prompt"] = time.perf_counter() - start
 
-            pipe = animatediff(vae, te, tok, unet, models.scheduler_config)
+            pipe = animatediff(vae, te, tok, unet, models.scheduler_config, models.scheduler)
+            live = LivePreview(pipe, tiny[0], preview) if preview is not None else None
             pipe.set_ip_adapter_scale(float(request.identity_strength))   # per call: the UNet is ours while locked
 
             with timed_sampling(pipe, timings, request.steps), self.guard.applied(pipe, plan):
@@ -162,12 +179,15 @@ class IdentityPipeline:
                     height=request.height, width=request.width, num_inference_steps=request.steps,
                     guidance_scale=request.guidance, ip_adapter_image_embeds=[face_embeds],
                     generator=torch.Generator("cpu").manual_seed(request.seed), output_type="latent",
-                    callback_on_step_end=step_reporter(progress, request.steps),
+                    callback_on_step_end=step_reporter(progress, request.steps, live),
                 ).frames
+            if live is not None:
+                timings["preview"] = live.spent
 
             progress(1.0, "Decoding frames")
             start = time.perf_counter()
-            frames = decode_frames(pipe, latents, chunk=request.num_frames)
+            frames = decode_frames(pipe, latents, chunk=request.num_frames,
+                                   vae=tiny[0] if mode.tiny_decoder else None)
             timings["decode"] = time.perf_counter() - start
 
         similarity: list[float | None] = []
@@ -181,6 +201,7 @@ class IdentityPipeline:
             timings={k: round(v, 3) for k, v in timings.items()},
             prompt_tokens=counts["The prompt (with the quality suffix)"],
             warnings=faces.notes + warnings, safety=plan.report() if plan is not None else {"enabled": False},
+            mode=mode.name,
         )
 
     @staticmethod

@@ -74,6 +74,38 @@ IP_ADAPTER = "h94/IP-Adapter"                                       # OpenCLIP V
 IMAGE_ENCODER_FILES = ("models/image_encoder/config.json", "models/image_encoder/model.safetensors")
 IDENTITY_CHECKPOINT = STYLES["Realistic Vision"]   # ID-Animator's base is the file MagicTime ships: shared
 
+# ----------------------------------------------------------------- fast modes (reference/performance.md)
+# AnimateDiff-Lightning: motion adapters distilled from AnimateDiff v2's, in diffusers' MotionAdapter keys, one file
+# per step count. The files carry no config: the layout is diffusers' MotionAdapter defaults (v2: a mid-block motion
+# module), written out here so that a file that does not fit fails loudly.
+LIGHTNING = "ByteDance/AnimateDiff-Lightning"
+LIGHTNING_STEPS = (4, 8)
+MOTION_ADAPTER_V2_LAYOUT = dict(
+    block_out_channels=(320, 640, 1280, 1280), motion_layers_per_block=2, motion_mid_block_layers_per_block=1,
+    motion_num_attention_heads=8, motion_norm_num_groups=32, motion_max_seq_length=32, use_motion_mid_block=True,
+)
+# Its sampler, as its model card gives it: Euler with trailing timesteps and linear betas.
+EULER_TRAILING_CONFIG = dict(
+    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="linear",
+    timestep_spacing="trailing",
+)
+# Hyper-SD15's 8-step CFG-preserving LoRA (kohya-style keys on SD1.5's image layers; diffusers' LoRA loader reads
+# them). Chosen for the time-lapse over TCD and LCM-LoRA, which also touch the image layers only and stack with
+# MagicTime's LoRAs: Hyper-SD keeps classifier-free guidance (5-8) and the negative prompt, which MagicTime's prompts
+# and its default negative rely on; TCD (eta 0.3) and LCM-LoRA (CFG ~1.25) all but drop guidance. None of them was
+# measured against MagicTime's 25-step clips yet (that needs the real weights on a GPU).
+HYPER_SD = "ByteDance/Hyper-SD"
+HYPER_SD_LORA = "Hyper-SD15-8steps-CFG-lora.safetensors"
+DDIM_TRAILING_CONFIG = {**DDIM_CONFIG, "timestep_spacing": "trailing"}
+# TAESD: a 1.2 M-parameter decoder for SD's latents (the full VAE decoder has 49.5 M): previews and "Fast preview".
+TAESD = "madebyollin/taesd"
+TAESD_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
+
+
+def lightning_file(steps: int) -> str:
+    return f"animatediff_lightning_{steps}step_diffusers.safetensors"
+
+
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -86,6 +118,8 @@ class TimelapseModels:
     vae: Component
     unet: Component           # UNetMotionModel: style UNet + v3 motion module + magic spatial & temporal LoRAs
     scheduler_config: dict
+    tiny_vae: Component       # TAESD: live previews, and the clip itself in "Fast preview"
+    scheduler: str = "DDIMScheduler"
 
 
 @dataclass(frozen=True)
@@ -99,54 +133,116 @@ class IdentityModels:
     image_encoder: Component    # OpenCLIP ViT-H/14 (CLIPVisionModelWithProjection)
     image_processor: Component
     scheduler_config: dict
+    tiny_vae: Component
+    scheduler: str = "DDIMScheduler"
+
+
+COMPILE_MODES = ("off", "torch")
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """How the UNets and VAEs are set up for speed (studio/settings.py reads them from the environment).
+
+    Attention is diffusers' default everywhere, PyTorch's scaled_dot_product_attention (AttnProcessor2_0 and its
+    IP-Adapter twin): flash / memory-efficient kernels on a GPU, nothing to switch on. The VAE decodes 16 frames at a
+    time whatever the clip's length (decode_chunk_size), which bounds its memory for 64-frame clips already; tiling
+    is for resolutions past 512 px, where one frame's activations grow with the square of the side."""
+
+    channels_last: bool = False       # UNet and VAE weights in NHWC: faster convolutions on tensor cores
+    compile: str = "off"              # "torch": torch.compile the UNets (compiles on each tab's first call)
+    vae_tiling: bool = False          # decode each frame in overlapping tiles (bounded memory at any size)
+
+    def __post_init__(self):
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {COMPILE_MODES}, not {self.compile!r}")
+
+    def unet(self, model):
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if self.compile == "torch":
+            model.compile(fullgraph=False, dynamic=False)   # in place: the cache keeps one object per key
+        return model
+
+    def vae(self, model):
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if self.vae_tiling and hasattr(model, "enable_tiling"):
+            model.enable_tiling()
+        return model
+
+
+def _tuned(load, tune):
+    return lambda *deps: tune(load(*deps))
 
 
 class Registry:
-    def __init__(self, profile: str = "real", dtype: str = "float32"):
+    def __init__(self, profile: str = "real", dtype: str = "float32", knobs: Knobs | None = None):
         if profile not in PROFILES:
             raise ValueError(f"profile must be one of {PROFILES}, not {profile!r}")
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {tuple(DTYPES)}, not {dtype!r}")
         self.profile, self.dtype_name, self.dtype = profile, dtype, DTYPES[dtype]
+        self.knobs = knobs or Knobs()
 
     def _key(self, *parts: str, dtype: str | None = None) -> str:
         return "|".join((self.profile, *parts, dtype or self.dtype_name))
 
     # ----------------------------------------------------------------- time-lapse
-    def timelapse(self, style: str) -> TimelapseModels:
+    def timelapse(self, style: str, fast: bool = False) -> TimelapseModels:
+        """`fast`: the UNet with Hyper-SD's LoRA merged as well, another cache entry beside the quality one.
+        Merged once rather than applied per call: PEFT's unmerged LoRA adds two matmuls to every one of the 116
+        layers it targets on every step, and fusing/unfusing per call costs a pass over the weights each time and
+        drifts in fp16; the price is a second UNet in memory while both modes are in use (the cache's budget
+        decides whether both stay)."""
         if style not in STYLES:
             raise ValueError(f"Unknown style {style!r}; choose one of: {', '.join(STYLES)}")
         checkpoint = STYLES[style]
         load = self._loaders()
         adapter = Component(self._key("motion-adapter", MOTION_MODULE, dtype="float32"), load.motion_adapter)
+        parts = ["unet-motion", checkpoint, MOTION_MODULE, f"+{SPATIAL_LORA}x4", f"+{TEMPORAL_LORA}"]
+        if fast:
+            parts.append(f"+{HYPER_SD}/{HYPER_SD_LORA}")
         return TimelapseModels(
             tokenizer=self._tokenizer(load),
             text_encoder=Component(self._key("clip-text", checkpoint, f"+{TEXT_ENCODER_LORA}"),
                                    partial(load.text_encoder, checkpoint)),
             vae=self._vae(load, checkpoint),
-            unet=Component(
-                self._key("unet-motion", checkpoint, MOTION_MODULE, f"+{SPATIAL_LORA}x4", f"+{TEMPORAL_LORA}"),
-                partial(load.magic_unet, checkpoint), deps=(self._unet2d(load, checkpoint), adapter),
-            ),
-            scheduler_config=DDIM_CONFIG,
+            unet=Component(self._key(*parts), _tuned(partial(load.magic_unet, checkpoint, fast=fast), self.knobs.unet),
+                           deps=(self._unet2d(load, checkpoint), adapter)),
+            scheduler_config=DDIM_TRAILING_CONFIG if fast else DDIM_CONFIG,
+            tiny_vae=self._tiny_vae(load),
         )
 
     # ----------------------------------------------------------------- identity video
-    def identity(self) -> IdentityModels:
+    def identity(self, lightning_steps: int | None = None) -> IdentityModels:
+        """`lightning_steps` (4 or 8): the fast mode, AnimateDiff-Lightning's motion adapter for that many steps in
+        place of AnimateDiff v2's, with the same face adapter; its own cache entries, sharing the rest."""
         load, checkpoint = self._loaders(), IDENTITY_CHECKPOINT
         image_encoder = Component(self._key("clip-vision", f"{IP_ADAPTER}/models/image_encoder"), load.image_encoder)
-        adapter = Component(self._key("motion-adapter", MOTION_ADAPTER_V2, dtype="float32"), load.motion_adapter_v2)
+        if lightning_steps is None:
+            motion = MOTION_ADAPTER_V2
+            adapter = Component(self._key("motion-adapter", motion, dtype="float32"), load.motion_adapter_v2)
+        elif lightning_steps in LIGHTNING_STEPS:
+            motion = f"{LIGHTNING}/{lightning_file(lightning_steps)}"
+            adapter = Component(self._key("motion-adapter", motion, dtype="float32"),
+                                partial(load.motion_adapter_lightning, lightning_steps))
+        else:
+            raise ValueError(f"AnimateDiff-Lightning has motion adapters for {LIGHTNING_STEPS} steps, "
+                             f"not {lightning_steps!r}")
         return IdentityModels(
             tokenizer=self._tokenizer(load),
             text_encoder=Component(self._key("clip-text", checkpoint), partial(load.clip_text, checkpoint)),
             vae=self._vae(load, checkpoint),
             unet=Component(
-                self._key("unet-motion", checkpoint, MOTION_ADAPTER_V2, f"+{ID_ANIMATOR}/{ANIMATOR_CKPT}"),
-                load.identity_unet, deps=(self._unet2d(load, checkpoint), adapter, image_encoder),
+                self._key("unet-motion", checkpoint, motion, f"+{ID_ANIMATOR}/{ANIMATOR_CKPT}"),
+                _tuned(load.identity_unet, self.knobs.unet), deps=(self._unet2d(load, checkpoint), adapter, image_encoder),
             ),
             image_encoder=image_encoder,
             image_processor=Component(f"{self.profile}|clip-image-processor", load.image_processor),
-            scheduler_config=DDIM_CONFIG,
+            scheduler_config=DDIM_CONFIG if lightning_steps is None else EULER_TRAILING_CONFIG,
+            scheduler="DDIMScheduler" if lightning_steps is None else "EulerDiscreteScheduler",
+            tiny_vae=self._tiny_vae(load),
         )
 
     # ----------------------------------------------------------------- shared by the tabs
@@ -157,45 +253,104 @@ class Registry:
         return Component(f"{self.profile}|tokenizer|{MAGICTIME}/{BASE}", load.tokenizer)
 
     def _vae(self, load, checkpoint: str) -> Component:
-        return Component(self._key("vae", checkpoint), partial(load.vae, checkpoint))
+        return Component(self._key("vae", checkpoint), _tuned(partial(load.vae, checkpoint), self.knobs.vae))
+
+    def _tiny_vae(self, load) -> Component:
+        return Component(self._key("taesd", TAESD), _tuned(load.tiny_vae, self.knobs.vae))
 
     def _unet2d(self, load, checkpoint: str) -> Component:
         # An ingredient of motion UNets, kept float32: LoRAs merge in float32 and each result is cast once.
         return Component(self._key("unet2d", checkpoint, dtype="float32"), partial(load.unet2d, checkpoint))
 
-    def ensure_available(self, tab: str, style: str | None = None) -> None:
+    def ensure_available(self, tab: str, style: str | None = None, *, fast: bool = False, steps: int | None = None,
+                         tiny_decoder: bool = False) -> None:
         """Before a call loads anything: in the real profile, fail at once naming *every* file the call needs
         that is neither cached nor downloadable (instead of one file at a time as loading reaches them).
-        Only the requested style's checkpoint counts: a user may have fetched one style."""
+        Only the requested style's checkpoint and mode's files count: a user may have fetched one style, or
+        the quality mode only. `tiny_decoder`: the call decodes with TAESD (a preview or "Fast preview")."""
         if self.profile != "real":
             return
         others = {f for name, f in STYLES.items() if name != style} if tab == "timelapse" else set()
-        ensure_available([f for f in self.downloads(tab) if f.filename not in others])
+        files = self.downloads(tab, fast=fast, steps=steps, tiny_decoder=tiny_decoder)
+        ensure_available([f for f in files if f.filename not in others])
 
-    def downloads(self, tab: str = "timelapse") -> list[HubFile]:
-        """Every hub file a tab needs in the real profile (for `python -m studio download`)."""
+    def downloads(self, tab: str = "timelapse", fast: bool | None = None, steps: int | None = None,
+                  tiny_decoder: bool = True) -> list[HubFile]:
+        """The hub files a tab needs in the real profile: for the quality mode (`fast=False`), the fast one
+        (`fast=True`; the identity tab's for `steps` steps, or both of Lightning's), or both (`None`: what
+        `python -m studio download` fetches); TAESD too unless `tiny_decoder=False`."""
         base = [HubFile(MAGICTIME, f"{BASE}/{f}") for f in BASE_FILES]
         if tab == "timelapse":
             files = [MOTION_MODULE, SPATIAL_LORA, *STYLES.values()]
             files += [f"{folder}/{f}" for folder in (TEMPORAL_LORA, TEXT_ENCODER_LORA) for f in SWIFT_FILES]
-            return base + [HubFile(MAGICTIME, f) for f in files]
-        if tab == "identity":
-            return base + [
+            needed = base + [HubFile(MAGICTIME, f) for f in files]
+            if fast is not False:
+                needed.append(HubFile(HYPER_SD, HYPER_SD_LORA))
+        elif tab == "identity":
+            needed = base + [
                 HubFile(MAGICTIME, IDENTITY_CHECKPOINT), HubFile(ID_ANIMATOR, ANIMATOR_CKPT),
-                *(HubFile(MOTION_ADAPTER_V2, f) for f in MOTION_ADAPTER_V2_FILES),
                 *(HubFile(IP_ADAPTER, f) for f in IMAGE_ENCODER_FILES),
             ]
-        raise ValueError(f"No downloads are defined for tab {tab!r}")
+            if fast is not True:
+                needed += [HubFile(MOTION_ADAPTER_V2, f) for f in MOTION_ADAPTER_V2_FILES]
+            if fast is not False:
+                counts = LIGHTNING_STEPS if steps is None else (steps,)
+                needed += [HubFile(LIGHTNING, lightning_file(n)) for n in counts]
+        else:
+            raise ValueError(f"No downloads are defined for tab {tab!r}")
+        if tiny_decoder:
+            needed += [HubFile(TAESD, f) for f in TAESD_FILES]
+        return needed
 
 
-def _compose_magic_unet(unet2d, adapter, spatial: dict, temporal: dict):
-    """UNetMotionModel from a style UNet and the motion adapter, then MagicTime's LoRAs merged for good,
-    in the original's order (spatial, then temporal)."""
+def require_v3_motion(adapter) -> None:
+    """MagicTime's temporal adapter was trained on AnimateDiff v3's motion module, which has no mid-block motion
+    module. A v2-layout one (AnimateDiff v2, Lightning, AnimateDiff-LCM) has every layer v3 has and one more block,
+    so the temporal LoRA merges into it without any error and the clip silently loses MagicTime's motion: refuse."""
+    if adapter.config.get("use_motion_mid_block", False):
+        raise WeightsError(
+            "This motion module has AnimateDiff v2's layout (a motion module in the mid-block), but MagicTime's "
+            "temporal adapter belongs to AnimateDiff v3's. It would load without an error and lose MagicTime's "
+            "metamorphic motion, so the studio refuses it: the time-lapse keeps MagicTime's own v3 motion module."
+        )
+
+
+def _merge_image_lora(unet, state_dict: dict, name: str) -> None:
+    """A LoRA for SD1.5's image layers (Hyper-SD's), through diffusers' loader (it reads kohya and diffusers key
+    styles), fused for good. Every layer it names must exist and none may be a motion layer: a LoRA that finds no
+    target would otherwise load as nothing, with a warning in a log."""
+    from diffusers import AnimateDiffPipeline
+    from diffusers.utils import convert_unet_state_dict_to_peft
+
+    host = AnimateDiffPipeline(vae=None, text_encoder=None, tokenizer=None, unet=unet, motion_adapter=None,
+                               scheduler=None)
+    converted, alphas = host.lora_state_dict(dict(state_dict))
+    other = sorted({k.split(".", 1)[0] for k in converted if not k.startswith("unet.")})
+    if other:
+        raise WeightsError(f"{name} has weights for {', '.join(other)}, not only the UNet: not a UNet speed LoRA.")
+    peft_keys = convert_unet_state_dict_to_peft({k.removeprefix("unet."): v for k, v in converted.items()})
+    targets = {k.split(".lora_")[0] for k in peft_keys if ".lora_" in k}
+    host.load_lora_into_unet(converted, alphas, unet, adapter_name="speed", _pipeline=host)
+    placed = {n for n, m in unet.named_modules() if hasattr(m, "lora_A") and "speed" in m.lora_A}
+    if placed != targets or any(".motion_modules." in n for n in placed):
+        missing = sorted(targets - placed)[:5]
+        raise WeightsError(f"{name} does not fit this UNet: {len(targets - placed)} of its {len(targets)} layers "
+                           f"have no place here (e.g. {', '.join(missing) or 'motion layers'}).")
+    unet.fuse_lora(adapter_names=["speed"], lora_scale=1.0)
+    unet.unload_lora()
+
+
+def _compose_magic_unet(unet2d, adapter, spatial: dict, temporal: dict, speed: dict | None = None):
+    """UNetMotionModel from a style UNet and the (v3) motion adapter, then MagicTime's LoRAs merged for good,
+    in the original's order (spatial, then temporal), then the fast mode's speed LoRA if given."""
     from diffusers import UNetMotionModel
 
+    require_v3_motion(adapter)
     unet = UNetMotionModel.from_unet2d(unet2d, adapter)
     merge_lora_(unet, spatial)
     merge_lora_(unet, temporal)
+    if speed is not None:
+        _merge_image_lora(unet, speed, HYPER_SD_LORA)
     return unet
 
 
@@ -316,6 +471,24 @@ class _RealLoaders:
         folder = hub_folder(MOTION_ADAPTER_V2, MOTION_ADAPTER_V2_FILES)
         return MotionAdapter.from_pretrained(folder, torch_dtype=torch.float32).eval()
 
+    def motion_adapter_lightning(self, steps: int):
+        from diffusers import MotionAdapter
+        from safetensors.torch import load_file
+
+        path = HubFile(LIGHTNING, lightning_file(steps)).path()
+        adapter = MotionAdapter(**MOTION_ADAPTER_V2_LAYOUT)
+        try:
+            adapter.load_state_dict(load_file(path), strict=True)
+        except RuntimeError as exc:        # torch lists every missing and unexpected key
+            raise WeightsError(f"{path.name} is not an AnimateDiff-Lightning motion adapter in diffusers' layout "
+                               f"(v2, with a mid-block): {str(exc)[:300]}") from exc
+        return adapter.eval()
+
+    def tiny_vae(self):
+        from diffusers import AutoencoderTiny
+
+        return AutoencoderTiny.from_pretrained(hub_folder(TAESD, TAESD_FILES), torch_dtype=self.dtype).eval()
+
     def image_encoder(self):
         from transformers import CLIPVisionModelWithProjection
 
@@ -331,10 +504,14 @@ class _RealLoaders:
         animator = torch.load(HubFile(ID_ANIMATOR, ANIMATOR_CKPT).path(), map_location="cpu", weights_only=True)
         return _compose_identity_unet(unet2d, adapter, image_encoder, animator, self.dtype)
 
-    def magic_unet(self, checkpoint: str, unet2d, adapter):
+    def magic_unet(self, checkpoint: str, unet2d, adapter, fast: bool = False):
+        from safetensors.torch import load_file
+
         spatial = torch.load(self._file(SPATIAL_LORA), map_location="cpu", weights_only=True)
+        speed = load_file(HubFile(HYPER_SD, HYPER_SD_LORA).path()) if fast else None
         unet = _compose_magic_unet(
-            unet2d, adapter, spatial_lora_deltas(spatial), temporal_lora_deltas(self._swift_folder(TEMPORAL_LORA))
+            unet2d, adapter, spatial_lora_deltas(spatial), temporal_lora_deltas(self._swift_folder(TEMPORAL_LORA)),
+            speed,
         )
         return unet.to(self.dtype).eval()
 
@@ -366,6 +543,12 @@ class _TinyLoaders:
     def motion_adapter_v2(self):
         return tiny.motion_adapter(tiny.seed_of("motion", MOTION_ADAPTER_V2)).eval()
 
+    def motion_adapter_lightning(self, steps: int):
+        return tiny.motion_adapter(tiny.seed_of("motion", LIGHTNING, str(steps)), mid_block=True).eval()
+
+    def tiny_vae(self):
+        return tiny.tiny_vae(tiny.seed_of("taesd")).to(self.dtype).eval()
+
     def image_encoder(self):
         return tiny.image_encoder(tiny.seed_of("image-encoder")).to(self.dtype).eval()
 
@@ -391,11 +574,13 @@ class _TinyLoaders:
     def motion_adapter(self):
         return tiny.motion_adapter(tiny.seed_of("motion", MOTION_MODULE)).eval()
 
-    def magic_unet(self, checkpoint: str, unet2d, adapter):
+    def magic_unet(self, checkpoint: str, unet2d, adapter, fast: bool = False):
         from diffusers import UNetMotionModel
 
         probe = UNetMotionModel.from_unet2d(unet2d, adapter)   # only to lay out the adapters' keys
         spatial = tiny.spatial_lora_file(probe, tiny.seed_of("spatial-lora"))
         config, weights = tiny.temporal_lora_files(probe, tiny.seed_of("temporal-lora"))
         temporal = swift_lora_deltas(SwiftLoraConfig.from_dict(config), weights, rename=animatediff_module_name)
-        return _compose_magic_unet(unet2d, adapter, spatial_lora_deltas(spatial), temporal).to(self.dtype).eval()
+        speed = tiny.kohya_lora_file(unet2d, tiny.seed_of("hyper-sd")) if fast else None
+        unet = _compose_magic_unet(unet2d, adapter, spatial_lora_deltas(spatial), temporal, speed)
+        return unet.to(self.dtype).eval()

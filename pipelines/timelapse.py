@@ -20,19 +20,22 @@ from diffusers import AnimateDiffPipeline
 from pipelines.cache import ModelCache
 from pipelines.common import (
     MAX_TEXT_CHARS,
+    LivePreview,
+    Preview,
     Progress,
     animatediff,
     check_int,
     check_sampling,
     check_text,
-    excerpt,
     decode_frames,
+    excerpt,
     noop,
     prompt_warnings,
     step_reporter,
     timed_sampling,
 )
 from pipelines.errors import InputError
+from pipelines.modes import REFUSED_TIMELAPSE, TIMELAPSE_MODES, Mode, mode_named
 from pipelines.registry import STYLES, Registry
 from pipelines.safety import SafetyGuard, SafetyOptions, with_concepts
 
@@ -81,11 +84,17 @@ class TimelapseRequest:
     width: int = 512
     height: int = 512
     safety: SafetyOptions | None = SafetyOptions()   # None: no prompt guard (the output check still runs)
+    mode: str = "quality"         # pipelines/modes.py: "quality", "fast" (Hyper-SD, 8 steps), "fast-preview"
+
+    @property
+    def run_mode(self) -> Mode:
+        return mode_named(TIMELAPSE_MODES, self.mode, REFUSED_TIMELAPSE)
 
     def validate(self) -> None:
         """Every check a request can fail, with a message a person can act on. No model work happens here."""
         if self.safety is not None:
             self.safety.validate()
+        self.run_mode.check(self.steps, self.guidance)
         check_text("The prompt", self.prompt)
         check_text("The negative prompt", self.negative_prompt)
         for frame, stage in self.keyframes.items():
@@ -120,10 +129,11 @@ class TimelapseResult:
     frames: np.ndarray            # (T, H, W, 3) uint8
     seed: int
     fps: int
-    timings: dict[str, float]     # seconds: load, denoise (includes text encoding), decode
+    timings: dict[str, float]     # seconds: load, text_encoding, denoise (total and per step), decode, ...
     prompt_tokens: int            # tokens of the main prompt, without start/end markers
     warnings: list[str]           # e.g. the words CLIP dropped past its 77-token window
     safety: dict = field(default_factory=lambda: {"enabled": False})   # what the guard flagged and did
+    mode: str = "quality"
 
 
 def _disable_free_noise(pipe: AnimateDiffPipeline) -> None:
@@ -141,20 +151,26 @@ class TimelapsePipeline:
     def __init__(self, cache: ModelCache, registry: Registry, guard: SafetyGuard | None = None):
         self.cache, self.registry, self.guard = cache, registry, guard or SafetyGuard()
 
-    def __call__(self, request: TimelapseRequest, progress: Progress = noop) -> TimelapseResult:
+    def __call__(self, request: TimelapseRequest, progress: Progress = noop,
+                 preview: Preview | None = None) -> TimelapseResult:
+        """`preview`: called with a glimpse of the clip every few steps (pipelines/common.LivePreview)."""
         request.validate()
-        self.registry.ensure_available("timelapse", request.style)
-        models = self.registry.timelapse(request.style)
+        mode = request.run_mode
+        tiny_decoder = mode.tiny_decoder or preview is not None
+        self.registry.ensure_available("timelapse", request.style, fast=mode.fast, tiny_decoder=tiny_decoder)
+        models = self.registry.timelapse(request.style, fast=mode.fast)
         timings: dict[str, float] = {}
 
         progress(0.0, "Loading models")
         start = time.perf_counter()
-        with self.cache.use(models.tokenizer, models.text_encoder, models.vae, models.unet) as (tok, te, vae, unet):
+        needed = [models.tokenizer, models.text_encoder, models.vae, models.unet]
+        with self.cache.use(*needed, *([models.tiny_vae] if tiny_decoder else [])) as (tok, te, vae, unet, *tiny):
             timings["load"] = time.perf_counter() - start
             texts = {"The prompt": request.prompt, "The negative prompt": request.negative_prompt or ""}
             texts.update({f"Keyframe {frame}": stage for frame, stage in request.keyframes.items()})
             counts, warnings = prompt_warnings(tok, texts)
-            pipe = animatediff(vae, te, tok, unet, models.scheduler_config)
+            pipe = animatediff(vae, te, tok, unet, models.scheduler_config, models.scheduler)
+            live = LivePreview(pipe, tiny[0], preview) if preview is not None else None
 
             stages = request.stages()
             plan = None
@@ -184,21 +200,23 @@ class TimelapsePipeline:
                         guidance_scale=request.guidance,
                         generator=torch.Generator("cpu").manual_seed(request.seed),
                         output_type="latent",
-                        callback_on_step_end=step_reporter(progress, request.steps),
+                        callback_on_step_end=step_reporter(progress, request.steps, live),
                     ).frames
             finally:
                 if stages:
                     _disable_free_noise(pipe)
+            if live is not None:
+                timings["preview"] = live.spent
 
             progress(1.0, "Decoding frames")
             start = time.perf_counter()
-            frames = decode_frames(pipe, latents, chunk=CONTEXT_FRAMES)
+            frames = decode_frames(pipe, latents, chunk=CONTEXT_FRAMES, vae=tiny[0] if mode.tiny_decoder else None)
             timings["decode"] = time.perf_counter() - start
 
         return TimelapseResult(
             frames=frames, seed=request.seed, fps=FPS, prompt_tokens=counts["The prompt"],
             timings={k: round(v, 3) for k, v in timings.items()}, warnings=warnings,
-            safety=plan.report() if plan is not None else {"enabled": False},
+            safety=plan.report() if plan is not None else {"enabled": False}, mode=mode.name,
         )
 
 

@@ -9,7 +9,6 @@ real ones, so the tiny profile exercises the conversion code too.
 from __future__ import annotations
 
 import functools
-
 import re
 import threading
 import zlib
@@ -140,10 +139,11 @@ def unet2d(seed: int) -> UNet2DConditionModel:
     )
 
 
-def motion_adapter(seed: int) -> MotionAdapter:
+def motion_adapter(seed: int, mid_block: bool = False) -> MotionAdapter:
+    """AnimateDiff v3's layout by default; `mid_block=True`: v2's (Lightning's), with a mid-block motion module."""
     adapter = build(
         MotionAdapter, seed, block_out_channels=(8, 8), motion_layers_per_block=1, motion_norm_num_groups=2,
-        motion_num_attention_heads=2, motion_max_seq_length=32, use_motion_mid_block=False,
+        motion_num_attention_heads=2, motion_max_seq_length=32, use_motion_mid_block=mid_block,
     )
     # diffusers zero-initialises each motion module's output projection (a trained module is not zero);
     # give it weights so that, as with real weights, frames influence each other.
@@ -153,6 +153,30 @@ def motion_adapter(seed: int) -> MotionAdapter:
             if ".proj_out." in name:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.2)
     return adapter
+
+
+def tiny_vae(seed: int):
+    """TAESD's classes at toy width: the same 8x upsampling from 4 latent channels as the full VAE."""
+    from diffusers import AutoencoderTiny
+
+    return build(AutoencoderTiny, seed, encoder_block_out_channels=(8, 8, 8, 8),
+                 decoder_block_out_channels=(8, 8, 8, 8), num_encoder_blocks=(1, 1, 1, 1),
+                 num_decoder_blocks=(1, 1, 1, 1), latent_channels=4)
+
+
+def kohya_lora_file(unet2d: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    """A speed LoRA's file (Hyper-SD's SD1.5 LoRAs): kohya-style keys (`lora_unet_<path with _>.lora_down.weight`,
+    `.lora_up.weight`, `.alpha`) on every attention projection and feed-forward layer of the image layers."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, module in unet2d.named_modules():
+        if isinstance(module, torch.nn.Linear) and ".transformer_blocks." in name and (
+                name.rsplit(".", 1)[-1] in ("to_q", "to_k", "to_v") or name.endswith(("to_out.0", "ff.net.2"))):
+            down, up = _lora_pair(module, g)
+            key = "lora_unet_" + name.replace(".", "_")
+            out |= {f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up,
+                    f"{key}.alpha": torch.tensor(float(LORA_RANK) / 2)}
+    return out
 
 
 # ----------------------------------------------------------------- adapters in MagicTime's file layouts

@@ -7,10 +7,12 @@ the API's) live in that tab's own module under studio/tabs/.
 
 from __future__ import annotations
 
+import queue
 import re
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ from pipelines.estimate import Estimator, frame_passes, windows
 from pipelines.estimate import say as say_estimate
 from pipelines.faces import FaceAnalyzer, load_photo
 from pipelines.identity import IdentityPipeline
+from pipelines.modes import IDENTITY_MODES, TIMELAPSE_MODES
 from pipelines.output_check import FrameChecker
 from pipelines.registry import Registry
 from pipelines.safety import SafetyGuard, SafetyOptions
@@ -102,12 +105,8 @@ class Reporter:
         self.progress(fraction, desc=desc)
 
 
-@gpu
-def run_on_gpu(engine: str, pipeline: str, job, report: Reporter, options: dict | None = None):
-    """Run one of the engine's pipelines on a request: the only function that holds the GPU. Picklable
-    arguments only (see above); `options` are the pipeline's keyword arguments besides the request.
-
-    Out of memory: the cache frees every component this call is not using, and the call runs once more
+def _run(engine: str, pipeline: str, job, report: Reporter, options: dict | None = None):
+    """Out of memory: the cache frees every component this call is not using, and the call runs once more
     (another tab's UNet on the device is the usual cause, and a retry then fits). A second failure reaches
     the person as `user_errors`' message; either way the call's locks were released when it unwound."""
     run = _ENGINES[engine].pipelines[pipeline]
@@ -121,6 +120,68 @@ def run_on_gpu(engine: str, pipeline: str, job, report: Reporter, options: dict 
     return run(job, report, **(options or {}))
 
 
+@gpu
+def run_on_gpu(engine: str, pipeline: str, job, report: Reporter, options: dict | None = None):
+    """Run one of the engine's pipelines on a request: the only function that holds the GPU. Picklable
+    arguments only (see above); `options` are the pipeline's keyword arguments besides the request."""
+    return _run(engine, pipeline, job, report, options)
+
+
+@gpu
+def stream_on_gpu(engine: str, pipeline: str, job, report: Reporter, options: dict | None = None
+                  ) -> Iterator[tuple[str, Any]]:
+    """run_on_gpu for a call with a live preview: yields ("preview", (frames, steps done)) while the pipeline
+    runs, then ("result", result). The pipeline runs in a thread of this process (ZeroGPU's worker, on Spaces:
+    spaces.GPU takes generators) and hands its previews over a queue; when the consumer goes away (Stop, a closed
+    page) the next preview raises Cancelled in that thread, which unwinds it and its locks before this returns."""
+    items: queue.Queue = queue.Queue()
+    gone = threading.Event()
+
+    def show(frames, done):
+        if gone.is_set():
+            raise Cancelled("Stopped.")
+        items.put(("preview", (frames, done)))
+
+    def progress(fraction: float, desc: str) -> None:   # every step: a consumer that left stops the call
+        if gone.is_set():
+            raise Cancelled("Stopped.")
+        report(fraction, desc)
+
+    def work():
+        try:
+            items.put(("result", _run(engine, pipeline, job, progress, {**(options or {}), "preview": show})))
+        except BaseException as error:   # noqa: B036 - handed to the consumer, which raises it
+            items.put(("error", error))
+
+    thread = threading.Thread(target=work, name=f"{pipeline}-call", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = items.get()
+            if kind == "error":
+                raise value
+            yield kind, value
+            if kind == "result":
+                return
+    finally:
+        gone.set()
+        thread.join()
+
+
+def queue_wait_seconds() -> float | None:
+    """How long the running Gradio event waited in the queue before a worker took it (None outside a queued
+    event). Gradio keeps each event's enqueue time on its Event object but hands functions no public way to it:
+    this reads it through the event id Gradio puts in its LocalContext. If a Gradio upgrade moves it, the breakdown
+    just lacks the figure (the test of the timing keys would say so)."""
+    try:
+        from gradio.context import LocalContext
+
+        event = LocalContext.blocks.get()._queue.event_ids_to_events.get(LocalContext.event_id.get())
+        return round(max(0.0, time.monotonic() - event.enqueue_time), 3)
+    except (AttributeError, LookupError):
+        return None
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     """A GPU's OutOfMemoryError, or the CPU allocator's RuntimeError (torch has no type for that one)."""
     return isinstance(error, torch.OutOfMemoryError) or (
@@ -131,7 +192,7 @@ class Engine:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.cache = ModelCache(settings.device, settings.device_budget, settings.ram_budget)
-        self.registry = Registry(settings.profile, settings.dtype)
+        self.registry = Registry(settings.profile, settings.dtype, settings.knobs)
         self.outputs = OutputDir(settings.output_dir, settings.output_ttl_s)
         self.guard = SafetyGuard()                 # one concept-subspace cache for every tab
         self.checker = FrameChecker()
@@ -146,23 +207,33 @@ class Engine:
         _ENGINES[self.name] = self
 
     # ----------------------------------------------------------------- how long a run will take
-    def _rates_key(self, tab: str) -> str:
+    def _rates_key(self, tab: str, mode=None) -> str:
         s = self.settings
-        return f"{s.profile}|{self.cache.device}|{s.dtype}|{s.resolution}|{tab}"
+        decoder = "|taesd" if mode is not None and mode.tiny_decoder else ""
+        return f"{s.profile}|{self.cache.device}|{s.dtype}|{s.resolution}|{tab}{decoder}"
 
     def estimate(self, tab: str, steps: int, frames: int, guidance: float, sliding: bool, runs: int = 1,
-                 style: str = DEFAULT_STYLE) -> tuple[float | None, str]:
+                 style: str = DEFAULT_STYLE, mode: str = "quality") -> tuple[float | None, str]:
         """(seconds or None, the line shown next to Generate) for a generating run of `tab` ("timelapse" or
-        "identity"; the Safe generation tab runs the time-lapse pipeline `runs` times). Invalid settings (the
-        UI can hold them for a moment) estimate nothing."""
+        "identity"; the Safe generation tab runs the time-lapse pipeline `runs` times). The fast modes' UNets cost
+        what the quality ones do per frame-pass (a merged LoRA, a motion module of the same size), so one set of
+        rates serves every mode; the decode rate is the tiny decoder's own. Invalid settings (the UI can hold them
+        for a moment) estimate nothing."""
         try:
+            modes = TIMELAPSE_MODES if tab == "timelapse" else IDENTITY_MODES
+            run_mode = modes[mode]
             passes = frame_passes(int(frames), uses_cfg(float(guidance)), sliding)
-            seconds = self.estimator.seconds(self._rates_key(tab), int(steps), passes, int(frames))
-            models = self.registry.timelapse(style) if tab == "timelapse" else self.registry.identity()
-        except (TypeError, ValueError):
+            seconds = self.estimator.seconds(self._rates_key(tab, run_mode), int(steps), passes, int(frames))
+            if tab == "timelapse":
+                models = self.registry.timelapse(style, fast=run_mode.fast)
+            else:
+                models = self.registry.identity(int(steps) if run_mode.fast else None)
+        except (TypeError, ValueError, KeyError):
             return None, ""
         seconds = None if seconds is None else seconds * runs
-        return seconds, say_estimate(seconds, str(self.cache.device), loading=models.unet not in self.cache)
+        line = say_estimate(seconds, str(self.cache.device), loading=models.unet not in self.cache,
+                            fast_hint=not run_mode.fast)
+        return seconds, line
 
     @staticmethod
     def actual_seconds(start: float, info: dict) -> float:
@@ -171,10 +242,12 @@ class Engine:
         loading = info["timings"].get("load", 0.0) + info.get("unguarded", {}).get("timings", {}).get("load", 0.0)
         return round(time.perf_counter() - start - loading, 3)
 
-    def learn(self, tab: str, steps: int, frames: int, guidance: float, sliding: bool, timings: dict) -> None:
+    def learn(self, tab: str, steps: int, frames: int, guidance: float, sliding: bool, timings: dict,
+              mode: str = "quality") -> None:
         """A finished run's timings refine the rates the next estimate uses."""
         passes = frame_passes(frames, uses_cfg(guidance), sliding)
-        self.estimator.record(self._rates_key(tab), steps, passes, frames, timings)
+        run_mode = (TIMELAPSE_MODES if tab == "timelapse" else IDENTITY_MODES)[mode]
+        self.estimator.record(self._rates_key(tab, run_mode), steps, passes, frames, timings)
 
     def preload(self) -> None:
         """Load the tabs' default models now (ZeroGPU wants weights on cuda at start-up)."""
@@ -211,10 +284,12 @@ class Engine:
                              "enforces the safety guard and does not use such photos.")
         return [f"The output check scores {named} as explicit (threshold {self.checker.threshold})."] if flagged else []
 
-    def publish(self, result, **details) -> tuple[str, dict]:
+    def publish(self, result, queue_wait: float | None = None, **details) -> tuple[str, dict]:
         """Every generating tab's last step: the output check on every frame (flagged frames blurred), the MP4,
         the warnings as toasts, and the info dict the API returns (what every clip has, then the tab's
-        `details`)."""
+        `details`). `queue_wait`: the seconds the call waited in Gradio's queue, first in the timings."""
+        if queue_wait is not None:
+            result.timings = {"queue_wait": queue_wait, **result.timings}
         start = time.perf_counter()
         verdict = self.checker.check(result.frames)
         if verdict.flagged:
@@ -235,6 +310,24 @@ class Engine:
                 **details, "prompt_tokens": result.prompt_tokens, "safety": result.safety, "timings": result.timings,
                 "warnings": result.warnings, "profile": self.settings.profile}
         return str(path), info
+
+    def call(self, pipeline: str, job, report: Reporter, preview: bool, fps: int,
+             options: dict | None = None) -> Iterator[tuple[str, Any]]:
+        """A generating endpoint's GPU call: with `preview`, ("preview", (small MP4's path, steps done)) items while
+        it denoises; then ("result", result). Close it (contextlib.closing) so that a consumer that stops early
+        stops the call too."""
+        if not preview:
+            yield "result", run_on_gpu(self.name, pipeline, job, report, options)
+            return
+        calls = stream_on_gpu(self.name, pipeline, job, report, options)
+        try:
+            for kind, value in calls:
+                if kind == "preview":
+                    frames, done = value
+                    value = (str(write_mp4(frames, self.outputs.new(".mp4"), fps=fps)), done)
+                yield kind, value
+        finally:
+            calls.close()
 
     # ----------------------------------------------------------------- stopping, progress, errors
     def stop(self, request: gr.Request = None) -> None:
@@ -328,6 +421,11 @@ def whole(value):
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value
+
+
+def preview_markdown(done: int, steps: int) -> str:
+    return (f"**Preview** after step {done} of {steps}: the model's current guess, through the tiny decoder at half "
+            "size. The clip sharpens into the final one when denoising ends.")
 
 
 def summary_markdown(info: dict) -> str:

@@ -7,7 +7,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines.registry import DTYPES, PROFILES
+from pipelines.registry import COMPILE_MODES, DTYPES, PROFILES, Knobs
 
 DEFAULT_OUTPUT_DIR = Path(tempfile.gettempdir()) / "video-studio"
 SAFETY_MODES = ("on", "enforced")
@@ -47,6 +47,7 @@ class Settings:
     max_upload_mb: int = 200              # a 60 s 1080p clip at a generous bitrate is ~100 MB; photos far less
     # This machine's measured speed (pipelines/estimate.py), kept across restarts; not in output_dir (cleaned hourly).
     calibration_path: Path = field(default_factory=lambda: DEFAULT_CALIBRATION)
+    knobs: Knobs = field(default_factory=Knobs)   # channels-last, torch.compile, VAE tiling (pipelines/registry.py)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -66,6 +67,17 @@ class Settings:
         safety = _env("STUDIO_SAFETY", "on")
         if safety not in SAFETY_MODES:
             raise SystemExit(f"STUDIO_SAFETY must be one of {', '.join(SAFETY_MODES)}, not {safety!r}")
+        compile_mode = _env("STUDIO_COMPILE", "off")
+        if compile_mode not in COMPILE_MODES:
+            raise SystemExit(f"STUDIO_COMPILE must be one of {', '.join(COMPILE_MODES)}, not {compile_mode!r}")
+        if compile_mode == "torch" and _on_zerogpu():
+            # ZeroGPU hands each call a GPU in a fresh worker: a just-in-time compile would be paid on every call.
+            raise SystemExit("STUDIO_COMPILE=torch does not pay off on ZeroGPU (each call runs in a fresh worker "
+                             "that would compile again); leave it off there.")
+        knobs = Knobs(
+            channels_last=_env("STUDIO_CHANNELS_LAST", "1" if device.startswith("cuda") else "0") == "1",
+            compile=compile_mode, vae_tiling=_env("STUDIO_VAE_TILING", "0") == "1",
+        )
         device_budget = _gib("STUDIO_DEVICE_BUDGET_GB")
         if device_budget is None and device.startswith("cuda"):
             device_budget = _cuda_total() - int(float(_env("STUDIO_WORKING_MEMORY_GB", "8")) * 2**30)
@@ -84,6 +96,7 @@ class Settings:
             queue_size=int(_env("STUDIO_QUEUE_SIZE", "16")),
             max_upload_mb=int(_env("STUDIO_MAX_UPLOAD_MB", "200")),
             calibration_path=Path(_env("STUDIO_CALIBRATION", str(DEFAULT_CALIBRATION))),
+            knobs=knobs,
         )
 
 

@@ -47,11 +47,15 @@ def test_rates_survive_a_restart_and_a_damaged_file_is_ignored(tmp_path):
 @pytest.mark.parametrize("seconds, device, loading, expected", [
     (None, "cpu", True, "First run on this CPU: it measures how fast this CPU is"),
     (40.2, "cuda", False, "≈ 40 s on this GPU"),
-    (2100, "cpu", False, "≈ 35 min on this CPU — try fewer frames or steps"),
+    (2100, "cpu", False, "≈ 35 min on this CPU — try Fast mode or fewer frames"),
     (12, "cpu", True, "≈ 12 s on this CPU, plus loading the models"),
 ])
 def test_the_line_says_how_long_and_where(seconds, device, loading, expected):
     assert say(seconds, device, loading).startswith(expected)
+
+
+def test_a_long_fast_run_does_not_suggest_fast_mode():
+    assert say(2100, "cpu", False, fast_hint=False) == "≈ 35 min on this CPU — try fewer frames"
 
 
 def test_the_time_lapse_tab_estimates_after_its_first_run_and_reports_estimate_and_actual(tmp_path):

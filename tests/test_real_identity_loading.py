@@ -370,7 +370,7 @@ def test_downloads_list_exactly_the_files_the_identity_loaders_read(identity_hub
         cache.get(component)
     assert attempts == []
 
-    downloads = Registry("real").downloads("identity")
+    downloads = Registry("real").downloads("identity", fast=False, tiny_decoder=False)   # the quality mode's
     listed = [(f.repo_id, f.filename) for f in downloads]
     assert len(listed) == len(set(listed))
     assert set(listed) == cached_files()       # the minimal cache the loaders ran on above

@@ -126,7 +126,12 @@ def test_downloads_name_magictime_files_as_the_reference_lays_them_out():
     for folder in (TEMPORAL_LORA, TEXT_ENCODER_LORA):
         assert f"{folder}/default/adapter_config.json" in files and f"{folder}/default/adapter_model.bin" in files
     assert f"{BASE}/tokenizer/vocab.json" in files
-    assert all(f.repo_id == MAGICTIME for f in Registry("real").downloads("timelapse"))
+    quality = Registry("real").downloads("timelapse", fast=False, tiny_decoder=False)
+    assert all(f.repo_id == MAGICTIME for f in quality)
+    extra = {(f.repo_id, f.filename) for f in Registry("real").downloads("timelapse")} - {
+        (f.repo_id, f.filename) for f in quality}
+    assert extra == {("ByteDance/Hyper-SD", "Hyper-SD15-8steps-CFG-lora.safetensors"),
+                     ("madebyollin/taesd", "config.json"), ("madebyollin/taesd", "diffusion_pytorch_model.safetensors")}
 
 
 # ----------------------------------------------------------------- files in the real layout
@@ -194,8 +199,10 @@ def test_download_checks_the_cache_and_names_what_is_missing(hub_cache, capsys):
 
     assert main(["download", "--tab", "timelapse"]) == 1
     assert "Base_Model/stable-diffusion-v1-5/tokenizer/merges.txt" in capsys.readouterr().err
+    from tests.test_real_identity_loading import snapshot
+
     for file in Registry("real").downloads("timelapse"):       # a complete (copied) cache for one tab
-        write_complete(hub_cache / file.filename)
+        write_complete(snapshot(file.repo_id) / file.filename)
     capsys.readouterr()
     assert main(["download", "--tab", "timelapse"]) == 0
     assert f"All {len(Registry('real').downloads('timelapse'))} files" in capsys.readouterr().out

@@ -29,6 +29,44 @@ def sampler(steps: int, guidance: float) -> tuple[gr.Slider, gr.Slider, gr.Numbe
     return steps_, guidance_, seed, randomize
 
 
+def mode_choice(modes: dict, elem_id: str, refused: dict[str, str] | None = None) -> gr.Radio:
+    """Quality / Fast / Fast preview: what runs is said under the choice (pipelines/modes.py). A fast path the tab
+    refuses (`refused`: name -> why) gets its reason, where Gradio would only list the choices."""
+    info = " · ".join(f"{m.label}: {m.what}" for m in modes.values())
+    radio = gr.Radio(label="Mode", choices=[(m.label, m.name) for m in modes.values()], value="quality",
+                     info=info, elem_id=elem_id)
+    if refused:
+        preprocess = radio.preprocess
+
+        def explained(payload):
+            if isinstance(payload, str) and payload.strip().lower() in refused:
+                raise gr.Error(refused[payload.strip().lower()], print_exception=False)
+            return preprocess(payload)
+
+        radio.preprocess = explained
+    return radio
+
+
+def follow_mode(mode: gr.Radio, modes: dict, steps: gr.Slider, guidance: gr.Slider) -> None:
+    """Choosing a mode sets Steps and Guidance to what it was made for (a fast mode refuses others)."""
+    def settings(name: str):
+        chosen = modes.get(name)
+        if chosen is None:
+            return gr.skip(), gr.skip()
+        return chosen.default_steps, chosen.default_guidance
+
+    mode.change(settings, mode, [steps, guidance], queue=False, api_name=False, show_progress="hidden")
+
+
+def live_preview() -> gr.Checkbox:
+    """On in the page, off for API calls unless asked: its value is False (what gradio_client sends when the
+    parameter is left out), and the page switches it on when it loads."""
+    box = gr.Checkbox(label="Live preview", value=False,
+                      info="Shows the clip taking shape while it denoises (tiny decoder; ≤ 5 % slower)")
+    gr.on(None, lambda: True, None, box, queue=False, api_name=False, show_progress="hidden")   # on page load
+    return box
+
+
 def run_buttons(label: str, elem_id: str) -> tuple[gr.Button, gr.Button]:
     with gr.Row():
         run = gr.Button(label, variant="primary", elem_id=elem_id, scale=3)

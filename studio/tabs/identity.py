@@ -9,6 +9,7 @@ import gradio as gr
 
 from pipelines import identity as id_
 from pipelines.identity import IdentityRequest
+from pipelines.modes import IDENTITY_MODES
 from studio.engine import Engine
 from studio.tabs import controls
 from studio.tabs.identity_api import IdentityAPI, estimate_line
@@ -44,6 +45,7 @@ def build(engine: Engine) -> controls.Generating:
                                     info=f"“{id_.PROMPT_SUFFIX}” is appended, as ID-Animator does")
                 identity_strength = gr.Slider(label="Identity strength", minimum=0.0, maximum=id_.MAX_IDENTITY_STRENGTH, step=0.05,
                                               value=IdentityRequest.identity_strength, info="How strongly the face adapter steers the clip")
+                mode = controls.mode_choice(IDENTITY_MODES, "identity-mode")
                 with gr.Accordion("Advanced", open=False):
                     negative_prompt = gr.Textbox(label="Negative prompt", value=IdentityRequest.negative_prompt,
                                                  placeholder="what the clip should avoid",
@@ -52,9 +54,12 @@ def build(engine: Engine) -> controls.Generating:
                     num_frames = gr.Slider(label="Frames", minimum=id_.MIN_FRAMES, maximum=id_.MAX_FRAMES,
                                            step=1, value=IdentityRequest.num_frames)
                     steps, guidance, seed, randomize = controls.sampler(IdentityRequest.steps, IdentityRequest.guidance)
-                    safety = controls.safety_toggle(engine.safety_enforced)
+                    with gr.Row():
+                        safety = controls.safety_toggle(engine.safety_enforced)
+                        preview = controls.live_preview()
+                controls.follow_mode(mode, IDENTITY_MODES, steps, guidance)
                 run, stop = controls.run_buttons("Generate identity video", "identity-run")
-                estimate_inputs = [num_frames, steps, guidance]
+                estimate_inputs = [num_frames, steps, guidance, mode]
                 estimate = controls.estimate_display("identity-estimate", estimate_fn, estimate_inputs)
             with gr.Column(scale=5):
                 video = gr.Video(label="Identity video", autoplay=True, loop=True, height=440,
@@ -69,7 +74,8 @@ def build(engine: Engine) -> controls.Generating:
                 with gr.Accordion("Details (JSON)", open=False):
                     info = gr.JSON(show_label=False)
 
-        inputs = [photos, prompt, negative_prompt, identity_strength, num_frames, steps, guidance, seed, safety]
+        inputs = [photos, prompt, negative_prompt, identity_strength, num_frames, steps, guidance, seed, safety, mode,
+                  preview]
         outputs = [video, summary, similarity, info]
         gr.Examples(
             examples=[[[EXAMPLE_PHOTO], "a woman in a spacesuit smiling, walking through a flower field", 0.8],
@@ -80,7 +86,7 @@ def build(engine: Engine) -> controls.Generating:
 
     photos.change(api.faces, photos, [crops, face_notes], api_name="identity_faces")
     add.click(add_webcam_photo, [photos, webcam], photos, queue=False, api_name=False)
-    generate = controls.wire_generate(engine, [prompt.submit, run.click], api.generate, inputs, outputs, "identity",
-                                  seed, randomize, another, info, stop, progress_on=video)
+    generate = controls.wire_generate(engine, [prompt.submit, run.click], api.stream, inputs, outputs, "identity",
+                                      seed, randomize, another, info, stop, progress_on=video)
     generate.then(estimate_fn, estimate_inputs, estimate, queue=False, api_name=False, show_progress="hidden")
     return controls.Generating(generate, video, send)

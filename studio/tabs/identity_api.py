@@ -4,16 +4,19 @@ GPU -> a published clip with its identity report."""
 from __future__ import annotations
 
 import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import closing
 from typing import Any
 
 import gradio as gr
 import pandas as pd
 
 from pipelines import identity as id_
-from pipelines.errors import StudioError
+from pipelines.errors import InputError, StudioError
 from pipelines.faces import load_photo
 from pipelines.identity import IdentityPipeline, IdentityRequest
-from studio.engine import Engine, run_on_gpu, summary_markdown, user_errors, whole
+from studio.engine import Engine, preview_markdown, queue_wait_seconds, summary_markdown, user_errors, whole
 
 
 class IdentityAPI:
@@ -36,7 +39,7 @@ class IdentityAPI:
             notes.append(f"⚠️ Use at most {id_.MAX_PHOTOS} photos.")
         return crops, "\n\n".join(notes)
 
-    def generate(
+    def stream(
         self,
         photos: list[str],
         prompt: str,
@@ -47,30 +50,42 @@ class IdentityAPI:
         guidance: float = IdentityRequest.guidance,
         seed: int = 0,
         safety: bool = True,
+        mode: str = IdentityRequest.mode,
+        preview: bool = False,
         request: gr.Request = None,
         progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008  (Gradio's own idiom)
-    ) -> tuple[str, str, Any, dict]:
-        """A clip of the person in `photos`. Returns (MP4 path, summary Markdown, similarity plot data, info)."""
+    ) -> Iterator[tuple[str, str, Any, dict]]:
+        """A clip of the person in `photos`: yields (MP4 path, summary Markdown, similarity plot data, info) once at
+        the end; with `preview`, small preview clips (with a one-line summary) while it denoises before that."""
         engine = self.engine
         with user_errors():
+            waited = queue_wait_seconds()
             job = IdentityRequest(
                 photos=tuple(photos or ()), prompt=prompt, negative_prompt=negative_prompt,
                 identity_strength=identity_strength, num_frames=whole(num_frames), steps=whole(steps),
                 guidance=guidance, seed=whole(seed), width=engine.settings.resolution,
-                height=engine.settings.resolution, safety=engine.safety_options(safety),
+                height=engine.settings.resolution, safety=engine.safety_options(safety), mode=mode,
             )
             job.validate()
+            if not isinstance(preview, bool):
+                raise InputError(f"preview must be true or false, not {preview!r}.")
+            mode = job.run_mode.name
             start = time.perf_counter()
             faces = self.pipeline.reference_faces(job.photos)   # on CPU, before the GPU is asked for
             faces_seconds = time.perf_counter() - start
             start = time.perf_counter()
             photo_warnings = engine.check_photos(job.photos)
             photos_seconds = time.perf_counter() - start
-            estimate, _ = engine.estimate("identity", job.steps, job.num_frames, job.guidance, sliding=False)
+            estimate, _ = engine.estimate("identity", job.steps, job.num_frames, job.guidance, sliding=False,
+                                          mode=mode)
             run_start = time.perf_counter()
-            with engine.reporter(request, progress) as report:
-                result = run_on_gpu(engine.name, "identity", job, report,
-                                    dict(faces=faces, measure_identity=False))
+            with engine.reporter(request, progress) as report, closing(engine.call(
+                    "identity", job, report, preview, id_.FPS, dict(faces=faces, measure_identity=False))) as calls:
+                for kind, value in calls:
+                    if kind == "preview":
+                        yield value[0], preview_markdown(value[1], job.steps), gr.skip(), gr.skip()
+                    else:
+                        result = value
             start = time.perf_counter()
             result.face_similarity = self.pipeline.identity_report(result.frames, faces.embeddings)
             result.warnings = photo_warnings + result.warnings
@@ -80,24 +95,28 @@ class IdentityAPI:
             missing = sum(s is None for s in result.face_similarity)
             prompt_used, negative_used = IdentityPipeline.prompts(job)
             path, info = engine.publish(
-                result, photos=len(job.photos), identity_strength=job.identity_strength,
+                result, queue_wait=waited, mode=mode, photos=len(job.photos), identity_strength=job.identity_strength,
                 prompt_used=prompt_used, negative_prompt_used=negative_used,
                 face_similarity={"per_frame": result.face_similarity, "mean": result.mean_similarity,
                                  "frames_without_face": missing},
             )
-            engine.learn("identity", job.steps, job.num_frames, job.guidance, False, result.timings)
+            engine.learn("identity", job.steps, job.num_frames, job.guidance, False, result.timings, mode)
             info["estimate_s"], info["actual_s"] = estimate, engine.actual_seconds(run_start, info)
         plot = pd.DataFrame({"frame": range(len(result.face_similarity)),
                              "similarity": [float("nan") if s is None else s for s in result.face_similarity]})
         # No face in any frame: the summary says so; an empty chart would only look broken.
         plot = gr.update(value=plot, visible=result.mean_similarity is not None,
                          x_lim=[0, len(result.face_similarity) - 1])
-        return path, identity_markdown(info), plot, info
+        yield path, identity_markdown(info), plot, info
+
+    def generate(self, *args, **kwargs) -> tuple[str, str, Any, dict]:
+        """`stream` to its end: (MP4 path, summary Markdown, similarity plot data, info)."""
+        return deque(self.stream(*args, **kwargs), maxlen=1)[0]
 
 
-def estimate_line(engine: Engine, num_frames, steps, guidance) -> str:
+def estimate_line(engine: Engine, num_frames, steps, guidance, mode: str = "quality") -> str:
     """The line next to Generate for these settings (the UI's, not an API endpoint)."""
-    return engine.estimate("identity", whole(steps), whole(num_frames), guidance, sliding=False)[1]
+    return engine.estimate("identity", whole(steps), whole(num_frames), guidance, sliding=False, mode=mode)[1]
 
 
 def identity_markdown(info: dict) -> str:

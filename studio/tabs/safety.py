@@ -10,6 +10,7 @@ from pipelines.safety import CONCEPTS, DEFAULT_CATEGORIES, PROJECTIONS, SafetyOp
 from pipelines.timelapse import TimelapseRequest
 from studio.engine import Engine
 from studio.tabs import controls
+from pipelines.modes import REFUSED_TIMELAPSE, TIMELAPSE_MODES
 from studio.tabs.safety_api import DEFAULT_FRAMES, SafetyAPI, estimate_line
 
 # Harmless examples only: the attack prompt sets are for evaluation, never for the UI.
@@ -61,8 +62,10 @@ def build(engine: Engine) -> controls.Generating:
                     num_frames = gr.Slider(label="Frames", minimum=8, maximum=16, step=1, value=DEFAULT_FRAMES)
                     steps, guidance, seed, randomize = controls.sampler(TimelapseRequest.steps,
                                                                         TimelapseRequest.guidance)
+                mode = controls.mode_choice(TIMELAPSE_MODES, "safety-mode", REFUSED_TIMELAPSE)
+                controls.follow_mode(mode, TIMELAPSE_MODES, steps, guidance)
                 run, stop = controls.run_buttons("Generate safely", "safety-run")
-                estimate_inputs = [compare, num_frames, steps, guidance]
+                estimate_inputs = [compare, num_frames, steps, guidance, mode]
                 estimate = controls.estimate_display("safety-estimate", estimate_fn, estimate_inputs)
             with gr.Column(scale=6):
                 tokens = gr.HighlightedText(label="What the guard saw: toxicity per token (▲ projected)",
@@ -80,7 +83,7 @@ def build(engine: Engine) -> controls.Generating:
                     info = gr.JSON(show_label=False)
 
         inputs = [prompt, concepts, custom, alpha, projection, reattention, as_negative, compare, num_frames, steps,
-                  guidance, seed]
+                  guidance, seed, mode]
         outputs = [guarded, unguarded, tokens, summary, info]
         gr.Examples(examples=EXAMPLES, inputs=[prompt, concepts, custom],
                     example_labels=["Remove an artist's style", "Remove a character", "Nothing to remove"])

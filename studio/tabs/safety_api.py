@@ -10,7 +10,7 @@ import gradio as gr
 
 from pipelines.safety import DEFAULT_CATEGORIES, SafetyOptions, parse_concepts
 from pipelines.timelapse import TimelapseRequest
-from studio.engine import Engine, run_on_gpu, safety_line, summary_markdown, user_errors, whole
+from studio.engine import Engine, queue_wait_seconds, run_on_gpu, safety_line, summary_markdown, user_errors, whole
 
 DEFAULT_FRAMES = 8            # a short clip: the point is the comparison, twice the work when compared
 STYLE = "Realistic Vision"
@@ -34,6 +34,7 @@ class SafetyAPI:
         steps: int = TimelapseRequest.steps,
         guidance: float = TimelapseRequest.guidance,
         seed: int = 0,
+        mode: str = TimelapseRequest.mode,
         request: gr.Request = None,
         progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008  (Gradio's own idiom)
     ) -> tuple[str, str | None, list, str, dict]:
@@ -41,6 +42,7 @@ class SafetyAPI:
         summary Markdown, info)."""
         engine = self.engine
         with user_errors():
+            waited = queue_wait_seconds()
             options = SafetyOptions(
                 categories=tuple(concepts or ()), custom_concepts=parse_concepts(custom_concepts), alpha=alpha,
                 projection=projection, reattention=bool(reattention), concepts_as_negative=bool(concepts_as_negative),
@@ -48,18 +50,19 @@ class SafetyAPI:
             job = TimelapseRequest(
                 prompt=prompt, style=STYLE, num_frames=whole(num_frames), steps=whole(steps), guidance=guidance,
                 seed=whole(seed), width=engine.settings.resolution, height=engine.settings.resolution,
-                safety=engine.safety_options(True, options),
+                safety=engine.safety_options(True, options), mode=mode,
             )
             job.validate()
+            mode = job.run_mode.name
             compared = bool(compare) and not engine.safety_enforced
             estimate, _ = engine.estimate("timelapse", job.steps, job.num_frames, job.guidance, False,
-                                          runs=1 + compared, style=STYLE)
+                                          runs=1 + compared, style=STYLE, mode=mode)
             start = time.perf_counter()
             with engine.reporter(request, progress) as report:
                 guarded = run_on_gpu(engine.name, "timelapse", job, report)
                 unguarded = run_on_gpu(engine.name, "timelapse", dataclasses.replace(job, safety=None), report) \
                     if compared else None
-            path, info = engine.publish(guarded, style=STYLE)
+            path, info = engine.publish(guarded, queue_wait=waited, style=STYLE, mode=mode)
             info["compare"] = ("unguarded clip beside it, same seed" if compared else
                                "off: this server enforces the guard" if compare else "off")
             unguarded_path = None
@@ -67,16 +70,17 @@ class SafetyAPI:
                 unguarded_path, unguarded_info = engine.publish(unguarded, style=STYLE)
                 info["unguarded"] = {"safety": unguarded_info["safety"], "timings": unguarded_info["timings"]}
             for run in (guarded, unguarded) if unguarded is not None else (guarded,):
-                engine.learn("timelapse", job.steps, job.num_frames, job.guidance, False, run.timings)
+                engine.learn("timelapse", job.steps, job.num_frames, job.guidance, False, run.timings, mode)
             info["estimate_s"], info["actual_s"] = estimate, engine.actual_seconds(start, info)
         tokens = token_highlights(info["safety"], job.prompt)
         return path, unguarded_path, tokens, safety_markdown(info), info
 
 
-def estimate_line(engine: Engine, compare: bool, num_frames, steps, guidance) -> str:
+def estimate_line(engine: Engine, compare: bool, num_frames, steps, guidance, mode: str = "quality") -> str:
     """The line next to Generate (the guarded clip, and the unguarded one beside it when comparing)."""
     runs = 1 + (bool(compare) and not engine.safety_enforced)
-    return engine.estimate("timelapse", whole(steps), whole(num_frames), guidance, False, runs=runs, style=STYLE)[1]
+    return engine.estimate("timelapse", whole(steps), whole(num_frames), guidance, False, runs=runs, style=STYLE,
+                           mode=mode)[1]
 
 
 def token_highlights(safety: dict, prompt: str) -> list[tuple[str, float | None]]:

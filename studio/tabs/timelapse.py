@@ -7,6 +7,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from pipelines.modes import REFUSED_TIMELAPSE, TIMELAPSE_MODES
 from pipelines.registry import STYLES
 from pipelines.timelapse import CONTEXT_FRAMES, MAX_FRAMES, MIN_FRAMES, TimelapseRequest
 from studio.engine import Engine
@@ -43,13 +44,17 @@ def build(engine: Engine) -> controls.Generating:
                         label="Frames", minimum=MIN_FRAMES, maximum=MAX_FRAMES, step=1, value=TimelapseRequest.num_frames, scale=2,
                         info=f"over {CONTEXT_FRAMES} needs keyframes",
                     )
+                mode = controls.mode_choice(TIMELAPSE_MODES, "timelapse-mode", REFUSED_TIMELAPSE)
                 with gr.Accordion("Advanced", open=False):
                     negative_prompt = gr.Textbox(label="Negative prompt", value=TimelapseRequest.negative_prompt)
                     steps, guidance, seed, randomize = controls.sampler(TimelapseRequest.steps, TimelapseRequest.guidance)
-                    safety = controls.safety_toggle(engine.safety_enforced)
+                    with gr.Row():
+                        safety = controls.safety_toggle(engine.safety_enforced)
+                        preview = controls.live_preview()
+                controls.follow_mode(mode, TIMELAPSE_MODES, steps, guidance)
                 run, stop = controls.run_buttons("Generate time-lapse", "timelapse-run")
-                estimate = controls.estimate_display("timelapse-estimate", api.estimate,
-                                                     [keyframes, style, num_frames, steps, guidance])
+                estimate_inputs = [keyframes, style, num_frames, steps, guidance, mode]
+                estimate = controls.estimate_display("timelapse-estimate", api.estimate, estimate_inputs)
             with gr.Column(scale=5):
                 video = gr.Video(label="Time-lapse", autoplay=True, loop=True, height=440, elem_id="timelapse-video")
                 with gr.Row():
@@ -59,18 +64,18 @@ def build(engine: Engine) -> controls.Generating:
                 with gr.Accordion("Details (JSON)", open=False):
                     info = gr.JSON(show_label=False)
 
-        inputs = [prompt, keyframes, negative_prompt, style, num_frames, steps, guidance, seed, safety]
+        inputs = [prompt, keyframes, negative_prompt, style, num_frames, steps, guidance, seed, safety, mode, preview]
         outputs = [video, summary, info]
         gr.Examples(
             examples=[[e["prompt"], e["keyframes"], TimelapseRequest.negative_prompt, e["style"], e["num_frames"],
-                       TimelapseRequest.steps, TimelapseRequest.guidance, e["seed"], True]
+                       TimelapseRequest.steps, TimelapseRequest.guidance, e["seed"], True, "quality", False]
                       for e in EXAMPLES],
             inputs=inputs, outputs=outputs, fn=api.generate, cache_examples=True, cache_mode="lazy",
             example_labels=[e["label"] for e in EXAMPLES], examples_per_page=5,
         )
 
-    generate = controls.wire_generate(engine, [prompt.submit, run.click], api.generate, inputs, outputs, "timelapse",
-                                  seed, randomize, another, info, stop, progress_on=video)
-    generate.then(api.estimate, [keyframes, style, num_frames, steps, guidance], estimate, queue=False,
+    generate = controls.wire_generate(engine, [prompt.submit, run.click], api.stream, inputs, outputs, "timelapse",
+                                      seed, randomize, another, info, stop, progress_on=video)
+    generate.then(api.estimate, estimate_inputs, estimate, queue=False,
                   api_name=False, show_progress="hidden")                  # the run just refined the rates
     return controls.Generating(generate, video, send)
