@@ -24,6 +24,7 @@ class Mode:
     default_guidance: float
     what: str                                   # one line: what runs
     tiny_decoder: bool = False                  # decode the clip with TAESD (softer, may flicker)
+    hint: str = ""                              # the UI's few words, when `what` is too long for it
 
     @property
     def fast(self) -> bool:
@@ -45,7 +46,8 @@ class Mode:
 def _modes(quality: Mode, fast: Mode) -> dict[str, Mode]:
     preview = Mode(
         "fast-preview", "Fast preview", fast.steps, fast.guidance, fast.default_steps, fast.default_guidance,
-        f"{fast.what}, decoded by the tiny decoder (TAESD: softer and it may flicker)", tiny_decoder=True)
+        f"{fast.what}, decoded by the tiny decoder (TAESD: softer and it may flicker)", tiny_decoder=True,
+        hint="Fast, decoded by the tiny decoder (softer, may flicker)")
     return {m.name: m for m in (quality, fast, preview)}
 
 

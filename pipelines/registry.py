@@ -191,10 +191,10 @@ class Registry:
     # ----------------------------------------------------------------- time-lapse
     def timelapse(self, style: str, fast: bool = False) -> TimelapseModels:
         """`fast`: the UNet with Hyper-SD's LoRA merged as well, another cache entry beside the quality one.
-        Merged once rather than applied per call: PEFT's unmerged LoRA adds two matmuls to every one of the 116
-        layers it targets on every step, and fusing/unfusing per call costs a pass over the weights each time and
-        drifts in fp16; the price is a second UNet in memory while both modes are in use (the cache's budget
-        decides whether both stay)."""
+        Merged once rather than applied per call: kept as PEFT layers, a rank-64 LoRA on the image layers made a
+        full-size SD1.5 UNet forward 1.22x slower (bench/lora_merge.py, 256 px, CPU), on every step; fusing and
+        unfusing per call costs a pass over the weights each time and drifts in fp16. The price is a second UNet in
+        memory while both modes are in use (1.6 GiB in fp16; the cache's budget decides whether both stay)."""
         if style not in STYLES:
             raise ValueError(f"Unknown style {style!r}; choose one of: {', '.join(STYLES)}")
         checkpoint = STYLES[style]
@@ -322,15 +322,13 @@ def _merge_image_lora(unet, state_dict: dict, name: str) -> None:
     from diffusers import AnimateDiffPipeline
     from diffusers.utils import convert_unet_state_dict_to_peft
 
-    host = AnimateDiffPipeline(vae=None, text_encoder=None, tokenizer=None, unet=unet, motion_adapter=None,
-                               scheduler=None)
-    converted, alphas = host.lora_state_dict(dict(state_dict))
+    converted, alphas = AnimateDiffPipeline.lora_state_dict(dict(state_dict))   # class methods: no pipeline needed
     other = sorted({k.split(".", 1)[0] for k in converted if not k.startswith("unet.")})
     if other:
         raise WeightsError(f"{name} has weights for {', '.join(other)}, not only the UNet: not a UNet speed LoRA.")
     peft_keys = convert_unet_state_dict_to_peft({k.removeprefix("unet."): v for k, v in converted.items()})
     targets = {k.split(".lora_")[0] for k in peft_keys if ".lora_" in k}
-    host.load_lora_into_unet(converted, alphas, unet, adapter_name="speed", _pipeline=host)
+    AnimateDiffPipeline.load_lora_into_unet(converted, alphas, unet, adapter_name="speed")
     placed = {n for n, m in unet.named_modules() if hasattr(m, "lora_A") and "speed" in m.lora_A}
     if placed != targets or any(".motion_modules." in n for n in placed):
         missing = sorted(targets - placed)[:5]

@@ -60,6 +60,7 @@ def _gpu_seconds(engine: str, pipeline: str, job, report, options: dict | None =
 
 
 STOPPED = "Stopped before the end; nothing was saved."
+PROGRESS_EVERY_S = 0.25          # how often a previewing call's summary line says which step it is on
 
 
 def gpu(fn):
@@ -142,10 +143,18 @@ def stream_on_gpu(engine: str, pipeline: str, job, report: Reporter, options: di
             raise Cancelled("Stopped.")
         items.put(("preview", (frames, done)))
 
-    def progress(fraction: float, desc: str) -> None:   # every step: a consumer that left stops the call
-        if gone.is_set():
+    last = [0.0]
+
+    def progress(fraction: float, desc: str) -> None:
+        if gone.is_set():                   # every step: a consumer that left stops the call
             raise Cancelled("Stopped.")
         report(fraction, desc)
+        # Once a preview is on screen Gradio stops drawing the progress bar over it: the consumer shows the step
+        # in its summary instead, a few times a second at most.
+        now = time.monotonic()
+        if now - last[0] >= PROGRESS_EVERY_S or fraction >= 1:
+            last[0] = now
+            items.put(("progress", desc))
 
     def work():
         try:
@@ -313,9 +322,9 @@ class Engine:
 
     def call(self, pipeline: str, job, report: Reporter, preview: bool, fps: int,
              options: dict | None = None) -> Iterator[tuple[str, Any]]:
-        """A generating endpoint's GPU call: with `preview`, ("preview", (small MP4's path, steps done)) items while
-        it denoises; then ("result", result). Close it (contextlib.closing) so that a consumer that stops early
-        stops the call too."""
+        """A generating endpoint's GPU call: with `preview`, ("preview", (small MP4's path, steps done)) and
+        ("progress", "Denoising step i/n") items while it denoises; then ("result", result). Close it
+        (contextlib.closing) so that a consumer that stops early stops the call too."""
         if not preview:
             yield "result", run_on_gpu(self.name, pipeline, job, report, options)
             return
@@ -330,13 +339,15 @@ class Engine:
             calls.close()
 
     # ----------------------------------------------------------------- stopping, progress, errors
-    def stop(self, request: gr.Request = None) -> None:
+    def stop(self, request: gr.Request = None) -> str:
         """Ask the running call of this browser session to stop at its next step, and say so: the cancelled event
-        itself can no longer show anything (its output area just empties)."""
+        itself can no longer show anything. Returns the tab's summary line (a preview's "step 27/100" must not stay
+        there as if the run went on)."""
         flag = _STOP_FLAGS.get(getattr(request, "session_hash", None))
         if flag is not None:
             flag.set()
         gr.Info(STOPPED)
+        return f"**{STOPPED}**"
 
     @staticmethod
     @contextmanager
@@ -423,9 +434,30 @@ def whole(value):
     return value
 
 
-def preview_markdown(done: int, steps: int) -> str:
-    return (f"**Preview** after step {done} of {steps}: the model's current guess, through the tiny decoder at half "
-            "size. The clip sharpens into the final one when denoising ends.")
+def preview_markdown(done: int, steps: int, now: str = "") -> str:
+    """The summary line while a preview is shown (Gradio draws no progress bar over it: the step is said here)."""
+    return (f"**{now or f'Denoising step {done}/{steps}'}** · preview from step {done}: the model's current guess, "
+            "through the tiny decoder at half size. The clip sharpens into the final one when denoising ends.")
+
+
+def previews(calls, steps: int, outputs: int, video_at: int = 0, summary_at: int = 1):
+    """A generating endpoint's updates while its call runs: each preview clip with its summary line, then the step
+    reached in that line (only once a preview is on screen: before it, Gradio's progress bar shows the step).
+    Yields tuples of `outputs` updates; the call's result is returned (`result = yield from previews(...)`)."""
+    shown = None
+    for kind, value in calls:
+        update = [gr.skip()] * outputs
+        if kind == "preview":
+            path, shown = value
+            update[video_at], update[summary_at] = path, preview_markdown(shown, steps)
+        elif kind == "progress" and shown is not None:
+            update[summary_at] = preview_markdown(shown, steps, value)
+        elif kind == "result":
+            return value
+        else:
+            continue
+        yield tuple(update)
+    raise RuntimeError("the GPU call ended without a result")
 
 
 def summary_markdown(info: dict) -> str:

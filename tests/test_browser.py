@@ -88,8 +88,13 @@ def page(browser_context, server):
         page.close()
 
 
+FINISHED_JS = "(id) => (document.querySelector(id)?.innerText || '').includes('Took')"
+
+
 def _generate_and_wait_for_video(page, tab: str = "timelapse") -> None:
+    """Generate, and wait for the final clip: the live preview shows clips before it, the summary says "Took"."""
     page.locator(f"#{tab}-run").click()
+    page.wait_for_function(FINISHED_JS, arg=f"#{tab}-summary", timeout=GENERATE_TIMEOUT_MS)
     page.wait_for_function(VIDEO_READY_JS, arg=f"#{tab}-video", timeout=GENERATE_TIMEOUT_MS)
 
 
@@ -317,8 +322,8 @@ def test_stop_says_it_stopped_and_the_next_run_starts_cleanly(page, server, monk
 
     real_reporter = pipelines.timelapse.step_reporter
 
-    def slow_reporter(progress, steps):
-        report = real_reporter(progress, steps)
+    def slow_reporter(progress, steps, preview=None):
+        report = real_reporter(progress, steps, preview)
 
         def on_step_end(*args):
             time.sleep(0.05)
@@ -330,8 +335,10 @@ def test_stop_says_it_stopped_and_the_next_run_starts_cleanly(page, server, monk
     page.locator("button:visible", has_text="Advanced").first.click()         # the time-lapse tab's accordion
     _set_number(page, "Steps", 100)
     page.locator("#timelapse-run").click()
-    progress = "() => (document.querySelector('#timelapse-video')?.innerText || '').includes('/100')"
-    page.wait_for_function(progress, timeout=GENERATE_TIMEOUT_MS)        # running: "27/100 steps" over the video
+    # running: "27/100 steps" over the video, and once the live preview is on screen, in the summary under it
+    progress = ("() => ['#timelapse-video', '#timelapse-summary'].some("
+                "id => (document.querySelector(id)?.innerText || '').includes('/100'))")
+    page.wait_for_function(progress, timeout=GENERATE_TIMEOUT_MS)
     page.get_by_role("button", name="Stop", exact=True).first.click()
     page.locator(TOAST).get_by_text("Stopped before the end; nothing was saved.").first.wait_for(state="visible")
     page.wait_for_function(f"() => !({progress})()", timeout=UI_TIMEOUT_MS)
@@ -340,3 +347,31 @@ def test_stop_says_it_stopped_and_the_next_run_starts_cleanly(page, server, monk
     _generate_and_wait_for_video(page)
     assert _visible_error_texts(page) == []
     assert not any(c["locked"] for c in engine.cache.stats()["components"])
+
+
+def test_the_live_preview_shows_the_clip_before_the_final_one(page, monkeypatch):
+    import pipelines.timelapse
+
+    real_reporter = pipelines.timelapse.step_reporter
+
+    def slow_reporter(progress, steps, preview=None):       # 0.1 s a step: time to see the preview
+        report = real_reporter(progress, steps, preview)
+
+        def on_step_end(*args):
+            time.sleep(0.1)
+            return report(*args)
+        return on_step_end
+
+    monkeypatch.setattr(pipelines.timelapse, "step_reporter", slow_reporter)
+    page.get_by_label("What changes over time", exact=True).fill("ice melting")
+    page.locator("#timelapse-run").click()
+    previewing = "() => (document.querySelector('#timelapse-summary')?.innerText || '').includes('preview from step 1')"
+    page.wait_for_function(previewing, timeout=GENERATE_TIMEOUT_MS)
+    later = "() => /Denoising step ([2-9]|1[0-9])\\/25/.test(document.querySelector('#timelapse-summary')?.innerText)"
+    page.wait_for_function(later, timeout=GENERATE_TIMEOUT_MS)     # no progress bar over a preview: the step is here
+    page.wait_for_function(VIDEO_READY_JS, arg="#timelapse-video", timeout=GENERATE_TIMEOUT_MS)
+    preview_src = page.locator("#timelapse-video video").get_attribute("src")
+    page.wait_for_function(FINISHED_JS, arg="#timelapse-summary", timeout=GENERATE_TIMEOUT_MS)
+    page.wait_for_function("([sel, old]) => document.querySelector(sel)?.getAttribute('src') !== old",
+                           arg=["#timelapse-video video", preview_src], timeout=UI_TIMEOUT_MS)
+    assert _visible_error_texts(page) == []

@@ -238,7 +238,7 @@ def test_a_stopped_preview_stream_releases_the_models_at_once(tmp_path):
     stream = TimelapseAPI(engine).stream("ice melting", num_frames=8, steps=40, seed=1, safety=False, preview=True,
                                          progress=lambda *a, **k: None)
     path, summary, _ = next(stream)
-    assert path.endswith(".mp4") and summary.startswith("**Preview** after step 1 of 40")
+    assert path.endswith(".mp4") and summary.startswith("**Denoising step 1/40** · preview from step 1")
     start = time.monotonic()
     stream.close()                                           # the page went away, or Stop
     assert time.monotonic() - start < 10
@@ -282,3 +282,104 @@ def test_queue_wait_counts_the_time_behind_another_call(server):
     *_, ran = running.result(timeout=300)
     assert ran["timings"]["queue_wait"] < 1.0
     assert waited["timings"]["queue_wait"] > 0.5 * ran["timings"]["denoise"]
+
+
+# ----------------------------------------------------------------- the real loaders, on files in the hubs' layouts
+def test_real_lightning_and_taesd_loaders_read_their_hub_layouts(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    import pipelines.registry as registry
+    from tests.test_real_identity_loading import snapshot
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    # Lightning's files are bare MotionAdapter state dicts in v2's layout; that layout is the registry's, at toy size.
+    layout = dict(tiny.motion_adapter(7, mid_block=True).config)
+    monkeypatch.setattr(registry, "MOTION_ADAPTER_V2_LAYOUT", {k: layout[k] for k in registry.MOTION_ADAPTER_V2_LAYOUT})
+    written = tiny.motion_adapter(7, mid_block=True)
+    save_file(written.state_dict(), snapshot(LIGHTNING) / lightning_file(4))
+    loaded = registry._RealLoaders(torch.float32).motion_adapter_lightning(4)
+    assert loaded.state_dict().keys() == written.state_dict().keys()
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in written.state_dict().items())
+    save_file(tiny.motion_adapter(7).state_dict(), snapshot(LIGHTNING) / lightning_file(8))   # v3: no mid-block
+    with pytest.raises(WeightsError, match=f"{lightning_file(8)} is not an AnimateDiff-Lightning motion adapter"):
+        registry._RealLoaders(torch.float32).motion_adapter_lightning(8)
+
+    taesd = tiny.tiny_vae(3)
+    taesd.save_pretrained(snapshot(TAESD))             # config.json + diffusion_pytorch_model.safetensors
+    assert {p.name for p in snapshot(TAESD).iterdir()} == {"config.json", "diffusion_pytorch_model.safetensors"}
+    loaded = registry._RealLoaders(torch.float32).tiny_vae()
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in taesd.state_dict().items())
+
+
+def test_real_fast_magic_unet_reads_hyper_sds_file_and_merges_it_after_magictimes(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    from pipelines.convert.magictime import spatial_lora_deltas
+    from pipelines.registry import HYPER_SD, SPATIAL_LORA, STYLES, TEMPORAL_LORA, _RealLoaders
+    from tests.test_real_identity_loading import snapshot
+    from tests.test_real_loading import write_swift
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    unet2d, adapter = tiny.unet2d(1), tiny.motion_adapter(2)
+    probe = UNetMotionModel.from_unet2d(unet2d, adapter)
+    spatial = tiny.spatial_lora_file(probe, seed=3)
+    config, weights = tiny.temporal_lora_files(probe, seed=4)
+    magictime = snapshot("BestWishYsh/MagicTime")
+    (magictime / SPATIAL_LORA).parent.mkdir(parents=True)
+    torch.save(spatial, magictime / SPATIAL_LORA)
+    write_swift(magictime / TEMPORAL_LORA, config, weights)
+    speed = tiny.kohya_lora_file(unet2d, seed=5)
+    save_file(speed, snapshot(HYPER_SD) / HYPER_SD_LORA)
+
+    fast = _RealLoaders(torch.float32).magic_unet(STYLES["ToonYou"], unet2d, adapter, fast=True)
+    temporal = swift_lora_deltas(SwiftLoraConfig.from_dict(config), weights, rename=animatediff_module_name)
+    expected = _compose_magic_unet(unet2d, adapter, spatial_lora_deltas(spatial), temporal, speed)
+    quality = _RealLoaders(torch.float32).magic_unet(STYLES["ToonYou"], unet2d, adapter)
+    for name, value in expected.state_dict().items():
+        assert torch.equal(fast.state_dict()[name], value), name
+    assert any(not torch.equal(fast.state_dict()[n], v) for n, v in quality.state_dict().items())
+
+
+# ----------------------------------------------------------------- GPU knobs
+def test_knobs_set_up_the_unet_and_vae_as_asked():
+    from pipelines.registry import Knobs
+
+    registry = Registry("tiny", knobs=Knobs(channels_last=True, vae_tiling=True))
+    cache = ModelCache("cpu")
+    models = registry.timelapse("ToonYou")
+    with cache.use(models.unet, models.vae) as (unet, vae):
+        conv = unet.conv_in.weight
+        assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+        assert vae.use_tiling
+        # attention is PyTorch's SDPA everywhere (diffusers' default; nothing falls back to the classic maths)
+        assert {type(p).__name__ for p in unet.attn_processors.values()} == {"AttnProcessor2_0"}
+    with pytest.raises(ValueError, match="compile must be one of"):
+        Knobs(compile="max")
+
+
+def test_the_identity_unet_attends_with_sdpa_too(cache):
+    models = Registry("tiny").identity(4)
+    with cache.use(models.unet) as (unet,):
+        assert {type(p).__name__ for p in unet.attn_processors.values()} <= {"AttnProcessor2_0",
+                                                                             "IPAdapterAttnProcessor2_0"}
+
+
+# ----------------------------------------------------------------- the timing breakdown, on every tab
+def test_every_tab_reports_where_its_seconds_went(client, tmp_path):
+    from pipelines.video import write_mp4
+
+    generating = {"load", "text_encoding", "denoise", "denoise_per_step", "decode", "safety_check", "encode_mp4"}
+    *_, info = client.predict(prompt="ice melting", num_frames=8, steps=2, api_name="/timelapse")
+    assert {"queue_wait", "safety_prompt"} | generating <= set(info["timings"])
+    *_, info = client.predict(photos=[handle_file(PHOTO)], prompt="a man", num_frames=8, steps=2,
+                              api_name="/identity")
+    assert {"queue_wait", "faces", "safety_photos", "encode_faces", "identity_report"} | generating <= set(
+        info["timings"])
+    *_, info = client.predict(prompt="a cat", steps=2, api_name="/safe_generate")
+    assert {"queue_wait"} | generating <= set(info["timings"]) and generating <= set(info["unguarded"]["timings"])
+    clip = write_mp4(np.zeros((8, 64, 64, 3), np.uint8), tmp_path / "clip.mp4", fps=8)
+    *_, info = client.predict(video=handle_file(str(clip)), expression="the dog", api_name="/segment")
+    assert {"queue_wait", "read_video", "load", "grounding", "propagation", "export"} <= set(info["timings"])
+    assert all(isinstance(v, float) and v >= 0 for v in info["timings"].values())

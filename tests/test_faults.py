@@ -212,8 +212,8 @@ def test_a_full_queue_answers_busy_at_once_and_the_studio_serves_after(small_ser
     real = pipelines.timelapse.step_reporter
     started = threading.Event()
 
-    def slow(progress, steps):                   # each step 0.2 s: the first call holds the GPU queue ~2 s
-        report = real(progress, steps)
+    def slow(progress, steps, preview=None):     # each step 0.2 s: the first call holds the GPU queue ~2 s
+        report = real(progress, steps, preview)
 
         def on_step_end(*args):
             started.set()

@@ -184,3 +184,21 @@ def test_the_two_generating_tabs_share_one_realistic_vision_download():
     files = tab_files(["timelapse", "identity"])
     assert len(files) == len(set(files))
     assert sum(f.filename == NAME.replace("ToonYou_beta6", "RealisticVisionV60B1_v51VAE") for f in files) == 1
+
+
+def test_the_spaces_front_matter_preloads_exactly_what_the_tabs_download():
+    """The Space fetches its weights at build time from README.md's `preload_from_hub`; a file missing there would
+    download on someone's first click instead (or fail), a file too many wastes the build."""
+    import yaml
+
+    from pipelines.registry import Registry
+    from pipelines.segmentation_models import DEFAULT_GROUNDER, DEFAULT_TRACKER, SegmentationRegistry
+    from tests.conftest import ROOT
+
+    front = yaml.safe_load((ROOT / "README.md").read_text().split("---")[1])
+    preloaded = {(line.split(" ", 1)[0], name) for line in front["preload_from_hub"]
+                 for name in line.split(" ", 1)[1].split(",")}
+    files = [*Registry("real").downloads("timelapse"), *Registry("real").downloads("identity"),
+             *SegmentationRegistry("real").downloads(DEFAULT_GROUNDER, DEFAULT_TRACKER)]
+    assert preloaded == {(f.repo_id, f.filename) for f in files}
+    assert {repo for repo, _ in preloaded} <= set(front["models"])

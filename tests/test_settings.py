@@ -21,3 +21,21 @@ def test_unknown_values_are_refused_with_the_choices(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(SystemExit, match=f"{name} must be one of .*{value}"):
         Settings.from_env()
+
+
+def test_gpu_knobs_default_by_device_and_refuse_what_does_not_pay_off(monkeypatch):
+    monkeypatch.setenv("STUDIO_DEVICE", "cpu")
+    cpu = Settings.from_env().knobs
+    assert (cpu.channels_last, cpu.compile, cpu.vae_tiling) == (False, "off", False)
+    monkeypatch.setenv("STUDIO_DEVICE", "cuda")
+    monkeypatch.setenv("STUDIO_DEVICE_BUDGET_GB", "10")
+    monkeypatch.setenv("STUDIO_VAE_TILING", "1")
+    gpu = Settings.from_env().knobs
+    assert (gpu.channels_last, gpu.vae_tiling) == (True, True)
+    monkeypatch.setenv("STUDIO_COMPILE", "max")
+    with pytest.raises(SystemExit, match="STUDIO_COMPILE must be one of off, torch, not 'max'"):
+        Settings.from_env()
+    monkeypatch.setenv("STUDIO_COMPILE", "torch")
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    with pytest.raises(SystemExit, match="does not pay off on ZeroGPU"):
+        Settings.from_env()

@@ -32,7 +32,7 @@ def sampler(steps: int, guidance: float) -> tuple[gr.Slider, gr.Slider, gr.Numbe
 def mode_choice(modes: dict, elem_id: str, refused: dict[str, str] | None = None) -> gr.Radio:
     """Quality / Fast / Fast preview: what runs is said under the choice (pipelines/modes.py). A fast path the tab
     refuses (`refused`: name -> why) gets its reason, where Gradio would only list the choices."""
-    info = " · ".join(f"{m.label}: {m.what}" for m in modes.values())
+    info = " · ".join(f"{m.label}: {m.hint or m.what}" for m in modes.values())
     radio = gr.Radio(label="Mode", choices=[(m.label, m.name) for m in modes.values()], value="quality",
                      info=info, elem_id=elem_id)
     if refused:
@@ -118,7 +118,7 @@ def safety_toggle(enforced: bool) -> gr.Checkbox:
 
 
 def wire_generate(engine, triggers: list, fn, inputs: list, outputs: list, api_name: str, seed, randomize, another,
-                  info, stop, progress_on) -> gr.Dependency:
+                  info, stop, progress_on, summary=None) -> gr.Dependency:
     """Every generating tab's events, one way: the seed chain (randomize, then generate: the endpoint uses the
     seed it gets), the another-seed retry shown when the output check blurred frames, and Stop for both."""
     generate = gr.on(triggers, randomize_seed, [seed, randomize], seed, queue=False, api_name=False).then(
@@ -127,7 +127,7 @@ def wire_generate(engine, triggers: list, fn, inputs: list, outputs: list, api_n
         fn, inputs, outputs, api_name=False, concurrency_id="gpu", show_progress_on=progress_on)
     for event in (generate, retry):
         event.then(flagged_frames_shown, info, another, queue=False, api_name=False)
-    stop.click(engine.stop, None, None, cancels=[generate, retry], api_name=False)   # queued: its toast needs it
+    stop.click(engine.stop, None, summary, cancels=[generate, retry], api_name=False)   # queued: its toast needs it
     return generate
 
 

@@ -87,6 +87,6 @@ def build(engine: Engine) -> controls.Generating:
     photos.change(api.faces, photos, [crops, face_notes], api_name="identity_faces")
     add.click(add_webcam_photo, [photos, webcam], photos, queue=False, api_name=False)
     generate = controls.wire_generate(engine, [prompt.submit, run.click], api.stream, inputs, outputs, "identity",
-                                      seed, randomize, another, info, stop, progress_on=video)
+                                      seed, randomize, another, info, stop, progress_on=video, summary=summary)
     generate.then(estimate_fn, estimate_inputs, estimate, queue=False, api_name=False, show_progress="hidden")
     return controls.Generating(generate, video, send)

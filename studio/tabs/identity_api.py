@@ -16,7 +16,7 @@ from pipelines import identity as id_
 from pipelines.errors import InputError, StudioError
 from pipelines.faces import load_photo
 from pipelines.identity import IdentityPipeline, IdentityRequest
-from studio.engine import Engine, preview_markdown, queue_wait_seconds, summary_markdown, user_errors, whole
+from studio.engine import Engine, previews, queue_wait_seconds, summary_markdown, user_errors, whole
 
 
 class IdentityAPI:
@@ -81,11 +81,7 @@ class IdentityAPI:
             run_start = time.perf_counter()
             with engine.reporter(request, progress) as report, closing(engine.call(
                     "identity", job, report, preview, id_.FPS, dict(faces=faces, measure_identity=False))) as calls:
-                for kind, value in calls:
-                    if kind == "preview":
-                        yield value[0], preview_markdown(value[1], job.steps), gr.skip(), gr.skip()
-                    else:
-                        result = value
+                result = yield from previews(calls, job.steps, outputs=4)
             start = time.perf_counter()
             result.face_similarity = self.pipeline.identity_report(result.frames, faces.embeddings)
             result.warnings = photo_warnings + result.warnings

@@ -6,11 +6,11 @@ from functools import partial
 
 import gradio as gr
 
+from pipelines.modes import REFUSED_TIMELAPSE, TIMELAPSE_MODES
 from pipelines.safety import CONCEPTS, DEFAULT_CATEGORIES, PROJECTIONS, SafetyOptions
 from pipelines.timelapse import TimelapseRequest
 from studio.engine import Engine
 from studio.tabs import controls
-from pipelines.modes import REFUSED_TIMELAPSE, TIMELAPSE_MODES
 from studio.tabs.safety_api import DEFAULT_FRAMES, SafetyAPI, estimate_line
 
 # Harmless examples only: the attack prompt sets are for evaluation, never for the UI.
@@ -88,7 +88,8 @@ def build(engine: Engine) -> controls.Generating:
         gr.Examples(examples=EXAMPLES, inputs=[prompt, concepts, custom],
                     example_labels=["Remove an artist's style", "Remove a character", "Nothing to remove"])
 
-    generate = controls.wire_generate(engine, [prompt.submit, run.click], api.generate, inputs, outputs, "safe_generate",
-                                  seed, randomize, another, info, stop, progress_on=[guarded, unguarded])
+    generate = controls.wire_generate(
+        engine, [prompt.submit, run.click], api.generate, inputs, outputs, "safe_generate", seed, randomize, another,
+        info, stop, progress_on=[guarded, unguarded], summary=summary)
     generate.then(estimate_fn, estimate_inputs, estimate, queue=False, api_name=False, show_progress="hidden")
     return controls.Generating(generate, guarded, send)

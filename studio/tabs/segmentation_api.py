@@ -22,7 +22,7 @@ from pipelines.segmentation import (
 )
 from pipelines.segmentation_models import DEFAULT_GROUNDER, DEFAULT_TRACKER
 from pipelines.video import read_clip, write_mp4
-from studio.engine import Engine, run_on_gpu, user_errors, whole
+from studio.engine import Engine, queue_wait_seconds, run_on_gpu, user_errors, whole
 
 MAX_CLICKS = 64
 
@@ -72,6 +72,7 @@ class SegmentationAPI:
              key_frame, request, progress) -> tuple:
         engine = self.engine
         with user_errors():
+            waited = queue_wait_seconds()
             if not video:
                 raise InputError("Upload a video (or press “Segment this clip” under a generated one).")
             start = time.perf_counter()
@@ -86,7 +87,8 @@ class SegmentationAPI:
             job.validate()
             with engine.reporter(request, progress) as report:
                 result = run_on_gpu(engine.name, "segmentation", job, report)
-            result.timings = {"read_video": round(read_seconds, 3), **result.timings}
+            result.timings = {**({"queue_wait": waited} if waited is not None else {}),
+                              "read_video": round(read_seconds, 3), **result.timings}
             outputs = self.publish(job, frames, fps, result)
         return outputs
 

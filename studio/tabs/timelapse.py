@@ -75,7 +75,7 @@ def build(engine: Engine) -> controls.Generating:
         )
 
     generate = controls.wire_generate(engine, [prompt.submit, run.click], api.stream, inputs, outputs, "timelapse",
-                                      seed, randomize, another, info, stop, progress_on=video)
+                                      seed, randomize, another, info, stop, progress_on=video, summary=summary)
     generate.then(api.estimate, estimate_inputs, estimate, queue=False,
                   api_name=False, show_progress="hidden")                  # the run just refined the rates
     return controls.Generating(generate, video, send)

@@ -11,7 +11,7 @@ import gradio as gr
 
 from pipelines.errors import InputError
 from pipelines.timelapse import FPS, TimelapseRequest, parse_keyframes
-from studio.engine import Engine, preview_markdown, queue_wait_seconds, summary_markdown, user_errors, whole
+from studio.engine import Engine, previews, queue_wait_seconds, summary_markdown, user_errors, whole
 
 
 class TimelapseAPI:
@@ -54,11 +54,7 @@ class TimelapseAPI:
             start = time.perf_counter()
             with engine.reporter(request, progress) as report, \
                     closing(engine.call("timelapse", job, report, preview, FPS)) as calls:
-                for kind, value in calls:
-                    if kind == "preview":
-                        yield value[0], preview_markdown(value[1], job.steps), gr.skip()
-                    else:
-                        result = value
+                result = yield from previews(calls, job.steps, outputs=3)
             path, info = engine.publish(result, style=job.style, mode=mode, queue_wait=waited,
                                         keyframes={str(k): v for k, v in job.stages().items()})
             engine.learn("timelapse", job.steps, job.num_frames, job.guidance, sliding, result.timings, mode)
