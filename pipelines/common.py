@@ -216,5 +216,6 @@ def decode_frames(pipe: AnimateDiffPipeline, latents: torch.Tensor, chunk: int, 
     of "Fast preview") when given."""
     if vae is not None:
         return decode_with(vae, latents, chunk)
-    video = pipe.decode_latents(latents, decode_chunk_size=chunk)
+    # The VAE may keep another dtype than the UNet that made the latents (fp32 beside bf16 on a CPU).
+    video = pipe.decode_latents(latents.to(pipe.vae.dtype), decode_chunk_size=chunk)
     return to_uint8(pipe.video_processor.postprocess_video(video=video, output_type="np")[0])

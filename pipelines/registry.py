@@ -177,12 +177,17 @@ def _tuned(load, tune):
 
 
 class Registry:
-    def __init__(self, profile: str = "real", dtype: str = "float32", knobs: Knobs | None = None):
+    def __init__(self, profile: str = "real", dtype: str = "float32", knobs: Knobs | None = None,
+                 vae_dtype: str | None = None):
+        """`vae_dtype`: the decoders' own dtype when it differs from everything else's (bf16 on a CPU: see
+        studio/settings.py)."""
         if profile not in PROFILES:
             raise ValueError(f"profile must be one of {PROFILES}, not {profile!r}")
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {tuple(DTYPES)}, not {dtype!r}")
+        for value in (dtype, vae_dtype or dtype):
+            if value not in DTYPES:
+                raise ValueError(f"dtype must be one of {tuple(DTYPES)}, not {value!r}")
         self.profile, self.dtype_name, self.dtype = profile, dtype, DTYPES[dtype]
+        self.vae_dtype_name = vae_dtype or dtype
         self.knobs = knobs or Knobs()
 
     def _key(self, *parts: str, dtype: str | None = None) -> str:
@@ -247,16 +252,19 @@ class Registry:
 
     # ----------------------------------------------------------------- shared by the tabs
     def _loaders(self):
-        return _TinyLoaders(self.dtype) if self.profile == "tiny" else _RealLoaders(self.dtype)
+        loaders = _TinyLoaders(self.dtype) if self.profile == "tiny" else _RealLoaders(self.dtype)
+        loaders.vae_dtype = DTYPES[self.vae_dtype_name]
+        return loaders
 
     def _tokenizer(self, load) -> Component:
         return Component(f"{self.profile}|tokenizer|{MAGICTIME}/{BASE}", load.tokenizer)
 
     def _vae(self, load, checkpoint: str) -> Component:
-        return Component(self._key("vae", checkpoint), _tuned(partial(load.vae, checkpoint), self.knobs.vae))
+        return Component(self._key("vae", checkpoint, dtype=self.vae_dtype_name),
+                         _tuned(partial(load.vae, checkpoint), self.knobs.vae))
 
     def _tiny_vae(self, load) -> Component:
-        return Component(self._key("taesd", TAESD), _tuned(load.tiny_vae, self.knobs.vae))
+        return Component(self._key("taesd", TAESD, dtype=self.vae_dtype_name), _tuned(load.tiny_vae, self.knobs.vae))
 
     def _unet2d(self, load, checkpoint: str) -> Component:
         # An ingredient of motion UNets, kept float32: LoRAs merge in float32 and each result is cast once.
@@ -372,8 +380,8 @@ def _compose_identity_unet(unet2d, adapter, image_encoder, animator: dict, dtype
 
 # ----------------------------------------------------------------- real: MagicTime's own files
 class _RealLoaders:
-    def __init__(self, dtype: torch.dtype):
-        self.dtype = dtype
+    def __init__(self, dtype: torch.dtype, vae_dtype: torch.dtype | None = None):
+        self.dtype, self.vae_dtype = dtype, vae_dtype or dtype
 
     @staticmethod
     def _file(name: str) -> Path:
@@ -448,7 +456,7 @@ class _RealLoaders:
     def vae(self, checkpoint: str):
         from diffusers import AutoencoderKL
 
-        return self._single_file_part(AutoencoderKL, checkpoint, "vae", self.dtype)
+        return self._single_file_part(AutoencoderKL, checkpoint, "vae", self.vae_dtype)
 
     def unet2d(self, checkpoint: str):
         from diffusers import UNet2DConditionModel
@@ -485,7 +493,7 @@ class _RealLoaders:
     def tiny_vae(self):
         from diffusers import AutoencoderTiny
 
-        return AutoencoderTiny.from_pretrained(hub_folder(TAESD, TAESD_FILES), torch_dtype=self.dtype).eval()
+        return AutoencoderTiny.from_pretrained(hub_folder(TAESD, TAESD_FILES), torch_dtype=self.vae_dtype).eval()
 
     def image_encoder(self):
         from transformers import CLIPVisionModelWithProjection
@@ -529,8 +537,8 @@ def _check_single_file_once(path: str, size: int, mtime_ns: int, base: str) -> N
 
 # ----------------------------------------------------------------- tiny: toy models, same code paths
 class _TinyLoaders:
-    def __init__(self, dtype: torch.dtype):
-        self.dtype = dtype
+    def __init__(self, dtype: torch.dtype, vae_dtype: torch.dtype | None = None):
+        self.dtype, self.vae_dtype = dtype, vae_dtype or dtype
 
     def tokenizer(self):
         return tiny.tokenizer()
@@ -545,7 +553,7 @@ class _TinyLoaders:
         return tiny.motion_adapter(tiny.seed_of("motion", LIGHTNING, str(steps)), mid_block=True).eval()
 
     def tiny_vae(self):
-        return tiny.tiny_vae(tiny.seed_of("taesd")).to(self.dtype).eval()
+        return tiny.tiny_vae(tiny.seed_of("taesd")).to(self.vae_dtype).eval()
 
     def image_encoder(self):
         return tiny.image_encoder(tiny.seed_of("image-encoder")).to(self.dtype).eval()
@@ -564,7 +572,7 @@ class _TinyLoaders:
         return model.to(self.dtype).eval()
 
     def vae(self, checkpoint: str):
-        return tiny.vae(tiny.seed_of("vae", checkpoint)).to(self.dtype).eval()
+        return tiny.vae(tiny.seed_of("vae", checkpoint)).to(self.vae_dtype).eval()
 
     def unet2d(self, checkpoint: str):
         return tiny.unet2d(tiny.seed_of("unet", checkpoint)).eval()

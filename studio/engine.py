@@ -131,8 +131,8 @@ def run_on_gpu(engine: str, pipeline: str, job, report: Reporter, options: dict 
 @gpu
 def stream_on_gpu(engine: str, pipeline: str, job, report: Reporter, options: dict | None = None
                   ) -> Iterator[tuple[str, Any]]:
-    """run_on_gpu for a call with a live preview: yields ("preview", (frames, steps done)) while the pipeline
-    runs, then ("result", result). The pipeline runs in a thread of this process (ZeroGPU's worker, on Spaces:
+    """run_on_gpu for a call with a live preview: yields ("preview", (frames, steps done)) and ("progress", "Denoising
+    step i/n") while the pipeline runs, then ("result", result); all picklable. The pipeline runs in a thread of this process (ZeroGPU's worker, on Spaces:
     spaces.GPU takes generators) and hands its previews over a queue; when the consumer goes away (Stop, a closed
     page) the next preview raises Cancelled in that thread, which unwinds it and its locks before this returns."""
     items: queue.Queue = queue.Queue()
@@ -201,7 +201,7 @@ class Engine:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.cache = ModelCache(settings.device, settings.device_budget, settings.ram_budget)
-        self.registry = Registry(settings.profile, settings.dtype, settings.knobs)
+        self.registry = Registry(settings.profile, settings.dtype, settings.knobs, settings.vae_dtype)
         self.outputs = OutputDir(settings.output_dir, settings.output_ttl_s)
         self.guard = SafetyGuard()                 # one concept-subspace cache for every tab
         self.checker = FrameChecker()

@@ -48,6 +48,7 @@ class Settings:
     # This machine's measured speed (pipelines/estimate.py), kept across restarts; not in output_dir (cleaned hourly).
     calibration_path: Path = field(default_factory=lambda: DEFAULT_CALIBRATION)
     knobs: Knobs = field(default_factory=Knobs)   # channels-last, torch.compile, VAE tiling (pipelines/registry.py)
+    vae_dtype: str | None = None          # the VAEs' own dtype (None: `dtype`)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -60,9 +61,20 @@ class Settings:
         # other) and runs about twice as fast on tensor cores; SD1.5-family UNets and VAEs are routinely run
         # in fp16. STUDIO_DTYPE=float32 gives MagicTime's own precision. On CPU float32 (CPU fp16 kernels are
         # slow or missing).
-        dtype = _env("STUDIO_DTYPE", "") or ("float16" if device.startswith("cuda") else "float32")
+        # On a CPU with bf16 instructions (AMX / AVX-512 BF16), bfloat16 for the real profile: a full-size UNet step
+        # and the Lightning clip ran 2.05x faster (bench/gpu.py --knobs, 128 px), an epsilon prediction moved by 1.4 %
+        # (what fp16 costs on a GPU). The VAE stays float32 there: in bf16 it shifted a decoded gradient by up to 11
+        # grey levels (10.7 % of pixels by more than 2: banding), and decoding is a few percent of a run. The tiny
+        # profile stays float32 (its outputs are compared exactly).
+        dtype = _env("STUDIO_DTYPE", "") or (
+            "float16" if device.startswith("cuda") else
+            "bfloat16" if profile == "real" and _cpu_has_bf16() else "float32")
         if dtype not in DTYPES:
             raise SystemExit(f"STUDIO_DTYPE must be one of {', '.join(DTYPES)}, not {dtype!r}")
+        vae_dtype = _env("STUDIO_VAE_DTYPE", "") or (
+            "float32" if dtype == "bfloat16" and not device.startswith("cuda") else dtype)
+        if vae_dtype not in DTYPES:
+            raise SystemExit(f"STUDIO_VAE_DTYPE must be one of {', '.join(DTYPES)}, not {vae_dtype!r}")
         resolution = int(_env("STUDIO_RESOLUTION", "64" if profile == "tiny" else "512"))
         safety = _env("STUDIO_SAFETY", "on")
         if safety not in SAFETY_MODES:
@@ -97,7 +109,17 @@ class Settings:
             max_upload_mb=int(_env("STUDIO_MAX_UPLOAD_MB", "200")),
             calibration_path=Path(_env("STUDIO_CALIBRATION", str(DEFAULT_CALIBRATION))),
             knobs=knobs,
+            vae_dtype=vae_dtype,
         )
+
+
+def _cpu_has_bf16() -> bool:
+    import torch
+
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _default_device() -> str:

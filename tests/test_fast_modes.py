@@ -383,3 +383,24 @@ def test_every_tab_reports_where_its_seconds_went(client, tmp_path):
     *_, info = client.predict(video=handle_file(str(clip)), expression="the dog", api_name="/segment")
     assert {"queue_wait", "read_video", "load", "grounding", "propagation", "export"} <= set(info["timings"])
     assert all(isinstance(v, float) and v >= 0 for v in info["timings"].values())
+
+
+def test_bf16_on_a_cpu_runs_every_generating_path_with_the_vae_in_fp32():
+    """The real profile's default on a CPU with bf16 instructions (studio/settings.py): UNets and text encoders in
+    bf16, the VAE and TAESD in fp32. Every path runs: guard, keyframes, the face adapter, fast modes, the preview."""
+    registry, cache = Registry("tiny", "bfloat16", vae_dtype="float32"), ModelCache("cpu")
+    models = registry.timelapse("ToonYou")
+    with cache.use(models.unet, models.vae, models.tiny_vae) as (unet, vae, taesd):
+        assert (unet.dtype, vae.dtype, taesd.dtype) == (torch.bfloat16, torch.float32, torch.float32)
+    small = dict(width=64, height=64, num_frames=8)
+    shown = []
+    clip = TimelapsePipeline(cache, registry)(
+        TimelapseRequest("ice melting", keyframes={4: "water"}, steps=2, style="ToonYou", **small),
+        preview=lambda frames, done: shown.append(done))
+    assert clip.frames.shape == (8, 64, 64, 3) and clip.frames.std() > 0 and shown
+    fast = TimelapsePipeline(cache, registry)(TimelapseRequest("ice melting", mode="fast-preview", steps=8,
+                                                               guidance=5.0, **small))
+    assert fast.frames.shape == (8, 64, 64, 3)
+    person = IdentityPipeline(cache, registry)(IdentityRequest((PHOTO,), "a man", mode="fast", steps=4,
+                                                               guidance=1.0, **small), measure_identity=False)
+    assert person.frames.shape == (8, 64, 64, 3)

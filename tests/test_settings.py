@@ -39,3 +39,17 @@ def test_gpu_knobs_default_by_device_and_refuse_what_does_not_pay_off(monkeypatc
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
     with pytest.raises(SystemExit, match="does not pay off on ZeroGPU"):
         Settings.from_env()
+
+
+def test_a_bf16_cpu_runs_the_real_profile_in_bf16_with_the_vae_in_fp32(monkeypatch):
+    import studio.settings as settings
+
+    monkeypatch.setenv("STUDIO_DEVICE", "cpu")
+    monkeypatch.setattr(settings, "_cpu_has_bf16", lambda: True)
+    real = Settings.from_env()
+    assert (real.dtype, real.vae_dtype) == ("bfloat16", "float32")
+    monkeypatch.setenv("STUDIO_PROFILE", "tiny")
+    assert (Settings.from_env().dtype, Settings.from_env().vae_dtype) == ("float32", "float32")
+    monkeypatch.setattr(settings, "_cpu_has_bf16", lambda: False)
+    monkeypatch.setenv("STUDIO_PROFILE", "real")
+    assert Settings.from_env().dtype == "float32"
