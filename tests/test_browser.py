@@ -91,6 +91,23 @@ def page(browser_context, server):
 FINISHED_JS = "(id) => (document.querySelector(id)?.innerText || '').includes('Took')"
 
 
+def _slow_steps(monkeypatch, seconds: float) -> None:
+    """Make each time-lapse denoising step take `seconds` (tiny-profile steps take milliseconds)."""
+    import pipelines.timelapse
+
+    real_reporter = pipelines.timelapse.step_reporter
+
+    def slow_reporter(progress, steps, preview=None):
+        report = real_reporter(progress, steps, preview)
+
+        def on_step_end(*args):
+            time.sleep(seconds)
+            return report(*args)
+        return on_step_end
+
+    monkeypatch.setattr(pipelines.timelapse, "step_reporter", slow_reporter)
+
+
 def _generate_and_wait_for_video(page, tab: str = "timelapse") -> None:
     """Generate, and wait for the final clip: the live preview shows clips before it, the summary says "Took"."""
     page.locator(f"#{tab}-run").click()
@@ -318,19 +335,7 @@ def test_stop_says_it_stopped_and_the_next_run_starts_cleanly(page, server, monk
     engine, _ = server
     # A tiny-profile step takes a few milliseconds: 100 of them can finish before the page sees any progress,
     # and the test would wait for a run that is already over. Each step is made to take 50 ms instead.
-    import pipelines.timelapse
-
-    real_reporter = pipelines.timelapse.step_reporter
-
-    def slow_reporter(progress, steps, preview=None):
-        report = real_reporter(progress, steps, preview)
-
-        def on_step_end(*args):
-            time.sleep(0.05)
-            return report(*args)
-        return on_step_end
-
-    monkeypatch.setattr(pipelines.timelapse, "step_reporter", slow_reporter)
+    _slow_steps(monkeypatch, 0.05)
     page.get_by_label("What changes over time", exact=True).fill("ice melting")
     page.locator("button:visible", has_text="Advanced").first.click()         # the time-lapse tab's accordion
     _set_number(page, "Steps", 100)
@@ -350,19 +355,7 @@ def test_stop_says_it_stopped_and_the_next_run_starts_cleanly(page, server, monk
 
 
 def test_the_live_preview_shows_the_clip_before_the_final_one(page, monkeypatch):
-    import pipelines.timelapse
-
-    real_reporter = pipelines.timelapse.step_reporter
-
-    def slow_reporter(progress, steps, preview=None):       # 0.1 s a step: time to see the preview
-        report = real_reporter(progress, steps, preview)
-
-        def on_step_end(*args):
-            time.sleep(0.1)
-            return report(*args)
-        return on_step_end
-
-    monkeypatch.setattr(pipelines.timelapse, "step_reporter", slow_reporter)
+    _slow_steps(monkeypatch, 0.1)                               # time to see the preview, and steps after it
     page.get_by_label("What changes over time", exact=True).fill("ice melting")
     page.locator("#timelapse-run").click()
     previewing = "() => (document.querySelector('#timelapse-summary')?.innerText || '').includes('preview from step 1')"
