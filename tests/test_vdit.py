@@ -1,0 +1,173 @@
+"""VD-IT's trained parts against the formulas of reference/vdit.md, each written out independently here (section 8.3):
+fixed random weights, the port's output against the maths, in fp32."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipelines import vdit
+
+TINY = vdit.VDITConfig(d_model=32, num_queries=3, layers=2, heads=4, points=2, ffn=64, text_hidden=24,
+                       unet_text=48, vision_hidden=40, cross_heads=4, cross_head_dim=8, cross_ffn=20,
+                       taps=((12, 8, 8), (20, 16, 16), (24, 16, 16), (28, 16, 32)), group_norm=8)
+
+
+def seeded(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return module.eval()
+
+
+def test_the_unet_is_read_at_t0_of_sds_scaled_linear_schedule():
+    signal, spread = vdit.t0_coefficients()
+    assert signal == pytest.approx(0.9995749, abs=5e-8) and spread == pytest.approx(0.0291551, abs=5e-8)
+    z, n = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
+    torch.testing.assert_close(vdit.noised_latents(z, n), signal * z + spread * n, rtol=0, atol=0)
+
+
+def test_the_noise_predictor_is_conv_then_a_per_pixel_mlp_normalised_over_the_clip():
+    module = seeded(vdit.NoisePredictor())
+    z = torch.randn(3, 4, 5, 6)
+    with torch.no_grad():
+        conv = F.conv2d(z, module.noise_pred.weight, module.noise_pred.bias, padding=1)
+        w1, w2 = module.noise_fc[0].weight, module.noise_fc[2].weight
+        pixels = conv.permute(0, 2, 3, 1).reshape(-1, 4)                   # every pixel's 4 channels
+        n = torch.sigmoid(torch.relu(pixels @ w1.T) @ w2.T).reshape(3, 5, 6, 4).permute(0, 3, 1, 2)
+        mean, std = n.mean(), (((n - n.mean()) ** 2).sum() / (n.numel() - 1)).sqrt()   # unbiased, whole tensor
+        torch.testing.assert_close(module(z), (n - mean) / (std + 1e-5))
+
+
+def test_residual_mlp_and_the_text_image_cross_attention_are_post_ln_with_eps_1e_6():
+    glue = seeded(vdit.FeatureExtractorGlue(TINY))
+    text, image = torch.randn(1, 7, 48), torch.randn(2, 9, 40)
+    with torch.no_grad():
+        p = glue.projection
+        a = image @ p.linear1.weight.T + p.linear1.bias
+        tokens = a @ p.linear2.weight.T + p.linear2.bias + a
+        torch.testing.assert_close(p(image), tokens)
+
+        att, ffn = glue.cross_attn.cros_attn, glue.cross_attn.pos_ffn
+        q = (text.expand(2, -1, -1) @ att.w_qs.weight.T).view(2, 7, 4, 8)
+        k, v = (tokens @ att.w_ks.weight.T).view(2, 9, 4, 8), (tokens @ att.w_vs.weight.T).view(2, 9, 4, 8)
+        weights = torch.softmax(torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(8), dim=-1)
+        read = torch.einsum("bhqk,bkhd->bqhd", weights, v).reshape(2, 7, 32) @ att.fc.weight.T
+        o = F.layer_norm(read + text, (48,), att.layer_norm.weight, att.layer_norm.bias, eps=1e-6)
+        hidden = torch.relu(o @ ffn.w_1.weight.T + ffn.w_1.bias) @ ffn.w_2.weight.T + ffn.w_2.bias
+        expected = F.layer_norm(hidden + o, (48,), ffn.layer_norm.weight, ffn.layer_norm.bias, eps=1e-6)
+        torch.testing.assert_close(glue.frame_conditions(text, image), expected)
+    assert att.layer_norm.eps == ffn.layer_norm.eps == 1e-6
+
+
+def test_the_pyramid_concatenates_down_then_up_maps_per_stride():
+    glue = seeded(vdit.FeatureExtractorGlue(TINY))
+    taps = {"F0": torch.randn(1, 8, 8, 8), "F1": torch.randn(1, 8, 4, 4), "F2": torch.randn(1, 12, 2, 2),
+            "U0": torch.randn(1, 16, 2, 2), "U1": torch.randn(1, 16, 4, 4), "U2": torch.randn(1, 12, 8, 8)}
+    v4 = torch.randn(1, 12, 16, 16)
+    with torch.no_grad():
+        pyramid = glue.pyramid(v4, taps)
+        two_convs = lambda post, x: post[1](post[0](x))  # noqa: E731  (two 1x1 convolutions, no activation)
+        for level, (down, up) in ((1, ("F0", "U2")), (2, ("F1", "U1")), (3, ("F2", "U0"))):
+            expected = two_convs(glue.act_postprocess[level], torch.cat([taps[down], taps[up]], 1))
+            torch.testing.assert_close(pyramid[level], expected)
+        torch.testing.assert_close(pyramid[0], two_convs(glue.act_postprocess[0], v4))
+    assert [p.shape[1] for p in pyramid] == [8, 16, 16, 32]
+
+
+def test_2d_sine_positions_follow_the_valid_area_with_the_half_offset_and_1d_has_none():
+    pad = torch.zeros(2, 6, 7, dtype=torch.bool)
+    pad[0, 4:, :], pad[1, :, 5:] = True, True
+    ours = vdit.sine_positions_2d(pad, 16)
+    assert ours.shape == (2, 32, 6, 7)
+    dim = 10000 ** (2 * (torch.arange(16) // 2) / 16)
+    # frame 0, row 2, column 3: 3 valid rows from the top of 4, 4 valid columns of 7
+    y, x = (3 - 0.5) / (4 + 1e-6) * 2 * math.pi, (4 - 0.5) / (7 + 1e-6) * 2 * math.pi
+    wave = lambda v: torch.stack([(v / d).sin() if i % 2 == 0 else (v / d).cos()  # noqa: E731
+                                  for i, d in enumerate(dim)])
+    torch.testing.assert_close(ours[0, :, 2, 3], torch.cat([wave(torch.tensor(y)), wave(torch.tensor(x))]))
+
+    text_pad = torch.tensor([[False, False, False, True]])
+    positions = vdit.sine_positions_1d(text_pad, 8)
+    x = torch.tensor([1.0, 2.0, 3.0, 3.0]) / (3 + 1e-6) * 2 * math.pi            # cumsum / last, no -0.5
+    dim = 10000 ** (2 * (torch.arange(8) // 2) / 8)
+    expected = torch.stack([(x / d).sin() if i % 2 == 0 else (x / d).cos() for i, d in enumerate(dim)], -1)
+    torch.testing.assert_close(positions[0], expected)
+
+
+def test_query_fusion_multiplies_each_query_by_what_it_read_from_the_text():
+    fusion = seeded(vdit.QueryFusion(32, 4))
+    queries, text, pos = torch.randn(3, 32), torch.randn(1, 5, 32), torch.randn(1, 5, 32)
+    pad = torch.tensor([[False, False, False, False, True]])
+    attn = fusion.multihead_attn
+    with torch.no_grad():
+        wq, wk, wv = attn.in_proj_weight.chunk(3)
+        bq, bk, bv = attn.in_proj_bias.chunk(3)
+        q = (queries @ wq.T + bq).view(3, 4, 8)
+        k = ((text[0] + pos[0]) @ wk.T + bk).view(5, 4, 8)
+        v = (text[0] @ wv.T + bv).view(5, 4, 8)
+        scores = torch.einsum("qhd,khd->hqk", q, k) / math.sqrt(8)
+        scores[:, :, 4] = float("-inf")                                     # the padded word
+        read = torch.einsum("hqk,khd->qhd", scores.softmax(-1), v).reshape(3, 32) @ attn.out_proj.weight.T
+        expected = queries * (read + attn.out_proj.bias)
+        torch.testing.assert_close(fusion(queries, text, pos, pad), expected)
+
+
+def test_the_dynamic_head_uses_pixel_unit_offsets_from_the_query_centre():
+    frames, d, h, w, c = 2, 6, 3, 4, 5
+    params = torch.randn(frames, (d + 2) * c + c + c * c + c)
+    features, centres = torch.randn(frames, d, h, w), torch.rand(frames, 2)
+    size = (40, 30)                                                          # (w, h) of the unpadded frame
+    out = vdit.dynamic_masks(params, features, centres, size, c)
+    for t in range(frames):
+        w1 = params[t, :(d + 2) * c].view(c, d + 2)
+        b1 = params[t, (d + 2) * c:(d + 2) * c + c]
+        w2 = params[t, (d + 2) * c + c:(d + 2) * c + c + c * c].view(c, c)
+        b2 = params[t, (d + 2) * c + c + c * c:]
+        for i in range(h):
+            for j in range(w):
+                rel = torch.tensor([centres[t, 0] * 40 - (8 * j + 4), centres[t, 1] * 30 - (8 * i + 4)])
+                pixel = torch.cat([features[t, :, i, j], rel])
+                expected = w2 @ torch.relu(w1 @ pixel + b1) + b2
+                torch.testing.assert_close(out[t, :, i, j], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_mask_refinement_is_two_residual_stages_then_a_pixel_shuffle():
+    refine = seeded(vdit.MaskRefine(16, 8, 4))
+    masks, p8, p4 = torch.randn(1, 16, 3, 5), torch.randn(1, 8, 3, 5), torch.randn(1, 4, 6, 10)
+    with torch.no_grad():
+        stage = lambda m, p, c1, c2: m + c2(torch.relu(c1(torch.relu(torch.cat([m, p], 1)))))  # noqa: E731
+        m = stage(masks, p8, refine.conv1_1div8, refine.conv2_1div8)
+        m = stage(F.interpolate(m, size=(6, 10), mode="bilinear", align_corners=False), p4, refine.conv1_1div4,
+                  refine.conv2_1div4)
+        shuffled = m.view(1, 1, 4, 4, 6, 10).permute(0, 1, 4, 2, 5, 3).reshape(1, 1, 24, 40)   # pixel_shuffle(4)
+        torch.testing.assert_close(refine(masks, p8, p4), shuffled)
+
+
+def test_the_query_is_picked_by_its_score_averaged_over_time():
+    # Query 0: one very sure frame; query 1: steadily likely. The mean of the sigmoids picks 1 (0.335 against 0.731);
+    # the best single frame would pick 0.
+    logits = torch.tensor([[8.0, 1.0], [-6.0, 1.0], [-6.0, 1.0]])
+    assert vdit.pick_query(logits) == 1 and int(logits.max(0).values.argmax()) == 0
+
+
+def test_the_head_refines_2d_references_into_boxes_and_masks_the_padded_frame():
+    head = seeded(vdit.VDITHead(TINY), seed=3)
+    frames, height, width = 2, 64, 96
+    pad = torch.zeros(frames, height, width, dtype=torch.bool)
+    pad[:, 56:], pad[:, :, 88:] = True, True
+    g = torch.Generator().manual_seed(1)
+    pyramid = [torch.randn(frames, c, height // s, width // s, generator=g)
+               for c, s in ((8, 4), (16, 8), (16, 16), (32, 32))]
+    with torch.no_grad():
+        out = head(pyramid, pad, (56, 88), torch.randn(1, 5, 24, generator=g), torch.tensor([[False] * 4 + [True]]))
+    assert out.logits.shape == (frames, 3) and out.boxes.shape == (frames, 3, 4)   # 2-D refs became boxes
+    assert out.mask_logits.shape == (frames, 1, height, width)
+    assert out.query == vdit.pick_query(out.logits)
+    masks = vdit.masks_at(out.mask_logits, (56, 88), (112, 176))
+    assert masks.shape == (frames, 112, 176) and masks.dtype == torch.bool
+    assert head.decoder.bbox_embed is head.bbox_embed                     # one module, two names (the aliases)
