@@ -171,6 +171,80 @@ class FeatureExtractorGlue(nn.Module):
         return [post(x) for post, x in zip(self.act_postprocess, inputs, strict=True)]
 
 
+# ----------------------------------------------------------------- section 2.9: reading the frozen UNet
+class _Done(Exception):
+    """Raised by the last tap: nothing after up_blocks[2] is used (up_blocks[3], conv_out)."""
+
+
+def _skipped(module, args, kwargs, output):
+    """An identity forward hook: the module's input comes out unchanged, in its output's structure."""
+    x = args[0] if args else kwargs["hidden_states"]
+    return (x,) if isinstance(output, tuple) else x
+
+
+@torch.no_grad()
+def unet_taps(unet, latents: torch.Tensor, conditions: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The six maps VD-IT reads off a stock `UNet3DConditionModel` at t = 0 (section 2.9), by forward hooks on the
+    unmodified model (section 6's recipe): latents (T, 4, h, w), conditions C (T, 77, D), one per frame ->
+    {"F0": transformer_in, "F1": down_blocks[0], "F2": down_blocks[1], "U0"/"U1"/"U2": up_blocks[0..2]}.
+
+    VD-IT's UNet differs from the stock one in three ways, each handled here: every block gets the frame's own
+    condition (a pre-hook swaps `encoder_hidden_states`; the stock forward gets a one-frame dummy it repeats);
+    it stops after up_blocks[2]; and with one frame it skips transformer_in and every temporal attention and
+    temporal convolution except mid_block.temp_convs[0] (identity hooks; without them one frame differs)."""
+    frames = latents.shape[0]
+    blocks = [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
+    taps: dict[str, torch.Tensor] = {}
+
+    def per_frame(module, args, kwargs):
+        if "encoder_hidden_states" in kwargs:
+            kwargs = {**kwargs, "encoder_hidden_states": conditions}
+        return args, kwargs
+
+    def keep(name: str, first: bool):
+        def hook(module, args, output):
+            taps[name] = output[0] if first else output
+            if name == "U2":
+                raise _Done
+        return hook
+
+    handles = [block.register_forward_pre_hook(per_frame, with_kwargs=True) for block in blocks]
+    if frames == 1:      # registered before the taps: the taps see the skipped modules' inputs
+        temporal = [m for block in blocks for m in (*getattr(block, "temp_attentions", ()),
+                                                     *getattr(block, "temp_convs", ()))]
+        for module in [unet.transformer_in, *temporal]:
+            if module is not unet.mid_block.temp_convs[0]:
+                handles.append(module.register_forward_hook(_skipped, with_kwargs=True))
+    for name, module, first in (("F0", unet.transformer_in, True), ("F1", unet.down_blocks[0], True),
+                                ("F2", unet.down_blocks[1], True), ("U0", unet.up_blocks[0], False),
+                                ("U1", unet.up_blocks[1], False), ("U2", unet.up_blocks[2], False)):
+        handles.append(module.register_forward_hook(keep(name, first)))
+    try:
+        sample = latents.permute(1, 0, 2, 3)[None].to(unet.dtype)        # (1, 4, T, h, w)
+        unet(sample, 0, encoder_hidden_states=conditions[:1].to(unet.dtype))
+    except _Done:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return taps
+
+
+@torch.no_grad()
+def vae_tap(vae, pixels: torch.Tensor, generator: torch.Generator | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """pixels (T, 3, H, W) in [-1, 1] -> (latents z = sample * 0.18215 (T, 4, H/8, W/8), V4 = the output of
+    encoder.down_blocks[2].resnets[1] (T, 512, H/4, W/4)). Section 2.6: the original samples the latent
+    distribution (stochastic; seeded here by `generator`)."""
+    seen: list[torch.Tensor] = []
+    handle = vae.encoder.down_blocks[2].resnets[1].register_forward_hook(lambda m, a, o: seen.append(o))
+    try:
+        latents = vae.encode(pixels.to(vae.dtype)).latent_dist.sample(generator) * vae.config.scaling_factor
+    finally:
+        handle.remove()
+    return latents, seen[0]
+
+
 # ----------------------------------------------------------------- section 3: the head
 def sine_positions_2d(pad: torch.Tensor, features: int = 128, temperature: float = 10000.0) -> torch.Tensor:
     """pad (T, h, w) True at padding -> (T, 2 * features, h, w): DETR's normalised sine embedding of the valid area,

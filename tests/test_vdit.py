@@ -171,3 +171,92 @@ def test_the_head_refines_2d_references_into_boxes_and_masks_the_padded_frame():
     masks = vdit.masks_at(out.mask_logits, (56, 88), (112, 176))
     assert masks.shape == (frames, 112, 176) and masks.dtype == torch.bool
     assert head.decoder.bbox_embed is head.bbox_embed                     # one module, two names (the aliases)
+
+
+# ----------------------------------------------------------------- the frozen backbone's taps (section 8.1)
+def tiny_unet3d():
+    from diffusers import UNet3DConditionModel
+
+    torch.manual_seed(5)
+    return UNet3DConditionModel(
+        block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=4, cross_attention_dim=12,
+        attention_head_dim=4, sample_size=8, in_channels=4, out_channels=4).eval()
+
+
+def direct_taps(unet, latents, conditions):
+    """The same maps computed without hooks: UNet3DConditionModel's forward written out here block by block, every
+    block given the per-frame conditions, and with one frame VD-IT's skips done by replacing the modules' forwards."""
+    frames = latents.shape[0]
+    emb = unet.time_embedding(unet.time_proj(torch.tensor([0])).to(unet.dtype)).repeat_interleave(frames, 0)
+    sample = unet.conv_in(latents)
+    sample = sample if frames == 1 else unet.transformer_in(sample, num_frames=frames, return_dict=False)[0]
+    taps, residuals = {"F0": sample}, (sample,)
+    for i, block in enumerate(unet.down_blocks):
+        kwargs = dict(encoder_hidden_states=conditions) if getattr(block, "has_cross_attention", False) else {}
+        sample, res = block(hidden_states=sample, temb=emb, num_frames=frames, **kwargs)
+        residuals += res
+        if i < 2:
+            taps[f"F{i + 1}"] = sample
+    sample = unet.mid_block(sample, emb, encoder_hidden_states=conditions, num_frames=frames)
+    for i, block in enumerate(unet.up_blocks[:3]):
+        res, residuals = residuals[-len(block.resnets):], residuals[:-len(block.resnets)]
+        kwargs = dict(encoder_hidden_states=conditions) if getattr(block, "has_cross_attention", False) else {}
+        sample = block(hidden_states=sample, temb=emb, res_hidden_states_tuple=res, num_frames=frames,
+                       upsample_size=residuals[-1].shape[2:], **kwargs)
+        taps[f"U{i}"] = sample
+    return taps
+
+
+@pytest.mark.parametrize("frames", [1, 3])
+def test_the_unet_hooks_give_exactly_the_maps_of_a_direct_per_frame_computation(frames, monkeypatch):
+    unet = tiny_unet3d()
+    g = torch.Generator().manual_seed(frames)
+    latents, conditions = torch.randn(frames, 4, 12, 10, generator=g), torch.randn(frames, 7, 12, generator=g)
+    hooked = vdit.unet_taps(unet, latents, conditions)
+    if frames == 1:                       # VD-IT's one-frame path: no temporal layer but the mid-block's first conv
+        blocks = [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
+        for block in blocks:
+            for attn in getattr(block, "temp_attentions", ()):
+                monkeypatch.setattr(attn, "forward", lambda hidden_states, *a, **k: (hidden_states,))
+            for conv in getattr(block, "temp_convs", ()):
+                if conv is not unet.mid_block.temp_convs[0]:
+                    monkeypatch.setattr(conv, "forward", lambda hidden_states, *a, **k: hidden_states)
+    with torch.no_grad():
+        expected = direct_taps(unet, latents, conditions)
+    assert hooked.keys() == expected.keys() == {"F0", "F1", "F2", "U0", "U1", "U2"}
+    for name in expected:
+        torch.testing.assert_close(hooked[name], expected[name], rtol=0, atol=0, msg=name)
+    assert [hooked[n].shape[1] for n in ("F0", "F1", "F2", "U0", "U1", "U2")] == [8, 8, 16, 16, 16, 16]
+    assert not unet._forward_hooks and not any(m._forward_hooks or m._forward_pre_hooks for m in unet.modules())
+
+
+def test_one_frame_differs_without_vdits_skips():
+    unet = tiny_unet3d()
+    latents, conditions = torch.randn(1, 4, 12, 10), torch.randn(1, 7, 12)
+    with torch.no_grad():
+        stock = direct_taps(unet, latents, conditions)      # transformer_in skipped, temporal layers run (stock)
+    hooked = vdit.unet_taps(unet, latents, conditions)
+    assert not torch.equal(hooked["U2"], stock["U2"])
+
+
+def test_the_vae_tap_is_down_block_2s_second_resnet_and_the_latent_is_scaled():
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(4)      # SD's VAE layout at toy width: four blocks, two resnets each
+    vae = AutoencoderKL(block_out_channels=(4, 8, 8, 8), layers_per_block=2, latent_channels=4, norm_num_groups=2,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4).eval()
+    pixels = torch.rand(2, 3, 64, 48) * 2 - 1
+    latents, v4 = vdit.vae_tap(vae, pixels, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        x = vae.encoder.conv_in(pixels)
+        for block in vae.encoder.down_blocks[:2]:
+            x = block(x)
+        for resnet in vae.encoder.down_blocks[2].resnets:
+            x = resnet(x, None)
+        torch.testing.assert_close(v4, x, rtol=0, atol=0)
+        moments = vae.quant_conv(vae.encoder(pixels)) if vae.quant_conv is not None else vae.encoder(pixels)
+        mean, logvar = moments.chunk(2, dim=1)
+        noise = torch.randn(mean.shape, generator=torch.Generator().manual_seed(0))
+        expected = (mean + torch.exp(0.5 * logvar.clamp(-30.0, 20.0)) * noise) * vae.config.scaling_factor
+        torch.testing.assert_close(latents, expected)
+    assert v4.shape == (2, 8, 16, 12)
