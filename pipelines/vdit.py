@@ -126,17 +126,19 @@ class TextImageCrossAttention(nn.Module):
 class NoisePredictor(nn.Module):
     """Section 2.7: the "video-specific noise" from the clip's own latents: a 3x3 convolution, then per pixel a
     two-layer MLP over the 4 channels (no biases) with a sigmoid, normalised over the whole clip tensor (unbiased
-    std, + 1e-5)."""
+    std, + 1e-5). The convolution is a bare (4, 4, 3, 3) weight without bias, as the checkpoint's key list has it
+    (`noise_pred`, no `.weight`/`.bias`) [inferred from the spec's key list; a file with a bias fails to convert,
+    naming it]."""
 
     def __init__(self, channels: int = 4):
         super().__init__()
-        self.noise_pred = nn.Conv2d(channels, channels, 3, padding=1)
+        self.noise_pred = nn.Parameter(torch.zeros(channels, channels, 3, 3))
         self.noise_fc = nn.Sequential(nn.Linear(channels, channels, bias=False), nn.ReLU(),
                                       nn.Linear(channels, channels, bias=False), nn.Sigmoid())
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         """latents (T, 4, h, w) -> noise of the same shape."""
-        n = self.noise_pred(latents).permute(0, 2, 3, 1)
+        n = F.conv2d(latents, self.noise_pred, padding=1).permute(0, 2, 3, 1)
         n = self.noise_fc(n).permute(0, 3, 1, 2)
         return (n - n.mean()) / (n.std() + 1e-5)
 
@@ -450,6 +452,16 @@ class VDITHead(nn.Module):
         masks = dynamic_masks(self.controller(last[:, query]), features, boxes[:, query, :2], (size[1], size[0]),
                               config.dynamic_channels)
         return HeadOutput(logits, boxes, query, self.mask_refine(masks, p8, p4))
+
+
+class VDIT(nn.Module):
+    """Everything VD-IT trained: the backbone's glue and the head (pipelines/convert/vdit.py loads the checkpoint)."""
+
+    def __init__(self, config: VDITConfig | None = None):
+        super().__init__()
+        self.config = config or VDITConfig()
+        self.glue = FeatureExtractorGlue(self.config)
+        self.head = VDITHead(self.config)
 
 
 def masks_at(mask_logits: torch.Tensor, size: tuple[int, int], original: tuple[int, int],

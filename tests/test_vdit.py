@@ -35,7 +35,7 @@ def test_the_noise_predictor_is_conv_then_a_per_pixel_mlp_normalised_over_the_cl
     module = seeded(vdit.NoisePredictor())
     z = torch.randn(3, 4, 5, 6)
     with torch.no_grad():
-        conv = F.conv2d(z, module.noise_pred.weight, module.noise_pred.bias, padding=1)
+        conv = F.conv2d(z, module.noise_pred, padding=1)
         w1, w2 = module.noise_fc[0].weight, module.noise_fc[2].weight
         pixels = conv.permute(0, 2, 3, 1).reshape(-1, 4)                   # every pixel's 4 channels
         n = torch.sigmoid(torch.relu(pixels @ w1.T) @ w2.T).reshape(3, 5, 6, 4).permute(0, 3, 1, 2)
@@ -260,3 +260,77 @@ def test_the_vae_tap_is_down_block_2s_second_resnet_and_the_latent_is_scaled():
         expected = (mean + torch.exp(0.5 * logvar.clamp(-30.0, 20.0)) * noise) * vae.config.scaling_factor
         torch.testing.assert_close(latents, expected)
     assert v4.shape == (2, 8, 16, 12)
+
+
+# ----------------------------------------------------------------- the checkpoint (section 8.4)
+def repository_checkpoint(model: vdit.VDIT, aliases: bool = True) -> dict[str, torch.Tensor]:
+    """The model's weights under the authors' names (reference/vdit.md section 5), written out here key by key:
+    nn.MultiheadAttention's packed in_proj, norm1/linear1 names, shared modules twice, frozen keys too."""
+    ours = model.state_dict()
+    out = {}
+    for key, value in ours.items():
+        if key.startswith("head.decoder.bbox_embed."):
+            continue
+        if key.startswith("glue."):
+            rest = key.removeprefix("glue.").removeprefix("noise.")
+            out[f"backbone.0.diff_ftex.{rest}"] = value
+            if aliases and rest.startswith("act_postprocess."):
+                level = int(rest.split(".")[1])
+                out[f"backbone.0.diff_ftex.act_{level + 1}_postprocess." + rest.split(".", 2)[2]] = value
+        elif key.startswith(("head.encoder.layers.", "head.decoder.layers.")):
+            side, index, rest = key.split(".", 4)[1], key.split(".")[3], key.split(".", 4)[4]
+            names = {"self_attn_layer_norm": "norm1", "mlp.fc1": "linear1", "mlp.fc2": "linear2",
+                     "final_layer_norm": "norm2"} if side == "encoder" else {
+                "encoder_attn_layer_norm": "norm1", "self_attn_layer_norm": "norm2", "mlp.fc1": "linear1",
+                "mlp.fc2": "linear2", "final_layer_norm": "norm3", "encoder_attn": "cross_attn",
+                "self_attn.o_proj": "self_attn.out_proj"}
+            if side == "decoder" and rest.startswith(("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")):
+                continue
+            for new, old in names.items():
+                if rest.startswith(new):
+                    rest = old + rest[len(new):]
+                    break
+            out[f"transformer.{side}.layers.{index}.{rest}"] = value
+        elif key in ("head.level_embed",) or key.startswith("head.reference_points."):
+            out["transformer." + key.removeprefix("head.")] = value
+        else:
+            out[key.removeprefix("head.")] = value
+            if aliases and key.startswith("head.bbox_embed."):
+                out["transformer.decoder." + key.removeprefix("head.")] = value
+    for index in range(model.config.layers):
+        prefix = f"head.decoder.layers.{index}.self_attn."
+        for kind in ("weight", "bias"):
+            out[f"transformer.decoder.layers.{index}.self_attn.in_proj_{kind}"] = torch.cat(
+                [ours[f"{prefix}{p}_proj.{kind}"] for p in "qkv"])
+    out["backbone.0.diff_ftex.unet.conv_in.weight"] = torch.zeros(1)            # frozen parts, if the file has them
+    out["text_encoder.text_backbone.embeddings.position_ids"] = torch.arange(3)
+    return out
+
+
+def test_a_checkpoint_in_the_repositorys_layout_loads_every_trained_weight():
+    source, target = seeded(vdit.VDIT(TINY), seed=7), vdit.VDIT(TINY)
+    from pipelines.convert.vdit import vdit_state_dict
+
+    for aliases in (True, False):
+        state = vdit_state_dict({"model": repository_checkpoint(source, aliases)}, target)
+        target.load_state_dict(state, strict=True)
+        for name, value in source.state_dict().items():
+            assert torch.equal(target.state_dict()[name], value), name
+
+
+def test_a_checkpoint_that_does_not_fit_names_every_key():
+    from pipelines.convert.lora import ConversionError
+    from pipelines.convert.vdit import vdit_state_dict
+
+    model = seeded(vdit.VDIT(TINY))
+    checkpoint = repository_checkpoint(model)
+    del checkpoint["mask_refine.conv1_1div8.weight"]
+    checkpoint["backbone.0.diff_ftex.noise_pred.bias"] = torch.zeros(4)                  # a conv bias we do not have
+    checkpoint["controller.layers.2.weight"] = torch.zeros(7, 32)
+    checkpoint["transformer.decoder.bbox_embed.0.layers.0.bias"] = torch.ones(32)       # an alias that disagrees
+    with pytest.raises(ConversionError) as error:
+        vdit_state_dict(checkpoint, vdit.VDIT(TINY))
+    text = str(error.value)
+    for part in ("head.mask_refine.conv1_1div8.weight: missing", "noise_pred.bias: no place",
+                 "controller.layers.2.weight: shape (7, 32)", "an alias of head.bbox_embed.0.layers.0.bias"):
+        assert part in text, part
