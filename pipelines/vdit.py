@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -61,6 +62,56 @@ def t0_coefficients() -> tuple[float, float]:
     betas = torch.linspace(BETA_START**0.5, BETA_END**0.5, TRAIN_STEPS, dtype=torch.float32) ** 2
     alpha_bar = torch.cumprod(1.0 - betas, dim=0)[0]
     return float(alpha_bar.sqrt()), float((1 - alpha_bar).sqrt())
+
+
+# ----------------------------------------------------------------- section 1: preprocessing
+SHORT_SIDE = 360                   # frames are resized to this short side (no cap on the long one)
+PAD_TO = 16                        # then zero-padded (in normalised space) at the bottom and right to a multiple
+CHUNK_FRAMES = 36                  # Ref-DAVIS's clip length per forward (the original's CUDA kernel limit)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def caption(text: str) -> str:
+    """The expression as training saw it: lower case, whitespace collapsed."""
+    return " ".join(text.lower().split())
+
+
+def resized_size(height: int, width: int, short_side: int = SHORT_SIDE) -> tuple[int, int]:
+    """torchvision's Resize(int) on a PIL image: the short side to `short_side`, the long one int(short * long /
+    short_old) (truncated)."""
+    if height <= width:
+        return short_side, int(short_side * width / height)
+    return int(short_side * height / width), short_side
+
+
+def prepare_frames(frames: np.ndarray, short_side: int = SHORT_SIDE
+                   ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+    """(T, H, W, 3) uint8 -> (normalised (T, 3, H', W') padded to /16, pad mask (T, H', W') True at padding,
+    (h, w) unpadded): PIL bilinear resize, /255, ImageNet mean and std, zeros below and right."""
+    from PIL import Image
+
+    h, w = resized_size(*frames.shape[1:3], short_side)
+    resized = np.stack([np.asarray(Image.fromarray(f).resize((w, h), Image.BILINEAR)) for f in frames])
+    x = torch.from_numpy(resized).permute(0, 3, 1, 2).float() / 255
+    x = (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+    hp, wp = -(-h // PAD_TO) * PAD_TO, -(-w // PAD_TO) * PAD_TO
+    padded = F.pad(x, (0, wp - w, 0, hp - h))
+    pad = torch.ones(len(frames), hp, wp, dtype=torch.bool)
+    pad[:, :h, :w] = False
+    return padded, pad, (h, w)
+
+
+def diffusion_pixels(normalised: torch.Tensor) -> torch.Tensor:
+    """Section 2.1: back to [0, 1] then [-1, 1] for the VAE (padding becomes ImageNet's mean grey)."""
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    return (normalised * std + mean) * 2 - 1
+
+
+def clip_images(pixels: torch.Tensor) -> list[np.ndarray]:
+    """Section 2.2: [-1, 1] pixels -> uint8 as the original makes them, int((px + 1) * 127.5), truncated (not
+    rounded), for CLIP's own processor (short side 224 bicubic, centre crop 224: CLIP sees the central square)."""
+    u8 = ((pixels + 1) * 127.5).to(torch.uint8)          # truncation toward zero, values in [0, 255]
+    return list(u8.permute(0, 2, 3, 1).numpy())
 
 
 # ----------------------------------------------------------------- section 2: the backbone's trained glue

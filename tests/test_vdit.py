@@ -334,3 +334,28 @@ def test_a_checkpoint_that_does_not_fit_names_every_key():
     for part in ("head.mask_refine.conv1_1div8.weight: missing", "noise_pred.bias: no place",
                  "controller.layers.2.weight: shape (7, 32)", "an alias of head.bbox_embed.0.layers.0.bias"):
         assert part in text, part
+
+
+# ----------------------------------------------------------------- preprocessing (section 8.5)
+def test_frames_are_resized_to_a_360_short_side_and_padded_to_16_with_grey_for_the_vae():
+    import numpy as np
+    from PIL import Image
+
+    frames = np.random.default_rng(0).integers(0, 256, (2, 480, 854, 3), dtype=np.uint8)
+    normalised, pad, size = vdit.prepare_frames(frames)
+    assert size == (360, 640) and normalised.shape == (2, 3, 368, 640) and pad.shape == (2, 368, 640)
+    assert pad[:, 360:].all() and not pad[:, :360].any()
+    expected = np.asarray(Image.fromarray(frames[1]).resize((640, 360), Image.BILINEAR)).astype(np.float32) / 255
+    mean, std = np.array(vdit.IMAGENET_MEAN), np.array(vdit.IMAGENET_STD)
+    np.testing.assert_allclose(normalised[1, :, :360].permute(1, 2, 0).numpy(), (expected - mean) / std, atol=1e-5)
+    assert torch.all(normalised[:, :, 360:] == 0)
+    grey = vdit.diffusion_pixels(normalised)[0, :, 365, 10]
+    torch.testing.assert_close(grey, torch.tensor(mean, dtype=torch.float32) * 2 - 1)
+    assert vdit.resized_size(854, 480) == (640, 360) and vdit.resized_size(100, 333) == (360, 1198)
+
+
+def test_clips_images_are_truncated_not_rounded_and_captions_normalised():
+    pixels = torch.tensor([-1.0, -0.9161, 0.0, 1.0]).view(1, 1, 1, 4).expand(1, 3, 1, 4)
+    (image,) = vdit.clip_images(pixels)
+    assert image[0, :, 0].tolist() == [0, 10, 127, 255]          # (-0.9161 + 1) * 127.5 = 10.7 -> 10; 127.5 -> 127
+    assert vdit.caption("  The DOG\n on the   left ") == "the dog on the left"
