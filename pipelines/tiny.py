@@ -287,3 +287,47 @@ def animator_file(unet2d: torch.nn.Module, seed: int) -> dict:
             face_adapter[f"{index}.{proj}_lora.down.weight"] = down
             face_adapter[f"{index}.{proj}_lora.up.weight"] = up
     return {"image_proj": image_proj, "face_adapter": face_adapter}
+
+
+# ----------------------------------------------------------------- VD-IT (pipelines/vdit.py), at toy size
+def vdit_config():
+    """VD-IT's trained parts at toy width, sized to the toy backbone below (taps: VAE 12; UNet 8 + 12, 8 + 16,
+    12 + 16)."""
+    from pipelines.vdit import VDITConfig
+
+    return VDITConfig(d_model=32, num_queries=3, layers=2, heads=4, points=2, ffn=64, text_hidden=24,
+                      unet_text=CROSS_ATTENTION_DIM, vision_hidden=IMAGE_ENCODER_WIDTH, cross_heads=4,
+                      cross_head_dim=8, cross_ffn=20, taps=((12, 8, 8), (20, 16, 16), (24, 16, 16), (28, 16, 32)),
+                      group_norm=8)
+
+
+def vdit_models(seed: int = 0):
+    """Every model VD-IT needs, random and tiny: UNet3D, VAE, CLIP text, CLIP vision, RoBERTa and the trained parts."""
+    from diffusers import UNet3DConditionModel
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import CLIPImageProcessorPil, RobertaConfig, RobertaModel, RobertaTokenizer
+
+    from pipelines import vdit
+
+    unet = build(UNet3DConditionModel, seed_of("vdit-unet", str(seed)), block_out_channels=(8, 12, 16, 16),
+                 layers_per_block=1, norm_num_groups=4, cross_attention_dim=CROSS_ATTENTION_DIM,
+                 attention_head_dim=4, sample_size=8)
+    vae_model = build(AutoencoderKL, seed_of("vdit-vae", str(seed)), block_out_channels=(4, 8, 12, 12),
+                      layers_per_block=2, latent_channels=4, norm_num_groups=2,
+                      down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    alphabet = sorted(ByteLevel.alphabet())
+    roberta_vocab = {t: i for i, t in enumerate(["<s>", "<pad>", "</s>", "<unk>", "<mask>", *alphabet])}
+    roberta = build(RobertaModel, seed_of("vdit-roberta", str(seed)), config=RobertaConfig(
+        vocab_size=len(roberta_vocab), hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=130, pad_token_id=1))
+    trained = build(vdit.VDIT, seed_of("vdit-trained", str(seed)), config=vdit_config())
+    with torch.no_grad():      # the trained parts' zero-initialised tensors, given values as trained ones have
+        g = torch.Generator().manual_seed(seed)
+        for tensor in (trained.head.query_tensors, trained.head.level_embed, trained.glue.noise.noise_pred):
+            tensor.copy_(torch.randn(tensor.shape, generator=g) * 0.5)
+    return vdit.VDITModels(
+        unet=unet.eval(), vae=vae_model.eval(), text_encoder=text_encoder(seed_of("vdit-clip", str(seed))).eval(),
+        tokenizer=tokenizer(), vision=image_encoder(seed_of("vdit-vision", str(seed))).eval(),
+        vision_processor=CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        roberta=roberta.eval(), roberta_tokenizer=RobertaTokenizer(vocab=roberta_vocab, merges=[]),
+        trained=trained.eval(), short_side=64)

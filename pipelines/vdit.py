@@ -521,3 +521,57 @@ def masks_at(mask_logits: torch.Tensor, size: tuple[int, int], original: tuple[i
     h, w = size
     logits = F.interpolate(mask_logits[:, :, :h, :w], size=original, mode="bilinear", align_corners=False)
     return logits[:, 0].sigmoid() > threshold
+
+
+# ----------------------------------------------------------------- one clip, end to end (sections 1-4)
+@dataclass
+class VDITModels:
+    """The loaded models one call needs (the cache places them; pipelines/vdit_models or tiny build them)."""
+
+    unet: nn.Module               # UNet3DConditionModel (ModelScope)
+    vae: nn.Module                # AutoencoderKL (ModelScope's)
+    text_encoder: nn.Module       # CLIPTextModel (ModelScope's, 1024 wide)
+    tokenizer: object             # CLIPTokenizer (ModelScope's)
+    vision: nn.Module             # CLIPVisionModel(WithProjection): laion CLIP ViT-H/14
+    vision_processor: object      # CLIPImageProcessorPil (short side 224 bicubic, centre crop 224)
+    roberta: nn.Module            # RobertaModel (frozen)
+    roberta_tokenizer: object     # RobertaTokenizer, padding="longest"
+    trained: VDIT                 # the checkpoint's trained parts
+    short_side: int = SHORT_SIDE
+
+
+@dataclass
+class ClipResult:
+    masks: torch.Tensor           # (T, H, W) bool at the video's own size
+    scores: torch.Tensor          # (T,) the picked query's score per frame
+    queries: list[int]            # the query picked in each chunk
+
+
+@torch.inference_mode()
+def segment_clip(models: VDITModels, frames: np.ndarray, expression: str, chunk: int = CHUNK_FRAMES,
+                 generator: torch.Generator | None = None) -> ClipResult:
+    """frames (T, H, W, 3) uint8 + an expression -> masks, the paper's way: the whole clip, or chunks of `chunk`
+    frames, each read once through the frozen backbone at t = 0 and decoded by the head; threshold 0.5."""
+    text = caption(expression)
+    tokens = models.roberta_tokenizer([text], padding="longest", return_tensors="pt")
+    words = models.roberta(**tokens).last_hidden_state
+    words_pad = tokens.attention_mask != 1
+    ids = models.tokenizer(text, padding="max_length", max_length=models.tokenizer.model_max_length,
+                           truncation=True, return_tensors="pt").input_ids
+    prompt = models.text_encoder(ids)[0]                       # (1, 77, width)
+    glue, head = models.trained.glue, models.trained.head
+    normalised, pad, size = prepare_frames(frames, models.short_side)
+    masks, scores, queries = [], [], []
+    for start in range(0, len(frames), chunk):
+        part = slice(start, start + chunk)
+        pixels = diffusion_pixels(normalised[part])
+        images = models.vision_processor(images=clip_images(pixels), return_tensors="pt").pixel_values
+        image_tokens = models.vision(images).last_hidden_state
+        conditions = glue.frame_conditions(prompt, image_tokens)
+        latents, v4 = vae_tap(models.vae, pixels, generator)
+        taps = unet_taps(models.unet, noised_latents(latents, glue.noise(latents)), conditions)
+        out = head(glue.pyramid(v4, taps), pad[part], size, words, words_pad)
+        masks.append(masks_at(out.mask_logits, size, frames.shape[1:3]))
+        scores.append(out.logits[:, out.query].sigmoid())
+        queries.append(out.query)
+    return ClipResult(torch.cat(masks), torch.cat(scores), queries)

@@ -359,3 +359,23 @@ def test_clips_images_are_truncated_not_rounded_and_captions_normalised():
     (image,) = vdit.clip_images(pixels)
     assert image[0, :, 0].tolist() == [0, 10, 127, 255]          # (-0.9161 + 1) * 127.5 = 10.7 -> 10; 127.5 -> 127
     assert vdit.caption("  The DOG\n on the   left ") == "the dog on the left"
+
+
+# ----------------------------------------------------------------- end to end on the tiny models
+def test_a_clip_is_segmented_end_to_end_deterministically_by_seed_in_chunks():
+    import numpy as np
+
+    from pipelines import tiny
+
+    models = tiny.vdit_models()
+    frames = np.random.default_rng(0).integers(0, 256, (5, 72, 96, 3), dtype=np.uint8)
+    run = lambda chunk, seed: vdit.segment_clip(models, frames, "the dog on the left", chunk=chunk,  # noqa: E731
+                                                generator=torch.Generator().manual_seed(seed))
+    whole = run(36, 0)
+    assert whole.masks.shape == (5, 72, 96) and whole.masks.dtype == torch.bool
+    assert whole.scores.shape == (5,) and ((whole.scores > 0) & (whole.scores < 1)).all()
+    assert len(whole.queries) == 1 and 0 <= whole.queries[0] < 3
+    again = run(36, 0)
+    assert torch.equal(whole.masks, again.masks) and torch.equal(whole.scores, again.scores)
+    chunked = run(2, 0)
+    assert len(chunked.queries) == 3 and chunked.masks.shape == (5, 72, 96)
