@@ -29,7 +29,14 @@ from pipelines.cache import ModelCache
 from pipelines.common import Progress, noop
 from pipelines.errors import InputError
 from pipelines.relations import Candidate, Choice, Query, iou, parse_expression, resolve
-from pipelines.segmentation_models import DEFAULT_GROUNDER, DEFAULT_TRACKER, GROUNDERS, TRACKERS, SegmentationRegistry
+from pipelines.segmentation_models import (
+    BACKENDS,
+    DEFAULT_GROUNDER,
+    DEFAULT_TRACKER,
+    GROUNDERS,
+    TRACKERS,
+    SegmentationRegistry,
+)
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225])
@@ -61,6 +68,7 @@ class SegmentationRequest:
     text_threshold: float = 0.25
     clicks: tuple[Click, ...] = ()
     key_frame: int | None = None       # ground only here (a refinement keeps the key frame it had)
+    backend: str = "grounding"         # "grounding": grounder + SAM 2; "vdit": VD-IT (pipelines/vdit.py)
 
     def validate(self) -> None:
         frames = np.asarray(self.frames)
@@ -74,6 +82,11 @@ class SegmentationRequest:
         if len(self.expression) > MAX_EXPRESSION_CHARS:
             raise InputError(f"The expression is {len(self.expression)} characters long; use at most "
                              f"{MAX_EXPRESSION_CHARS}.")
+        if self.backend not in BACKENDS:
+            raise InputError(f"Unknown backend {self.backend!r}; choose one of: {', '.join(BACKENDS)}.")
+        if self.backend == "vdit" and self.clicks:
+            raise InputError("VD-IT takes no refinement clicks (its masks come from the text alone): refine with the "
+                             "grounding backend.")
         if self.tracker not in TRACKERS:
             raise InputError(f"Unknown tracker {self.tracker!r}; choose one of: {', '.join(TRACKERS)}.")
         if self.grounder not in GROUNDERS:
@@ -99,6 +112,8 @@ class SegmentationResult:
     reason: str
     timings: dict[str, float]
     warnings: list[str] = field(default_factory=list)
+    backend: str = "grounding"
+    scores: list[float] | None = None  # VD-IT: the picked query's score on each frame
 
     def areas(self) -> list[list[int]]:
         """Mask area in pixels, per object per frame."""
@@ -111,6 +126,8 @@ class SegmentationPipeline:
 
     def __call__(self, request: SegmentationRequest, progress: Progress = noop) -> SegmentationResult:
         request.validate()
+        if request.backend == "vdit":
+            return self._vdit(request, progress)
         query = parse_expression(request.expression)
         frames = np.asarray(request.frames)
         self.registry.ensure_available(request.grounder, request.tracker)
@@ -156,6 +173,41 @@ class SegmentationPipeline:
             chosen=chosen, reason=choice.reason, timings={k: round(v, 3) for k, v in timings.items()},
             warnings=warnings,
         )
+
+
+    def _vdit(self, request: SegmentationRequest, progress: Progress) -> SegmentationResult:
+        """VD-IT: the whole clip (chunks of 36 frames) through the frozen video diffusion UNet and the trained head;
+        one object, the query whose score averaged over the frames is highest. The latent is sampled with a fixed
+        seed, as the original samples it (so a clip always gives the same masks)."""
+        from pipelines import vdit
+
+        frames = np.asarray(request.frames)
+        self.registry.ensure_available(request.grounder, request.tracker, backend="vdit")
+        parts = self.registry.vdit()
+        timings: dict[str, float] = {}
+        progress(0.0, "Loading VD-IT's models")
+        start = time.perf_counter()
+        with self.cache.use(*parts.all()) as loaded:
+            timings["load"] = time.perf_counter() - start
+            models = vdit.VDITModels(*loaded, short_side=64 if self.registry.profile == "tiny" else vdit.SHORT_SIDE)
+            progress(0.1, "VD-IT: reading the clip through the video diffusion model")
+            start = time.perf_counter()
+            out = vdit.segment_clip(models, frames, request.expression, generator=torch.Generator().manual_seed(0))
+            timings["vdit"] = time.perf_counter() - start
+        scores = [round(float(s), 4) for s in out.scores]
+        masks = out.masks.numpy()[None]
+        key = int(np.argmax(scores))
+        ys, xs = np.nonzero(masks[0, key])
+        box = ((float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)) if len(xs)
+               else (0.0, 0.0, float(frames.shape[2]), float(frames.shape[1])))
+        chosen = [Candidate(box, scores[key], "VD-IT")]
+        queries = sorted(set(out.queries))
+        reason = (f"VD-IT picked query {', '.join(map(str, queries))} of {models.trained.config.num_queries}: the "
+                  f"highest score averaged over the frames ({np.mean(scores):.2f}); its best frame is {key}.")
+        warnings = [] if masks.any() else ["VD-IT found no pixel above its 0.5 threshold on any frame."]
+        return SegmentationResult(
+            masks=masks, object_ids=[1], key_frame=key, candidates={key: chosen}, chosen=chosen, reason=reason,
+            timings={k: round(v, 3) for k, v in timings.items()}, warnings=warnings, backend="vdit", scores=scores)
 
 
 # ----------------------------------------------------------------------------- grounding

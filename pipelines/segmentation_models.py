@@ -8,6 +8,7 @@ gets its PIL image processor, and SAM 2's preprocessing is done in pipelines/seg
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import partial
 
@@ -35,6 +36,48 @@ TRACKERS = {
 }
 TRACKER_FILES = ("config.json", "model.safetensors")
 DEFAULT_GROUNDER, DEFAULT_TRACKER = "Grounding DINO tiny", "SAM 2.1 tiny"
+
+# ----------------------------------------------------------------- VD-IT's models (reference/vdit.md section 6)
+BACKENDS = ("grounding", "vdit")
+# The trained head: buxiangzhiren/VD-IT. Its file list could not be seen from here (no hub access, and the spec
+# records it as unseen): the name below is the repository's convention for released checkpoints and can be set with
+# STUDIO_VDIT_CHECKPOINT. Loading fails naming the file if it differs.
+VDIT_REPO = "buxiangzhiren/VD-IT"
+VDIT_CHECKPOINT = os.environ.get("STUDIO_VDIT_CHECKPOINT", "checkpoint.pth")
+# The frozen backbone: ModelScope's text-to-video model in diffusers' layout (fp16 files: half the download; the
+# UNet's 2.82 GB fp16 safetensors is on the hub page), laion's CLIP ViT-H/14 and RoBERTa-base.
+MODELSCOPE = "ali-vilab/text-to-video-ms-1.7b"          # CC-BY-NC-4.0: non-commercial use only
+MODELSCOPE_FILES = (
+    "unet/config.json", "unet/diffusion_pytorch_model.fp16.safetensors", "vae/config.json",
+    "vae/diffusion_pytorch_model.fp16.safetensors", "text_encoder/config.json", "text_encoder/model.fp16.safetensors",
+    "tokenizer/merges.txt", "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
+    "tokenizer/vocab.json",
+)
+# Not shared with the identity tab's image encoder (h94/IP-Adapter models/image_encoder): that one is a conversion of
+# the same OpenCLIP model, but nothing here can show the two files hold the same weights, so they stay two entries.
+CLIP_H = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+CLIP_H_FILES = ("config.json", "model.safetensors")
+ROBERTA = "FacebookAI/roberta-base"
+ROBERTA_FILES = ("config.json", "model.safetensors", "merges.txt", "vocab.json", "tokenizer.json")
+VDIT_LICENCE = ("VD-IT's code is Apache-2.0, but its frozen backbone, ModelScope's text-to-video model "
+                "(ali-vilab/text-to-video-ms-1.7b), is CC-BY-NC-4.0: non-commercial use only.")
+
+
+@dataclass(frozen=True)
+class VDITComponents:
+    unet: Component
+    vae: Component
+    text_encoder: Component
+    tokenizer: Component
+    vision: Component
+    vision_processor: Component
+    roberta: Component
+    roberta_tokenizer: Component
+    trained: Component
+
+    def all(self) -> tuple[Component, ...]:
+        return (self.unet, self.vae, self.text_encoder, self.tokenizer, self.vision, self.vision_processor,
+                self.roberta, self.roberta_tokenizer, self.trained)
 TINY_TRACKER_SIZE = 128
 
 
@@ -72,9 +115,42 @@ class SegmentationRegistry:
                               partial(_real_tracker, tracker, self.dtype)),
         )
 
-    def ensure_available(self, grounder: str, tracker: str) -> None:
+    def vdit(self) -> VDITComponents:
+        """VD-IT's models, each its own cache entry (the frozen ones in the registry's dtype, the trained head in
+        float32: its deformable sampling runs in fp32 in the original too)."""
+        p, d = self.profile, self.dtype_name
+        if p == "tiny":
+            loaders = dict(unet=tiny.vdit_unet, vae=tiny.vdit_vae,
+                           text_encoder=lambda: tiny.text_encoder(tiny.seed_of("vdit-clip", "0")).eval(),
+                           tokenizer=tiny.tokenizer,
+                           vision=lambda: tiny.image_encoder(tiny.seed_of("vdit-vision", "0")).eval(),
+                           vision_processor=tiny.vdit_vision_processor, roberta=tiny.vdit_roberta,
+                           roberta_tokenizer=tiny.roberta_tokenizer, trained=tiny.vdit_trained)
+        else:
+            loaders = dict(unet=partial(_modelscope, "UNet3DConditionModel", "unet", self.dtype),
+                           vae=partial(_modelscope, "AutoencoderKL", "vae", self.dtype),
+                           text_encoder=partial(_modelscope, "CLIPTextModel", "text_encoder", self.dtype),
+                           tokenizer=partial(_modelscope, "CLIPTokenizer", "tokenizer", None),
+                           vision=partial(_clip_h, self.dtype), vision_processor=_clip_h_processor,
+                           roberta=partial(_roberta, self.dtype), roberta_tokenizer=_roberta_tokenizer,
+                           trained=_vdit_trained)
+        key = {"unet": f"{p}|vdit-unet3d|{MODELSCOPE}|{d}", "vae": f"{p}|vdit-vae|{MODELSCOPE}|{d}",
+               "text_encoder": f"{p}|vdit-clip-text|{MODELSCOPE}|{d}",
+               "tokenizer": f"{p}|vdit-tokenizer|{MODELSCOPE}", "vision": f"{p}|vdit-clip-vision|{CLIP_H}|{d}",
+               "vision_processor": f"{p}|vdit-clip-processor|{CLIP_H}", "roberta": f"{p}|vdit-roberta|{ROBERTA}|{d}",
+               "roberta_tokenizer": f"{p}|vdit-roberta-tokenizer|{ROBERTA}",
+               "trained": f"{p}|vdit-head|{VDIT_REPO}/{VDIT_CHECKPOINT}|float32"}
+        return VDITComponents(**{name: Component(key[name], load) for name, load in loaders.items()})
+
+    def ensure_available(self, grounder: str, tracker: str, backend: str = "grounding") -> None:
         if self.profile == "real":
-            ensure_available(self.downloads(grounder, tracker))
+            ensure_available(self.vdit_downloads() if backend == "vdit" else self.downloads(grounder, tracker))
+
+    @staticmethod
+    def vdit_downloads() -> list[HubFile]:
+        """Every hub file the VD-IT backend reads (`python -m studio download --tab vdit`)."""
+        return ([HubFile(VDIT_REPO, VDIT_CHECKPOINT)] + [HubFile(MODELSCOPE, f) for f in MODELSCOPE_FILES]
+                + [HubFile(CLIP_H, f) for f in CLIP_H_FILES] + [HubFile(ROBERTA, f) for f in ROBERTA_FILES])
 
     def downloads(self, grounder: str | None = None, tracker: str | None = None) -> list[HubFile]:
         """Hub files for the chosen models (all of them when not given: `python -m studio download`)."""
@@ -106,6 +182,55 @@ def _real_tracker(name: str, dtype: torch.dtype):
 
     folder = hub_folder(TRACKERS[name], TRACKER_FILES)
     return Sam2VideoModel.from_pretrained(folder, dtype=dtype).eval()
+
+
+def _modelscope(cls_name: str, subfolder: str, dtype):
+    """One part of ModelScope's pipeline folder, from its fp16 files (cast to `dtype`); the tokenizer as it is."""
+    import diffusers
+    import transformers
+
+    folder = hub_folder(MODELSCOPE, MODELSCOPE_FILES) / subfolder
+    if cls_name == "CLIPTokenizer":
+        return transformers.CLIPTokenizer.from_pretrained(folder)
+    if cls_name == "CLIPTextModel":
+        return transformers.CLIPTextModel.from_pretrained(folder, variant="fp16", dtype=dtype).eval()
+    return getattr(diffusers, cls_name).from_pretrained(folder, variant="fp16", torch_dtype=dtype).eval()
+
+
+def _clip_h(dtype):
+    from transformers import CLIPVisionModel
+
+    # CLIPVisionModel reads the vision tower out of the full CLIP checkpoint; its last_hidden_state is what VD-IT
+    # uses (before post_layernorm, no projection: section 2.2).
+    return CLIPVisionModel.from_pretrained(hub_folder(CLIP_H, CLIP_H_FILES), dtype=dtype).eval()
+
+
+def _clip_h_processor():
+    from transformers import CLIPImageProcessorPil
+
+    return CLIPImageProcessorPil()          # short side 224 bicubic, centre crop 224, CLIP's mean and std
+
+
+def _roberta(dtype):
+    from transformers import RobertaModel
+
+    return RobertaModel.from_pretrained(hub_folder(ROBERTA, ROBERTA_FILES), dtype=dtype).eval()
+
+
+def _roberta_tokenizer():
+    from transformers import RobertaTokenizer
+
+    return RobertaTokenizer.from_pretrained(hub_folder(ROBERTA, ROBERTA_FILES))
+
+
+def _vdit_trained():
+    from pipelines import vdit
+    from pipelines.convert.vdit import vdit_state_dict
+
+    model = vdit.VDIT()
+    checkpoint = torch.load(HubFile(VDIT_REPO, VDIT_CHECKPOINT).path(), map_location="cpu", weights_only=True)
+    model.load_state_dict(vdit_state_dict(checkpoint, model), strict=True)
+    return model.eval()
 
 
 # ----------------------------------------------------------------------------- tiny: random, same classes

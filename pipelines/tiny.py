@@ -301,33 +301,65 @@ def vdit_config():
                       group_norm=8)
 
 
-def vdit_models(seed: int = 0):
-    """Every model VD-IT needs, random and tiny: UNet3D, VAE, CLIP text, CLIP vision, RoBERTa and the trained parts."""
+def vdit_unet(seed: int = 0):
     from diffusers import UNet3DConditionModel
-    from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import CLIPImageProcessorPil, RobertaConfig, RobertaModel, RobertaTokenizer
 
+    return build(UNet3DConditionModel, seed_of("vdit-unet", str(seed)), block_out_channels=(8, 12, 16, 16),
+                 layers_per_block=1, norm_num_groups=4, cross_attention_dim=CROSS_ATTENTION_DIM,
+                 attention_head_dim=4, sample_size=8).eval()
+
+
+def vdit_vae(seed: int = 0):
+    """SD's VAE layout (two resnets per block: VD-IT taps the second of block 2) at toy width."""
+    return build(AutoencoderKL, seed_of("vdit-vae", str(seed)), block_out_channels=(4, 8, 12, 12),
+                 layers_per_block=2, latent_channels=4, norm_num_groups=2,
+                 down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4).eval()
+
+
+def _roberta_vocab() -> dict[str, int]:
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    return {t: i for i, t in enumerate(["<s>", "<pad>", "</s>", "<unk>", "<mask>", *sorted(ByteLevel.alphabet())])}
+
+
+def roberta_tokenizer():
+    """RoBERTa's byte-level tokenizer with the bytes alone as its vocabulary (one token per byte)."""
+    from transformers import RobertaTokenizer
+
+    return RobertaTokenizer(vocab=_roberta_vocab(), merges=[])
+
+
+def vdit_roberta(seed: int = 0):
+    from transformers import RobertaConfig, RobertaModel
+
+    return build(RobertaModel, seed_of("vdit-roberta", str(seed)), config=RobertaConfig(
+        vocab_size=len(_roberta_vocab()), hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=260, pad_token_id=1)).eval()
+
+
+def vdit_vision_processor():
+    from transformers import CLIPImageProcessorPil
+
+    return CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+
+
+def vdit_trained(seed: int = 0):
     from pipelines import vdit
 
-    unet = build(UNet3DConditionModel, seed_of("vdit-unet", str(seed)), block_out_channels=(8, 12, 16, 16),
-                 layers_per_block=1, norm_num_groups=4, cross_attention_dim=CROSS_ATTENTION_DIM,
-                 attention_head_dim=4, sample_size=8)
-    vae_model = build(AutoencoderKL, seed_of("vdit-vae", str(seed)), block_out_channels=(4, 8, 12, 12),
-                      layers_per_block=2, latent_channels=4, norm_num_groups=2,
-                      down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
-    alphabet = sorted(ByteLevel.alphabet())
-    roberta_vocab = {t: i for i, t in enumerate(["<s>", "<pad>", "</s>", "<unk>", "<mask>", *alphabet])}
-    roberta = build(RobertaModel, seed_of("vdit-roberta", str(seed)), config=RobertaConfig(
-        vocab_size=len(roberta_vocab), hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=130, pad_token_id=1))
     trained = build(vdit.VDIT, seed_of("vdit-trained", str(seed)), config=vdit_config())
-    with torch.no_grad():      # the trained parts' zero-initialised tensors, given values as trained ones have
+    with torch.no_grad():      # the zero-initialised tensors, given values as trained ones have
         g = torch.Generator().manual_seed(seed)
         for tensor in (trained.head.query_tensors, trained.head.level_embed, trained.glue.noise.noise_pred):
             tensor.copy_(torch.randn(tensor.shape, generator=g) * 0.5)
+    return trained.eval()
+
+
+def vdit_models(seed: int = 0):
+    """Every model VD-IT needs, random and tiny: UNet3D, VAE, CLIP text, CLIP vision, RoBERTa and the trained parts."""
+    from pipelines import vdit
+
     return vdit.VDITModels(
-        unet=unet.eval(), vae=vae_model.eval(), text_encoder=text_encoder(seed_of("vdit-clip", str(seed))).eval(),
+        unet=vdit_unet(seed), vae=vdit_vae(seed), text_encoder=text_encoder(seed_of("vdit-clip", str(seed))).eval(),
         tokenizer=tokenizer(), vision=image_encoder(seed_of("vdit-vision", str(seed))).eval(),
-        vision_processor=CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-        roberta=roberta.eval(), roberta_tokenizer=RobertaTokenizer(vocab=roberta_vocab, merges=[]),
-        trained=trained.eval(), short_side=64)
+        vision_processor=vdit_vision_processor(), roberta=vdit_roberta(seed), roberta_tokenizer=roberta_tokenizer(),
+        trained=vdit_trained(seed), short_side=64)

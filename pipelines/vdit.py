@@ -553,12 +553,16 @@ def segment_clip(models: VDITModels, frames: np.ndarray, expression: str, chunk:
     """frames (T, H, W, 3) uint8 + an expression -> masks, the paper's way: the whole clip, or chunks of `chunk`
     frames, each read once through the frozen backbone at t = 0 and decoded by the head; threshold 0.5."""
     text = caption(expression)
+    # The trained parts run in float32 (the original keeps its deformable sampling in fp32) beside fp16 frozen models;
+    # inputs go to each model's device, outputs come back to the head's.
+    head_device = next(models.trained.parameters()).device
+    on = lambda x, model: x.to(model.device)  # noqa: E731
     tokens = models.roberta_tokenizer([text], padding="longest", return_tensors="pt")
-    words = models.roberta(**tokens).last_hidden_state
-    words_pad = tokens.attention_mask != 1
+    words = models.roberta(**{k: on(v, models.roberta) for k, v in tokens.items()}).last_hidden_state.float()
+    words_pad = (tokens.attention_mask != 1).to(head_device)
     ids = models.tokenizer(text, padding="max_length", max_length=models.tokenizer.model_max_length,
                            truncation=True, return_tensors="pt").input_ids
-    prompt = models.text_encoder(ids)[0]                       # (1, 77, width)
+    prompt = models.text_encoder(on(ids, models.text_encoder))[0].float()      # (1, 77, width)
     glue, head = models.trained.glue, models.trained.head
     normalised, pad, size = prepare_frames(frames, models.short_side)
     masks, scores, queries = [], [], []
@@ -566,12 +570,17 @@ def segment_clip(models: VDITModels, frames: np.ndarray, expression: str, chunk:
         part = slice(start, start + chunk)
         pixels = diffusion_pixels(normalised[part])
         images = models.vision_processor(images=clip_images(pixels), return_tensors="pt").pixel_values
-        image_tokens = models.vision(images).last_hidden_state
-        conditions = glue.frame_conditions(prompt, image_tokens)
-        latents, v4 = vae_tap(models.vae, pixels, generator)
-        taps = unet_taps(models.unet, noised_latents(latents, glue.noise(latents)), conditions)
-        out = head(glue.pyramid(v4, taps), pad[part], size, words, words_pad)
-        masks.append(masks_at(out.mask_logits, size, frames.shape[1:3]))
-        scores.append(out.logits[:, out.query].sigmoid())
+        images = images.to(models.vision.device, models.vision.dtype)
+        image_tokens = models.vision(images).last_hidden_state.to(head_device, torch.float32)
+        conditions = glue.frame_conditions(prompt.to(head_device), image_tokens)
+        latents, v4 = vae_tap(models.vae, on(pixels, models.vae), generator)
+        latents = latents.to(head_device, torch.float32)
+        taps = unet_taps(models.unet, noised_latents(latents, glue.noise(latents)).to(models.unet.device),
+                         conditions.to(models.unet.device))
+        taps = {k: v.to(head_device, torch.float32) for k, v in taps.items()}
+        out = head(glue.pyramid(v4.to(head_device, torch.float32), taps), pad[part].to(head_device), size, words,
+                   words_pad)
+        masks.append(masks_at(out.mask_logits, size, frames.shape[1:3]).cpu())
+        scores.append(out.logits[:, out.query].sigmoid().cpu())
         queries.append(out.query)
     return ClipResult(torch.cat(masks), torch.cat(scores), queries)

@@ -7,7 +7,10 @@ import logging
 import os
 import sys
 
-TABS = ("timelapse", "identity", "segmentation")
+TABS = ("timelapse", "identity", "segmentation", "vdit")
+# What `download` fetches without --tab: every tab's defaults. VD-IT (the segmentation tab's second backend, ~10 GB,
+# its backbone CC-BY-NC-4.0) only when asked for with --tab vdit.
+DEFAULT_TABS = ("timelapse", "identity", "segmentation")
 
 
 def serve() -> None:
@@ -38,8 +41,14 @@ def tab_files(tabs: list[str]) -> list:
     from pipelines.segmentation_models import DEFAULT_GROUNDER, DEFAULT_TRACKER, SegmentationRegistry
 
     # The segmentation tab's defaults (other grounders and tracker sizes download when first chosen).
-    files = [f for tab in tabs for f in (SegmentationRegistry("real").downloads(DEFAULT_GROUNDER, DEFAULT_TRACKER)
-                                         if tab == "segmentation" else Registry("real").downloads(tab))]
+    def files_of(tab: str) -> list:
+        if tab == "segmentation":
+            return SegmentationRegistry("real").downloads(DEFAULT_GROUNDER, DEFAULT_TRACKER)
+        if tab == "vdit":
+            return SegmentationRegistry.vdit_downloads()
+        return Registry("real").downloads(tab)
+
+    files = [f for tab in tabs for f in files_of(tab)]
     return list(dict.fromkeys(files))
 
 
@@ -94,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     fetch.add_argument("--sizes", action="store_true", help="list each file's size and the sum; download nothing")
     args = parser.parse_args(argv)
     if args.command == "download":
-        return (sizes if args.sizes else download)(args.tab or list(TABS))
+        return (sizes if args.sizes else download)(args.tab or list(DEFAULT_TABS))
     serve()
     return 0
 

@@ -379,3 +379,67 @@ def test_a_clip_is_segmented_end_to_end_deterministically_by_seed_in_chunks():
     assert torch.equal(whole.masks, again.masks) and torch.equal(whole.scores, again.scores)
     chunked = run(2, 0)
     assert len(chunked.queries) == 3 and chunked.masks.shape == (5, 72, 96)
+
+
+# ----------------------------------------------------------------- through the segmentation tab's API
+def test_the_segment_endpoint_runs_vdit_with_the_same_outputs_and_its_scores(client, tmp_path):
+    import numpy as np
+    from gradio_client import handle_file
+
+    from pipelines.video import read_video, write_mp4
+
+    frames = np.random.default_rng(2).integers(0, 256, (6, 48, 64, 3), dtype=np.uint8)
+    path = write_mp4(frames, tmp_path / "clip.mp4", fps=8)
+    overlay, key_image, archive, rle, plot, explanation, info = client.predict(
+        video=handle_file(str(path)), expression="the dog on the left", backend="vdit", api_name="/segment")
+    decoded, fps, codec = read_video(overlay)
+    assert decoded.shape == (6, 48, 64, 3) and codec == "h264"
+    assert info["backend"] == "vdit" and len(info["query_scores"]) == 6 and info["object_ids"] == [1]
+    assert info["key_frame"] == int(np.argmax(info["query_scores"]))
+    assert "CC-BY-NC-4.0" in explanation and "score per frame" in explanation
+    assert {"queue_wait", "read_video", "load", "vdit", "export"} <= set(info["timings"])
+    again = client.predict(video=handle_file(str(path)), expression="the dog on the left", backend="vdit",
+                           api_name="/segment")[-1]
+    assert again["query_scores"] == info["query_scores"]                 # the latent's seed is fixed
+
+
+def test_vdit_refuses_clicks_and_unknown_backends_clearly(client, tmp_path):
+    import numpy as np
+    from gradio_client import handle_file
+
+    from pipelines.video import write_mp4
+
+    path = write_mp4(np.zeros((4, 48, 64, 3), np.uint8), tmp_path / "clip.mp4", fps=8)
+    with pytest.raises(Exception, match="VD-IT takes no refinement clicks"):
+        client.predict(video=handle_file(str(path)), expression="the dog", backend="vdit",
+                       clicks='[{"frame": 0, "x": 5, "y": 5}]', api_name="/segment_refine")
+    with pytest.raises(Exception, match="not in the list of choices"):
+        client.predict(video=handle_file(str(path)), expression="the dog", backend="sam3", api_name="/segment")
+
+
+def test_vdit_downloads_name_every_hub_file_it_reads():
+    from pipelines.segmentation_models import CLIP_H, MODELSCOPE, ROBERTA, VDIT_REPO, SegmentationRegistry
+
+    files = {(f.repo_id, f.filename) for f in SegmentationRegistry("real").vdit_downloads()}
+    assert {repo for repo, _ in files} == {VDIT_REPO, MODELSCOPE, CLIP_H, ROBERTA}
+    assert (MODELSCOPE, "unet/diffusion_pytorch_model.fp16.safetensors") in files
+    keys = [c.key for c in SegmentationRegistry("real").vdit().all()]
+    assert len(set(keys)) == 9 and not any("h94/IP-Adapter" in k for k in keys)   # its own CLIP-H entry
+
+
+def test_the_vdit_bench_runs_and_ends_with_seconds_per_frame():
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    done = subprocess.run([sys.executable, "bench/vdit.py", "--size", "tiny", "--frames", "2"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stdout.splitlines() if not line.startswith("#")]
+    figures = dict(line.split(": ", 1) for line in lines)
+    assert lines[-1].startswith("vdit_s_per_frame: ") and float(figures["vdit_s_per_frame"]) > 0
+    assert float(figures["vdit_s_per_clip"]) == pytest.approx(2 * float(figures["vdit_s_per_frame"]), rel=1e-3)
+    assert float(figures["vdit_floor_s_per_frame"]) > 0 and re.fullmatch(r"\(2, 72, 128\)", figures["vdit_masks_shape"])

@@ -9,7 +9,7 @@ import gradio as gr
 
 from pipelines import mask_export
 from pipelines.segmentation import MAX_FRAMES, MAX_SECONDS, SegmentationRequest
-from pipelines.segmentation_models import DEFAULT_GROUNDER, DEFAULT_TRACKER, GROUNDERS, TRACKERS
+from pipelines.segmentation_models import DEFAULT_GROUNDER, DEFAULT_TRACKER, GROUNDERS, TRACKERS, VDIT_LICENCE
 from pipelines.video import read_video
 from studio.engine import Engine
 from studio.tabs import controls
@@ -62,6 +62,10 @@ def build(engine: Engine) -> gr.Video:
                 video = gr.Video(label="Video", sources=["upload"], height=300, elem_id="segmentation-input")
                 expression = gr.Textbox(label="What to segment", value="", placeholder="the dog on the left",
                                         elem_id="segmentation-expression")
+                backend = gr.Radio(label="Backend", choices=[("Grounding + SAM 2", "grounding"), ("VD-IT", "vdit")],
+                                   value=SegmentationRequest.backend, elem_id="segmentation-backend",
+                                   info="VD-IT: the paper's own model, read off a video diffusion UNet (one object, "
+                                        "no clicks). " + VDIT_LICENCE)
                 with gr.Row():
                     tracker = gr.Dropdown(label="Tracker", choices=list(TRACKERS), value=DEFAULT_TRACKER)
                     grounder = gr.Dropdown(label="Grounder", choices=list(GROUNDERS), value=DEFAULT_GROUNDER)
@@ -101,7 +105,7 @@ def build(engine: Engine) -> gr.Video:
         key_frame = gr.Number(value=None, visible=False, precision=0)
 
     outputs = [overlay, key_image, masks_zip, masks_rle, areas, explanation, info]
-    settings = [tracker, grounder, ground_frames, reground_every, box_threshold]
+    settings = [tracker, grounder, ground_frames, reground_every, box_threshold, backend]
     first = gr.on([run.click, expression.submit], lambda: ("[]", clicks_markdown([]), None), None,
                   [clicks, clicks_text, key_frame], queue=False, api_name=False).then(
         api.segment, [video, expression, *settings], outputs, api_name="segment", concurrency_id="gpu",

@@ -20,7 +20,7 @@ from pipelines.segmentation import (
     SegmentationRequest,
     SegmentationResult,
 )
-from pipelines.segmentation_models import DEFAULT_GROUNDER, DEFAULT_TRACKER
+from pipelines.segmentation_models import DEFAULT_GROUNDER, DEFAULT_TRACKER, VDIT_LICENCE
 from pipelines.video import read_clip, write_mp4
 from studio.engine import Engine, queue_wait_seconds, run_on_gpu, user_errors, whole
 
@@ -40,12 +40,14 @@ class SegmentationAPI:
         ground_frames: int = SegmentationRequest.ground_frames,
         reground_every: int = SegmentationRequest.reground_every,
         box_threshold: float = SegmentationRequest.box_threshold,
+        backend: str = SegmentationRequest.backend,
         request: gr.Request = None,
         progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008  (Gradio's own idiom)
     ) -> tuple:
-        """Returns (overlay MP4, key frame with boxes, masks zip, COCO RLE JSON, mask-area plot, explanation, info)."""
+        """Returns (overlay MP4, key frame with boxes, masks zip, COCO RLE JSON, mask-area plot, explanation, info).
+        `backend="vdit"`: VD-IT instead of grounding + SAM 2 (tracker, grounder and their settings unused)."""
         return self._run(video, expression, tracker, grounder, ground_frames, reground_every, box_threshold, (),
-                         None, request, progress)
+                         None, request, progress, backend)
 
     def refine(
         self,
@@ -58,6 +60,7 @@ class SegmentationAPI:
         ground_frames: int = SegmentationRequest.ground_frames,
         reground_every: int = SegmentationRequest.reground_every,
         box_threshold: float = SegmentationRequest.box_threshold,
+        backend: str = SegmentationRequest.backend,
         request: gr.Request = None,
         progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008
     ) -> tuple:
@@ -66,10 +69,10 @@ class SegmentationAPI:
         with user_errors():
             parsed = parse_clicks(clicks)
         return self._run(video, expression, tracker, grounder, ground_frames, reground_every, box_threshold, parsed,
-                         key_frame, request, progress)
+                         key_frame, request, progress, backend)
 
     def _run(self, video, expression, tracker, grounder, ground_frames, reground_every, box_threshold, clicks,
-             key_frame, request, progress) -> tuple:
+             key_frame, request, progress, backend="grounding") -> tuple:
         engine = self.engine
         with user_errors():
             waited = queue_wait_seconds()
@@ -82,7 +85,7 @@ class SegmentationAPI:
                 frames=frames, expression=expression, fps=fps, tracker=tracker, grounder=grounder,
                 ground_frames=whole(ground_frames), reground_every=whole(reground_every),
                 box_threshold=box_threshold, clicks=clicks, key_frame=whole(key_frame) if key_frame not in ("", None)
-                else None,
+                else None, backend=backend,
             )
             job.validate()
             with engine.reporter(request, progress) as report:
@@ -114,7 +117,9 @@ class SegmentationAPI:
             "candidates": {str(f): [{"box": [round(v, 1) for v in c.box], "score": round(c.score, 4)} for c in found]
                            for f, found in result.candidates.items()},
             "mask_area": {str(i): a for i, a in zip(result.object_ids, areas, strict=True)},
-            "clicks": [vars(c) for c in job.clicks], "tracker": job.tracker, "grounder": job.grounder,
+            "clicks": [vars(c) for c in job.clicks], "backend": result.backend,
+            **({"tracker": job.tracker, "grounder": job.grounder} if result.backend == "grounding" else
+               {"model": "VD-IT", "query_scores": result.scores, "licence": VDIT_LICENCE}),
             "timings": timings, "warnings": result.warnings, "profile": engine.settings.profile,
         }
         plot = pd.DataFrame([{"frame": f, "area": area, "object": str(i)}
@@ -147,9 +152,16 @@ def parse_clicks(clicks) -> tuple[Click, ...]:
 
 def explanation_markdown(info: dict) -> str:
     objects = len(info["object_ids"])
-    lines = [f"**{info['reason']}**",
-             f"Key frame {info['key_frame']} · {objects} object{'s' * (objects != 1)} tracked forward and backward "
-             f"over {info['num_frames']} frames at {info['fps']:.0f} fps · {info['size'][0]}×{info['size'][1]}"]
+    lines = [f"**{info['reason']}**"]
+    if info.get("backend") == "vdit":
+        scores = info["query_scores"]
+        shown = ", ".join(f"{s:.2f}" for s in scores[:24]) + (" …" if len(scores) > 24 else "")
+        lines += [f"VD-IT, {info['num_frames']} frames at {info['fps']:.0f} fps · {info['size'][0]}×{info['size'][1]}"
+                  f" · the chosen query's score per frame: {shown}", f"ℹ️ {info['licence']}"]
+    else:
+        lines.append(f"Key frame {info['key_frame']} · {objects} object{'s' * (objects != 1)} tracked forward and "
+                     f"backward over {info['num_frames']} frames at {info['fps']:.0f} fps · "
+                     f"{info['size'][0]}×{info['size'][1]}")
     if info["clicks"]:
         lines.append(f"{len(info['clicks'])} refinement click(s) kept as conditioning frames.")
     lines += [f"⚠️ {w}" for w in info["warnings"]]
