@@ -9,7 +9,7 @@ import gradio as gr
 
 from pipelines import mask_export
 from pipelines.segmentation import MAX_FRAMES, MAX_SECONDS, SegmentationRequest
-from pipelines.segmentation_models import DEFAULT_GROUNDER, DEFAULT_TRACKER, GROUNDERS, TRACKERS, VDIT_LICENCE
+from pipelines.segmentation_models import DEFAULT_GROUNDER, DEFAULT_TRACKER, GROUNDERS, TRACKERS
 from pipelines.video import read_video
 from studio.engine import Engine
 from studio.tabs import controls
@@ -65,7 +65,8 @@ def build(engine: Engine) -> gr.Video:
                 backend = gr.Radio(label="Backend", choices=[("Grounding + SAM 2", "grounding"), ("VD-IT", "vdit")],
                                    value=SegmentationRequest.backend, elem_id="segmentation-backend",
                                    info="VD-IT: the paper's own model, read off a video diffusion UNet (one object, "
-                                        "no clicks). " + VDIT_LICENCE)
+                                        "no clicks). Its frozen backbone (ali-vilab/text-to-video-ms-1.7b) is "
+                                        "CC-BY-NC-4.0: non-commercial use only.")
                 with gr.Row():
                     tracker = gr.Dropdown(label="Tracker", choices=list(TRACKERS), value=DEFAULT_TRACKER)
                     grounder = gr.Dropdown(label="Grounder", choices=list(GROUNDERS), value=DEFAULT_GROUNDER)
@@ -78,7 +79,7 @@ def build(engine: Engine) -> gr.Video:
                     box_threshold = gr.Slider(label="Box threshold", minimum=0.05, maximum=0.9, step=0.05,
                                               value=SegmentationRequest.box_threshold)
                 run, stop = controls.run_buttons("Segment", "segmentation-run")
-                with gr.Accordion("Refine with clicks", open=False, elem_id="segmentation-refine"):
+                with gr.Accordion("Refine with clicks", open=False, elem_id="segmentation-refine") as refine_box:
                     gr.Markdown("Click the frame on the right to add a point, then re-propagate. Clicks stay: every "
                                 "later pass keeps them.")
                     with gr.Row():
@@ -114,6 +115,9 @@ def build(engine: Engine) -> gr.Video:
                          api_name="segment_refine", concurrency_id="gpu", show_progress_on=overlay)
     for event in (first, again):
         event.then(after_segmenting, info, [shown, key_frame], queue=False, api_name=False)
+    # VD-IT uses neither the grounder nor the tracker, and takes no clicks: their controls step aside.
+    backend.change(lambda chosen: [gr.update(visible=chosen == "grounding")] * 3, backend,
+                   [tracker, grounder, refine_box], queue=False, api_name=False, show_progress="hidden")
     shown.release(show_frame, [overlay, shown], key_image, queue=False, api_name=False)
     key_image.select(add_click, [clicks, shown, polarity, object_id, info], [clicks, clicks_text], queue=False,
                      api_name=False)
