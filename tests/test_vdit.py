@@ -443,3 +443,18 @@ def test_the_vdit_bench_runs_and_ends_with_seconds_per_frame():
     assert lines[-1].startswith("vdit_s_per_frame: ") and float(figures["vdit_s_per_frame"]) > 0
     assert float(figures["vdit_s_per_clip"]) == pytest.approx(2 * float(figures["vdit_s_per_frame"]), rel=1e-3)
     assert float(figures["vdit_floor_s_per_frame"]) > 0 and re.fullmatch(r"\(2, 72, 128\)", figures["vdit_masks_shape"])
+
+
+def test_the_released_configuration_has_the_checkpoints_30_04_m_trained_parameters():
+    """reference/vdit.md section 5 counts the trained parameters of the authors' model: 30.04 M in all, 11.31 M in the
+    deformable transformer, 0.53 M in the box heads, 2.82 M in the input projections. The port's modules, biases
+    included, must add up to the same."""
+    model = vdit.VDIT()
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731  (shared modules once)
+    head = model.head
+    transformer = (count(head.encoder) + count(head.decoder) - count(head.bbox_embed) + head.level_embed.numel()
+                   + count(head.reference_points))
+    assert round(count(model) / 1e6, 2) == 30.04
+    assert (round(transformer / 1e6, 2), round(count(head.bbox_embed) / 1e6, 2),
+            round(count(head.input_proj) / 1e6, 2)) == (11.31, 0.53, 2.82)
+    assert head.controller.layers[-1].weight.shape == (4416, 256)
