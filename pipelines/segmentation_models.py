@@ -223,11 +223,12 @@ def _roberta_tokenizer():
     return RobertaTokenizer.from_pretrained(hub_folder(ROBERTA, ROBERTA_FILES))
 
 
-def _vdit_trained():
+def _vdit_trained(config=None):
+    """VD-IT's trained parts from the released checkpoint (`config`: the released sizes unless given)."""
     from pipelines import vdit
     from pipelines.convert.vdit import vdit_state_dict
 
-    model = vdit.VDIT()
+    model = vdit.VDIT(config)
     checkpoint = torch.load(HubFile(VDIT_REPO, VDIT_CHECKPOINT).path(), map_location="cpu", weights_only=True)
     model.load_state_dict(vdit_state_dict(checkpoint, model), strict=True)
     return model.eval()

@@ -458,3 +458,69 @@ def test_the_released_configuration_has_the_checkpoints_30_04_m_trained_paramete
     assert (round(transformer / 1e6, 2), round(count(head.bbox_embed) / 1e6, 2),
             round(count(head.input_proj) / 1e6, 2)) == (11.31, 0.53, 2.82)
     assert head.controller.layers[-1].weight.shape == (4416, 256)
+
+
+def test_the_real_loader_reads_the_checkpoint_file_from_the_hub_layout(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    from pipelines.segmentation_models import VDIT_CHECKPOINT, VDIT_REPO, _vdit_trained
+    from tests.test_real_identity_loading import snapshot
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    source = seeded(vdit.VDIT(TINY), seed=9)
+    torch.save({"model": repository_checkpoint(source), "epoch": 9}, snapshot(VDIT_REPO) / VDIT_CHECKPOINT)
+    loaded = _vdit_trained(TINY)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in source.state_dict().items())
+
+
+# ----------------------------------------------------------------- deformable attention and box refinement
+def test_deformable_attention_samples_bilinearly_as_the_formula_says():
+    """transformers' MultiScaleDeformableAttention core (what the port runs) against bilinear sampling written out:
+    location l in [0, 1] -> pixel l * size - 0.5, four neighbours weighted by distance, zeros outside."""
+    from transformers.models.deformable_detr.modeling_deformable_detr import MultiScaleDeformableAttention
+
+    g = torch.Generator().manual_seed(0)
+    shapes = [(3, 4), (2, 2)]
+    heads, dim, queries, points = 2, 3, 2, 2
+    value = torch.randn(1, sum(h * w for h, w in shapes), heads, dim, generator=g)
+    locations = torch.rand(1, queries, heads, len(shapes), points, 2, generator=g) * 1.2 - 0.1
+    weights = torch.rand(1, queries, heads, len(shapes), points, generator=g)
+    ours = MultiScaleDeformableAttention()(value, torch.tensor(shapes), shapes, torch.tensor([0, 12]), locations,
+                                           weights, im2col_step=64)
+    starts = [0, 12]
+    expected = torch.zeros(1, queries, heads * dim)
+    for q in range(queries):
+        for h in range(heads):
+            total = torch.zeros(dim)
+            for lvl, (height, width) in enumerate(shapes):
+                grid = value[0, starts[lvl]:starts[lvl] + height * width, h].view(height, width, dim)
+                for p in range(points):
+                    x = float(locations[0, q, h, lvl, p, 0]) * width - 0.5
+                    y = float(locations[0, q, h, lvl, p, 1]) * height - 0.5
+                    x0, y0 = math.floor(x), math.floor(y)
+                    sample = torch.zeros(dim)
+                    for yy, wy in ((y0, 1 - (y - y0)), (y0 + 1, y - y0)):
+                        for xx, wx in ((x0, 1 - (x - x0)), (x0 + 1, x - x0)):
+                            if 0 <= yy < height and 0 <= xx < width:
+                                sample += wy * wx * grid[yy, xx]
+                    total += weights[0, q, h, lvl, p] * sample
+            expected[0, q, h * dim:(h + 1) * dim] = total
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_box_refinement_adds_the_2d_reference_to_xy_first_then_the_whole_box():
+    head = seeded(vdit.VDITHead(TINY), seed=3)
+    recorded = []
+    for index, layer in enumerate(head.decoder.layers):
+        layer.register_forward_hook(lambda m, a, out, i=index: recorded.append(out))
+    frames, height, width = 1, 64, 64
+    pad = torch.zeros(frames, height, width, dtype=torch.bool)
+    pyramid = [torch.randn(frames, c, height // s, width // s) for c, s in ((8, 4), (16, 8), (16, 16), (32, 32))]
+    with torch.no_grad():
+        out = head(pyramid, pad, (64, 64), torch.randn(1, 4, 24), torch.zeros(1, 4, dtype=torch.bool))
+        logit = lambda x: torch.log(x.clamp(1e-5, 1) / (1 - x).clamp(1e-5, 1))  # noqa: E731  (inverse sigmoid)
+        reference = head.reference_points(head.query_embed.weight).sigmoid()[None]      # (1, Q, 2)
+        first = head.bbox_embed[0](recorded[0])
+        first = torch.cat([first[..., :2] + logit(reference), first[..., 2:]], -1).sigmoid()    # 2-D: x, y only
+        second = (head.bbox_embed[1](recorded[1]) + logit(first)).sigmoid()                     # 4-D: the whole box
+    torch.testing.assert_close(out.boxes, second)
