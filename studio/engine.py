@@ -386,7 +386,10 @@ _COMPONENT_NAMES = {
     "unet-motion": "motion UNet", "unet2d": "2-D UNet", "clip-text": "CLIP text encoder", "vae": "VAE",
     "tokenizer": "tokenizer", "motion-adapter": "motion adapter", "clip-vision": "image encoder",
     "clip-image-processor": "image processor", "grounder": "grounder", "grounder-processor": "grounder processor",
-    "sam2-video": "SAM 2 tracker",
+    "sam2-video": "SAM 2 tracker", "vdit-unet3d": "VD-IT video UNet", "vdit-vae": "VD-IT VAE",
+    "vdit-clip-text": "VD-IT text encoder", "vdit-tokenizer": "VD-IT tokenizer", "vdit-clip-vision": "VD-IT image encoder",
+    "vdit-clip-processor": "VD-IT image processor", "vdit-roberta": "VD-IT RoBERTa",
+    "vdit-roberta-tokenizer": "VD-IT RoBERTa tokenizer", "vdit-head": "VD-IT head", "taesd": "tiny decoder",
 }
 
 

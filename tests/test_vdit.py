@@ -524,3 +524,23 @@ def test_box_refinement_adds_the_2d_reference_to_xy_first_then_the_whole_box():
         first = torch.cat([first[..., :2] + logit(reference), first[..., 2:]], -1).sigmoid()    # 2-D: x, y only
         second = (head.bbox_embed[1](recorded[1]) + logit(first)).sigmoid()                     # 4-D: the whole box
     torch.testing.assert_close(out.boxes, second)
+
+
+def test_the_texts_are_tokenised_as_the_original_does(monkeypatch):
+    import numpy as np
+
+    from pipelines import tiny
+
+    models = tiny.vdit_models()
+    seen = {}
+    roberta, clip = models.roberta_tokenizer, models.tokenizer
+    models.roberta_tokenizer = lambda texts, **kw: seen.setdefault("roberta", (texts, kw)) and roberta(texts, **kw)
+    models.tokenizer = type("Spy", (), {"model_max_length": clip.model_max_length,
+                                        "__call__": lambda self, text, **kw: seen.setdefault("clip", (text, kw))
+                                        and clip(text, **kw)})()
+    vdit.segment_clip(models, np.zeros((1, 40, 40, 3), np.uint8), "  The DOG  on the left ",
+                      generator=torch.Generator().manual_seed(0))
+    assert seen["roberta"] == (["the dog on the left"], {"padding": "longest", "return_tensors": "pt"})
+    text, kwargs = seen["clip"]
+    assert text == "the dog on the left" and kwargs["padding"] == "max_length" and kwargs["max_length"] == 77
+    assert kwargs["truncation"] is True
