@@ -223,15 +223,45 @@ def _roberta_tokenizer():
     return RobertaTokenizer.from_pretrained(hub_folder(ROBERTA, ROBERTA_FILES))
 
 
-def _vdit_trained(config=None):
-    """VD-IT's trained parts from the released checkpoint (`config`: the released sizes unless given)."""
+def _vdit_trained(config=None, check_frozen: bool = True):
+    """VD-IT's trained parts from the released checkpoint (`config`: the released sizes unless given). Frozen weights
+    the file may also hold are checked against the stock models' own keys (`check_frozen`; built on the meta
+    device from the hub configs, so nothing is allocated)."""
     from pipelines import vdit
     from pipelines.convert.vdit import vdit_state_dict
 
     model = vdit.VDIT(config)
     checkpoint = torch.load(HubFile(VDIT_REPO, VDIT_CHECKPOINT).path(), map_location="cpu", weights_only=True)
-    model.load_state_dict(vdit_state_dict(checkpoint, model), strict=True)
+    frozen = _frozen_keys() if check_frozen else None
+    model.load_state_dict(vdit_state_dict(checkpoint, model, frozen), strict=True)
     return model.eval()
+
+
+def _frozen_keys() -> dict[str, set[str]]:
+    """The state-dict keys of the stock frozen models, per checkpoint prefix (reference/vdit.md section 5)."""
+    from diffusers import AutoencoderKL, UNet3DConditionModel
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+        RobertaConfig,
+        RobertaModel,
+    )
+
+    folder = hub_folder(MODELSCOPE, MODELSCOPE_FILES)
+    with torch.device("meta"):
+        models = {
+            "unet.": UNet3DConditionModel.from_config(UNet3DConditionModel.load_config(folder / "unet")),
+            "vae.": AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae")),
+            "text_encoder.": CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder")),
+            "cv_model.": CLIPVisionModelWithProjection(
+                CLIPVisionConfig.from_pretrained(hub_folder(CLIP_H, CLIP_H_FILES))),
+        }
+        roberta = RobertaModel(RobertaConfig.from_pretrained(hub_folder(ROBERTA, ROBERTA_FILES)))
+    keys = {f"backbone.0.diff_ftex.{prefix}": set(m.state_dict()) for prefix, m in models.items()}
+    keys["text_encoder.text_backbone."] = set(roberta.state_dict())
+    return keys
 
 
 # ----------------------------------------------------------------------------- tiny: random, same classes

@@ -469,7 +469,7 @@ def test_the_real_loader_reads_the_checkpoint_file_from_the_hub_layout(monkeypat
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     source = seeded(vdit.VDIT(TINY), seed=9)
     torch.save({"model": repository_checkpoint(source), "epoch": 9}, snapshot(VDIT_REPO) / VDIT_CHECKPOINT)
-    loaded = _vdit_trained(TINY)
+    loaded = _vdit_trained(TINY, check_frozen=False)      # no ModelScope configs here to list the frozen keys
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in source.state_dict().items())
 
 
@@ -544,3 +544,61 @@ def test_the_texts_are_tokenised_as_the_original_does(monkeypatch):
     text, kwargs = seen["clip"]
     assert text == "the dog on the left" and kwargs["padding"] == "max_length" and kwargs["max_length"] == 77
     assert kwargs["truncation"] is True
+
+
+def test_frozen_keys_in_the_checkpoint_must_be_the_stock_models_own():
+    from pipelines.convert.lora import ConversionError
+    from pipelines.convert.vdit import vdit_state_dict
+
+    model = seeded(vdit.VDIT(TINY))
+    checkpoint = repository_checkpoint(model)
+    stock = {"backbone.0.diff_ftex.unet.": {"conv_in.weight", "conv_in.bias"}}
+    vdit_state_dict(checkpoint, vdit.VDIT(TINY), frozen=stock)                  # conv_in.weight: the stock UNet's
+    checkpoint["backbone.0.diff_ftex.unet.input_fft.weight"] = torch.zeros(1)  # a layer the stock UNet lacks
+    with pytest.raises(ConversionError, match="unet.input_fft.weight: the stock frozen model has no such weight"):
+        vdit_state_dict(checkpoint, vdit.VDIT(TINY), frozen=stock)
+
+
+def test_the_frozen_keys_come_from_the_stock_models_built_from_the_hub_configs(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+    from transformers import CLIPConfig
+
+    from pipelines import tiny
+    from pipelines.segmentation_models import (
+        CLIP_H,
+        MODELSCOPE,
+        ROBERTA,
+        VDIT_CHECKPOINT,
+        VDIT_REPO,
+        _frozen_keys,
+        _vdit_trained,
+    )
+    from tests.test_real_identity_loading import snapshot
+    from tests.test_real_loading import write_complete
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    models = tiny.vdit_models()
+    folder = snapshot(MODELSCOPE)
+    models.unet.save_config(folder / "unet")
+    models.vae.save_config(folder / "vae")
+    models.text_encoder.config.save_pretrained(folder / "text_encoder")
+    CLIPConfig(vision_config=models.vision.config.to_dict()).save_pretrained(snapshot(CLIP_H))
+    models.roberta.config.save_pretrained(snapshot(ROBERTA))
+    for repo, files in ((MODELSCOPE, ("unet/diffusion_pytorch_model.fp16.safetensors",
+                                      "vae/diffusion_pytorch_model.fp16.safetensors", "text_encoder/model.fp16.safetensors",
+                                      "tokenizer/merges.txt", "tokenizer/special_tokens_map.json",
+                                      "tokenizer/tokenizer_config.json", "tokenizer/vocab.json")),
+                        (CLIP_H, ("model.safetensors",)),
+                        (ROBERTA, ("model.safetensors", "merges.txt", "vocab.json", "tokenizer.json"))):
+        for name in files:
+            write_complete(snapshot(repo) / name)
+    keys = _frozen_keys()
+    assert keys["backbone.0.diff_ftex.unet."] == set(models.unet.state_dict())
+    assert keys["text_encoder.text_backbone."] == set(models.roberta.state_dict())
+    source = seeded(vdit.VDIT(TINY), seed=9)
+    checkpoint = repository_checkpoint(source)
+    checkpoint.pop("backbone.0.diff_ftex.unet.conv_in.weight")           # the helper's placeholder, not the stock shape
+    checkpoint |= {f"backbone.0.diff_ftex.unet.{k}": v for k, v in models.unet.state_dict().items()}
+    torch.save({"model": checkpoint}, snapshot(VDIT_REPO) / VDIT_CHECKPOINT)
+    loaded = _vdit_trained(TINY)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in source.state_dict().items())

@@ -66,16 +66,25 @@ def _renamed(key: str) -> list[tuple[str, slice | None]]:
     return []
 
 
-def vdit_state_dict(checkpoint: Mapping[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def vdit_state_dict(checkpoint: Mapping[str, torch.Tensor], model: torch.nn.Module,
+                    frozen: Mapping[str, set[str]] | None = None) -> dict[str, torch.Tensor]:
     """Checkpoint -> a state dict that loads into `model` (a VDIT) with strict=True; raises ConversionError listing
-    every key without a place, every place without a key, every shape that does not fit, and aliases that differ."""
+    every key without a place, every place without a key, every shape that does not fit, and aliases that differ.
+
+    `frozen`: per frozen prefix, the keys its stock model has (the frozen models load from their own repositories;
+    a frozen key the stock model lacks means the file was saved from another architecture, and is named too)."""
     if "model" in checkpoint and isinstance(checkpoint["model"], Mapping):
         checkpoint = checkpoint["model"]
     targets = model.state_dict()
     out: dict[str, torch.Tensor] = {}
     problems: list[str] = []
     for key, tensor in checkpoint.items():
-        if key.startswith(FROZEN_PREFIXES) or key.endswith("position_ids"):
+        if key.endswith("position_ids"):
+            continue
+        if key.startswith(FROZEN_PREFIXES):
+            prefix = next(p for p in FROZEN_PREFIXES if key.startswith(p))
+            if frozen is not None and prefix in frozen and key[len(prefix):] not in frozen[prefix]:
+                problems.append(f"{key}: the stock frozen model has no such weight")
             continue
         places = _renamed(key)
         if not places:
