@@ -584,10 +584,10 @@ def test_the_frozen_keys_come_from_the_stock_models_built_from_the_hub_configs(m
     models.text_encoder.config.save_pretrained(folder / "text_encoder")
     CLIPConfig(vision_config=models.vision.config.to_dict()).save_pretrained(snapshot(CLIP_H))
     models.roberta.config.save_pretrained(snapshot(ROBERTA))
-    for repo, files in ((MODELSCOPE, ("unet/diffusion_pytorch_model.fp16.safetensors",
-                                      "vae/diffusion_pytorch_model.fp16.safetensors", "text_encoder/model.fp16.safetensors",
-                                      "tokenizer/merges.txt", "tokenizer/special_tokens_map.json",
-                                      "tokenizer/tokenizer_config.json", "tokenizer/vocab.json")),
+    weights = ("unet/diffusion_pytorch_model.fp16.safetensors", "vae/diffusion_pytorch_model.fp16.safetensors",
+               "text_encoder/model.fp16.safetensors", "tokenizer/merges.txt", "tokenizer/special_tokens_map.json",
+               "tokenizer/tokenizer_config.json", "tokenizer/vocab.json")
+    for repo, files in ((MODELSCOPE, weights),
                         (CLIP_H, ("model.safetensors",)),
                         (ROBERTA, ("model.safetensors", "merges.txt", "vocab.json", "tokenizer.json"))):
         for name in files:
