@@ -8,9 +8,11 @@ gets its PIL image processor, and SAM 2's preprocessing is done in pipelines/seg
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import torch
 
@@ -40,10 +42,11 @@ DEFAULT_GROUNDER, DEFAULT_TRACKER = "Grounding DINO tiny", "SAM 2.1 tiny"
 # ----------------------------------------------------------------- VD-IT's models (reference/vdit.md section 6)
 BACKENDS = ("grounding", "vdit")
 # The trained head: buxiangzhiren/VD-IT. Its file list could not be seen from here (no hub access, and the spec
-# records it as unseen): the name below is the repository's convention for released checkpoints and can be set with
-# STUDIO_VDIT_CHECKPOINT. Loading fails naming the file if it differs.
+# records it as unseen), so the file is found rather than assumed (`vdit_checkpoint`): STUDIO_VDIT_CHECKPOINT if set,
+# else the one weight file the repository holds (in the local cache, or listed by the hub), else this name.
 VDIT_REPO = "buxiangzhiren/VD-IT"
-VDIT_CHECKPOINT = os.environ.get("STUDIO_VDIT_CHECKPOINT", "checkpoint.pth")
+VDIT_CHECKPOINT = "checkpoint.pth"
+WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 # The frozen backbone: ModelScope's text-to-video model in diffusers' layout (fp16 files: half the download; the
 # UNet's 2.82 GB fp16 safetensors is on the hub page), laion's CLIP ViT-H/14 and RoBERTa-base.
 MODELSCOPE = "ali-vilab/text-to-video-ms-1.7b"          # CC-BY-NC-4.0: non-commercial use only
@@ -139,7 +142,8 @@ class SegmentationRegistry:
                "tokenizer": f"{p}|vdit-tokenizer|{MODELSCOPE}", "vision": f"{p}|vdit-clip-vision|{CLIP_H}|{d}",
                "vision_processor": f"{p}|vdit-clip-processor|{CLIP_H}", "roberta": f"{p}|vdit-roberta|{ROBERTA}|{d}",
                "roberta_tokenizer": f"{p}|vdit-roberta-tokenizer|{ROBERTA}",
-               "trained": f"{p}|vdit-head|{VDIT_REPO}/{VDIT_CHECKPOINT}|float32"}
+               "trained": f"{p}|vdit-head|{VDIT_REPO}/{vdit_checkpoint() if p == 'real' else VDIT_CHECKPOINT}"
+                          "|float32"}
         return VDITComponents(**{name: Component(key[name], load) for name, load in loaders.items()})
 
     def ensure_available(self, grounder: str, tracker: str, backend: str = "grounding") -> None:
@@ -149,7 +153,7 @@ class SegmentationRegistry:
     @staticmethod
     def vdit_downloads() -> list[HubFile]:
         """Every hub file the VD-IT backend reads (`python -m studio download --tab vdit`)."""
-        return ([HubFile(VDIT_REPO, VDIT_CHECKPOINT)] + [HubFile(MODELSCOPE, f) for f in MODELSCOPE_FILES]
+        return ([HubFile(VDIT_REPO, vdit_checkpoint())] + [HubFile(MODELSCOPE, f) for f in MODELSCOPE_FILES]
                 + [HubFile(CLIP_H, f) for f in CLIP_H_FILES] + [HubFile(ROBERTA, f) for f in ROBERTA_FILES])
 
     def downloads(self, grounder: str | None = None, tracker: str | None = None) -> list[HubFile]:
@@ -182,6 +186,40 @@ def _real_tracker(name: str, dtype: torch.dtype):
 
     folder = hub_folder(TRACKERS[name], TRACKER_FILES)
     return Sam2VideoModel.from_pretrained(folder, dtype=dtype).eval()
+
+
+def vdit_checkpoint() -> str:
+    """The checkpoint's file name in buxiangzhiren/VD-IT: STUDIO_VDIT_CHECKPOINT, else the repository's one weight
+    file (cached, or as the hub lists it), else VDIT_CHECKPOINT. Several weight files and no setting: an error that
+    names them, as the studio cannot tell which is the released model."""
+    from huggingface_hub import constants
+
+    from pipelines.errors import WeightsError
+    from pipelines.hub import _offline, hub_reachable
+
+    chosen = os.environ.get("STUDIO_VDIT_CHECKPOINT", "").strip()
+    if chosen:
+        return chosen
+    snapshots = Path(constants.HF_HUB_CACHE) / f"models--{VDIT_REPO.replace('/', '--')}" / "snapshots"
+    names = sorted({p.relative_to(snap).as_posix() for snap in snapshots.glob("*") for p in snap.rglob("*")
+                    if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)}) if snapshots.is_dir() else []
+    if not names and not _offline() and hub_reachable():
+        names = _listed_weight_files()
+    if len(names) > 1:
+        raise WeightsError(f"{VDIT_REPO} holds several weight files ({', '.join(names)}); say which is the "
+                           "checkpoint with STUDIO_VDIT_CHECKPOINT.")
+    return names[0] if names else VDIT_CHECKPOINT
+
+
+@functools.lru_cache(maxsize=1)
+def _listed_weight_files() -> list[str]:
+    """The weight files the hub lists for VD-IT's repository (asked once per process)."""
+    from huggingface_hub import HfApi
+
+    try:
+        return sorted(n for n in HfApi().list_repo_files(VDIT_REPO) if n.endswith(WEIGHT_SUFFIXES))
+    except Exception:                      # the listing is a convenience: fall back to the default name
+        return []
 
 
 def _modelscope(cls_name: str, subfolder: str, dtype):
@@ -231,7 +269,7 @@ def _vdit_trained(config=None, check_frozen: bool = True):
     from pipelines.convert.vdit import vdit_state_dict
 
     model = vdit.VDIT(config)
-    checkpoint = torch.load(HubFile(VDIT_REPO, VDIT_CHECKPOINT).path(), map_location="cpu", weights_only=True)
+    checkpoint = torch.load(HubFile(VDIT_REPO, vdit_checkpoint()).path(), map_location="cpu", weights_only=True)
     frozen = _frozen_keys() if check_frozen else None
     model.load_state_dict(vdit_state_dict(checkpoint, model, frozen), strict=True)
     return model.eval()

@@ -602,3 +602,23 @@ def test_the_frozen_keys_come_from_the_stock_models_built_from_the_hub_configs(m
     torch.save({"model": checkpoint}, snapshot(VDIT_REPO) / VDIT_CHECKPOINT)
     loaded = _vdit_trained(TINY)
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in source.state_dict().items())
+
+
+def test_the_checkpoint_is_found_rather_than_assumed(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    from pipelines.errors import WeightsError
+    from pipelines.segmentation_models import VDIT_CHECKPOINT, VDIT_REPO, vdit_checkpoint
+    from tests.test_real_identity_loading import snapshot
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.delenv("STUDIO_VDIT_CHECKPOINT", raising=False)
+    assert vdit_checkpoint() == VDIT_CHECKPOINT                        # offline, nothing cached: the default name
+    (snapshot(VDIT_REPO) / "ytvos_r50_vdit.pth").write_bytes(b"x")
+    (snapshot(VDIT_REPO) / "README.md").write_text("card")
+    assert vdit_checkpoint() == "ytvos_r50_vdit.pth"                     # the one weight file there
+    (snapshot(VDIT_REPO) / "davis.pth").write_bytes(b"x")
+    with pytest.raises(WeightsError, match="several weight files .*davis.pth, ytvos_r50_vdit.pth.*STUDIO_VDIT"):
+        vdit_checkpoint()
+    monkeypatch.setenv("STUDIO_VDIT_CHECKPOINT", "davis.pth")
+    assert vdit_checkpoint() == "davis.pth"
