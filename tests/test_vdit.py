@@ -622,3 +622,49 @@ def test_the_checkpoint_is_found_rather_than_assumed(monkeypatch, tmp_path):
         vdit_checkpoint()
     monkeypatch.setenv("STUDIO_VDIT_CHECKPOINT", "davis.pth")
     assert vdit_checkpoint() == "davis.pth"
+
+
+def test_the_real_loaders_read_modelscope_clip_h_and_roberta_from_their_hub_layouts(monkeypatch, tmp_path):
+    import json
+
+    from huggingface_hub import constants
+    from transformers import CLIPConfig, CLIPModel
+
+    from pipelines import tiny
+    from pipelines.cache import ModelCache
+    from pipelines.segmentation_models import CLIP_H, MODELSCOPE, ROBERTA, SegmentationRegistry
+    from tests.test_real_identity_loading import snapshot
+    from tests.test_real_loading import write_clip_tokenizer
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    models = tiny.vdit_models()
+    folder = snapshot(MODELSCOPE)
+    models.unet.save_pretrained(folder / "unet", variant="fp16")
+    models.vae.save_pretrained(folder / "vae", variant="fp16")
+    models.text_encoder.save_pretrained(folder / "text_encoder", variant="fp16")
+    vocab, merges = tiny._vocabulary()
+    write_clip_tokenizer(folder / "tokenizer", vocab, merges)
+    torch.manual_seed(1)
+    clip = CLIPModel(CLIPConfig(vision_config=models.vision.config.to_dict(),
+                                text_config=dict(hidden_size=8, intermediate_size=8, num_attention_heads=2,
+                                                 num_hidden_layers=1, vocab_size=50))).eval()
+    clip.save_pretrained(snapshot(CLIP_H))                        # laion's repository holds the whole CLIP model
+    models.roberta.save_pretrained(snapshot(ROBERTA))
+    # What roberta-base's repository has: vocab.json, merges.txt and tokenizer.json (no tokenizer_config.json).
+    models.roberta_tokenizer.save_pretrained(tmp_path / "roberta-tok")
+    (snapshot(ROBERTA) / "tokenizer.json").write_bytes((tmp_path / "roberta-tok" / "tokenizer.json").read_bytes())
+    (snapshot(ROBERTA) / "vocab.json").write_text(json.dumps(tiny._roberta_vocab()))
+    (snapshot(ROBERTA) / "merges.txt").write_text("#version: 0.2\n")
+
+    parts = SegmentationRegistry("real").vdit()
+    cache = ModelCache("cpu")
+    same = lambda a, b: all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())  # noqa: E731
+    with cache.use(parts.unet, parts.vae, parts.text_encoder, parts.tokenizer, parts.vision, parts.roberta,
+                   parts.roberta_tokenizer, parts.vision_processor) as (unet, vae, text, tok, vision, roberta,
+                                                                         rtok, processor):
+        assert same(unet, models.unet) and same(vae, models.vae) and same(text, models.text_encoder)
+        assert same(vision, clip.vision_model)                                 # the vision tower of the full model
+        assert same(roberta, models.roberta)
+        assert tok("the dog").input_ids == models.tokenizer("the dog").input_ids
+        assert rtok("the dog").input_ids == models.roberta_tokenizer("the dog").input_ids
+        assert processor.crop_size["height"] == 224                            # CLIP's own 224 crop, PIL maths
