@@ -331,6 +331,26 @@ def test_segment_this_clip_hands_the_generated_video_to_the_segmentation_tab(pag
     _screenshot(page, "#segmentation-run", SEGMENTATION_SCREENSHOT)
 
 
+def test_the_vdit_backend_in_the_browser_hides_what_it_does_not_use_and_says_its_licence(page):
+    page.get_by_label("What changes over time", exact=True).fill("ice melting")
+    _generate_and_wait_for_video(page)
+    page.locator("#timelapse-video").locator("xpath=..").locator("..").get_by_role(
+        "button", name="Segment this clip").first.click()
+    page.wait_for_function(VIDEO_READY_JS, arg="#segmentation-input", timeout=UI_TIMEOUT_MS)
+    page.locator("#segmentation-backend").get_by_label("VD-IT", exact=True).check()
+    page.get_by_label("Tracker").first.wait_for(state="hidden")
+    page.locator("#segmentation-refine").wait_for(state="hidden")
+    page.locator("#segmentation-expression textarea").fill("the block on the left")
+    page.locator("#segmentation-run").click()
+    page.wait_for_function(
+        "() => (document.querySelector('#segmentation-explanation')?.innerText || '').includes('VD-IT picked')",
+        timeout=GENERATE_TIMEOUT_MS)
+    explanation = page.locator("#segmentation-explanation").inner_text()
+    assert "score per frame" in explanation and "CC-BY-NC-4.0" in explanation
+    page.wait_for_function(VIDEO_READY_JS, arg="#segmentation-video", timeout=GENERATE_TIMEOUT_MS)
+    assert _visible_error_texts(page) == []
+
+
 def test_stop_says_it_stopped_and_the_next_run_starts_cleanly(page, server, monkeypatch):
     engine, _ = server
     # A tiny-profile step takes a few milliseconds: 100 of them can finish before the page sees any progress,
