@@ -7,9 +7,11 @@ image tower, RoBERTa. Nothing here is copied from the authors' repository; names
 pipelines/convert/vdit.py maps them one to one (the deformable transformer is transformers' Deformable DETR encoder and
 decoder, whose maths the spec checks against the repository's).
 
-What is built so far: the backbone's trained glue (section 2: ResidualMLP, the text–image cross-attention, the noise
-predictor and its t = 0 mixing, the feature post-processing) and the head (section 3: text projection, query fusion,
-the deformable transformer with box refinement, the dynamic mask head, the mask refinement), with its query pick.
+In order: preprocessing (section 1), the backbone's trained glue (section 2: ResidualMLP, the text-image
+cross-attention, the noise predictor and its t = 0 mixing, the feature post-processing), the frozen UNet and VAE read
+by forward hooks (2.6, 2.9), the head (section 3: text projection, query fusion, the deformable transformer with box
+refinement, the dynamic mask head, the mask refinement, the query pick), post-processing (section 4), and one clip
+end to end (`segment_clip`). The segmentation tab runs it as its "VD-IT" backend (pipelines/segmentation.py).
 """
 
 from __future__ import annotations
