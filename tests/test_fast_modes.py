@@ -404,3 +404,18 @@ def test_bf16_on_a_cpu_runs_every_generating_path_with_the_vae_in_fp32():
     person = IdentityPipeline(cache, registry)(IdentityRequest((PHOTO,), "a man", mode="fast", steps=4,
                                                                guidance=1.0, **small), measure_identity=False)
     assert person.frames.shape == (8, 64, 64, 3)
+
+
+def test_the_compile_knob_compiles_the_unets_and_leaves_the_rest():
+    """STUDIO_COMPILE=torch: the motion UNets go through torch.compile when they load (the compile itself happens
+    on their first call, minutes on this CPU: not run here); VAEs and encoders are left as they are."""
+    from pipelines.registry import Knobs
+
+    registry, cache = Registry("tiny", knobs=Knobs(compile="torch")), ModelCache("cpu")
+    models = registry.identity(4)
+    with cache.use(models.unet, models.vae, models.text_encoder) as (unet, vae, text):
+        assert unet._compiled_call_impl is not None
+        assert vae._compiled_call_impl is None and text._compiled_call_impl is None
+    plain = Registry("tiny").timelapse("ToonYou")
+    with cache.use(plain.unet) as (unet,):
+        assert unet._compiled_call_impl is None
