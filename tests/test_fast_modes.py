@@ -17,7 +17,7 @@ from pipelines import tiny
 from pipelines.cache import ModelCache
 from pipelines.common import animatediff, decode_frames, decode_with
 from pipelines.convert.lora import merge_lora_
-from pipelines.convert.magictime import animatediff_module_name, swift_lora_deltas, SwiftLoraConfig
+from pipelines.convert.magictime import SwiftLoraConfig, animatediff_module_name, swift_lora_deltas
 from pipelines.errors import InputError, WeightsError
 from pipelines.identity import IdentityPipeline, IdentityRequest
 from pipelines.registry import (
