@@ -177,8 +177,11 @@ def test_fast_preview_decodes_with_the_tiny_decoder(cache, monkeypatch):
     import pipelines.timelapse as timelapse
 
     decoders, original = [], timelapse.decode_frames
-    monkeypatch.setattr(timelapse, "decode_frames",
-                        lambda pipe, latents, chunk, vae=None: decoders.append(vae) or original(pipe, latents, chunk, vae))
+    def spy(pipe, latents, chunk, vae=None):
+        decoders.append(vae)
+        return original(pipe, latents, chunk, vae)
+
+    monkeypatch.setattr(timelapse, "decode_frames", spy)
     registry = Registry("tiny")
     pipeline = TimelapsePipeline(cache, registry)
     for mode in ("fast", "fast-preview"):
