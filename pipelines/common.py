@@ -200,8 +200,9 @@ class LivePreview:
 @torch.inference_mode()
 def decode_with(vae, latents: torch.Tensor, chunk: int) -> np.ndarray:
     """Latents of one clip (1, C, T, h, w) -> (T, H, W, 3) uint8 frames through `vae` (the full VAE or TAESD):
-    AnimateDiffPipeline.decode_latents' maths (divide by the VAE's scaling factor, decode `chunk` frames at a time,
-    map [-1, 1] to [0, 1]) without a pipeline around the decoder."""
+    AnimateDiffPipeline.decode_latents' and its video processor's maths (times 1 / the VAE's scaling factor, decode
+    `chunk` frames at a time, map [-1, 1] to [0, 1]; equal to them bit for bit, tests/test_fast_modes.py) without a
+    pipeline around the decoder."""
     b, c, f, h, w = latents.shape
     x = (1 / vae.config.scaling_factor * latents).permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
     x = x.to(device=vae.device, dtype=vae.dtype)
@@ -210,12 +211,8 @@ def decode_with(vae, latents: torch.Tensor, chunk: int) -> np.ndarray:
     return to_uint8(video)
 
 
-@torch.inference_mode()
 def decode_frames(pipe: AnimateDiffPipeline, latents: torch.Tensor, chunk: int, vae=None) -> np.ndarray:
     """Latents of one clip -> (T, H, W, 3) uint8 frames: through the pipeline's VAE, or `vae` (the tiny decoder
-    of "Fast preview") when given."""
-    if vae is not None:
-        return decode_with(vae, latents, chunk)
-    # The VAE may keep another dtype than the UNet that made the latents (fp32 beside bf16 on a CPU).
-    video = pipe.decode_latents(latents.to(pipe.vae.dtype), decode_chunk_size=chunk)
-    return to_uint8(pipe.video_processor.postprocess_video(video=video, output_type="np")[0])
+    of "Fast preview") when given. decode_with casts the latents to the decoder's dtype (the VAE may keep another
+    than the UNet that made them: fp32 beside bf16 on a CPU)."""
+    return decode_with(pipe.vae if vae is None else vae, latents, chunk)

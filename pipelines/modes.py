@@ -74,10 +74,15 @@ REFUSED_TIMELAPSE = {
 }
 
 
+def refusal(name, refused: dict[str, str] | None) -> str | None:
+    """Why the tab refuses the fast path `name`, or None if it does not."""
+    return (refused or {}).get(name.strip().lower()) if isinstance(name, str) else None
+
+
 def mode_named(modes: dict[str, Mode], name, refused: dict[str, str] | None = None) -> Mode:
-    """The mode the API's `mode` names; unknown or refused names get a message listing the choices."""
+    """The mode the API's `mode` names; refused names get the reason, unknown ones the choices."""
     if isinstance(name, str) and name.strip().lower() in modes:
         return modes[name.strip().lower()]
-    if isinstance(name, str) and refused and name.strip().lower() in refused:
-        raise InputError(refused[name.strip().lower()])
+    if (why := refusal(name, refused)) is not None:
+        raise InputError(why)
     raise InputError(f"mode must be one of {', '.join(repr(m) for m in modes)}, not {name!r}.")

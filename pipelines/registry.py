@@ -252,9 +252,8 @@ class Registry:
 
     # ----------------------------------------------------------------- shared by the tabs
     def _loaders(self):
-        loaders = _TinyLoaders(self.dtype) if self.profile == "tiny" else _RealLoaders(self.dtype)
-        loaders.vae_dtype = DTYPES[self.vae_dtype_name]
-        return loaders
+        loaders = _TinyLoaders if self.profile == "tiny" else _RealLoaders
+        return loaders(self.dtype, DTYPES[self.vae_dtype_name])
 
     def _tokenizer(self, load) -> Component:
         return Component(f"{self.profile}|tokenizer|{MAGICTIME}/{BASE}", load.tokenizer)

@@ -174,7 +174,6 @@ class SegmentationPipeline:
             warnings=warnings,
         )
 
-
     def _vdit(self, request: SegmentationRequest, progress: Progress) -> SegmentationResult:
         """VD-IT: the whole clip (chunks of 36 frames) through the frozen video diffusion UNet and the trained head;
         one object, the query whose score averaged over the frames is highest. The latent is sampled with a fixed
@@ -189,7 +188,7 @@ class SegmentationPipeline:
         start = time.perf_counter()
         with self.cache.use(*parts.all()) as loaded:
             timings["load"] = time.perf_counter() - start
-            models = vdit.VDITModels(*loaded, short_side=64 if self.registry.profile == "tiny" else vdit.SHORT_SIDE)
+            models = parts.models(loaded)
             progress(0.1, "VD-IT: reading the clip through the video diffusion model")
             start = time.perf_counter()
             out = vdit.segment_clip(models, frames, request.expression, generator=torch.Generator().manual_seed(0))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import partial
 from pathlib import Path
 
@@ -19,6 +19,7 @@ import torch
 from pipelines import tiny
 from pipelines.cache import Component
 from pipelines.hub import HubFile, ensure_available, hub_folder
+from pipelines.vdit import SHORT_SIDE
 
 # Drop-in grounders with Grounding DINO's API (reference/segmentation.md).
 GROUNDERS = {
@@ -77,10 +78,17 @@ class VDITComponents:
     roberta: Component
     roberta_tokenizer: Component
     trained: Component
+    short_side: int = SHORT_SIDE       # frames' short side (the paper's; the tiny profile's models take less)
 
     def all(self) -> tuple[Component, ...]:
-        return (self.unet, self.vae, self.text_encoder, self.tokenizer, self.vision, self.vision_processor,
-                self.roberta, self.roberta_tokenizer, self.trained)
+        return tuple(getattr(self, f.name) for f in fields(self) if f.name != "short_side")
+
+    def models(self, loaded: tuple):
+        """The loaded objects of `all()`, in that order, as the VDITModels segment_clip takes."""
+        from pipelines.vdit import VDITModels
+
+        names = [f.name for f in fields(self) if f.name != "short_side"]
+        return VDITModels(**dict(zip(names, loaded, strict=True)), short_side=self.short_side)
 TINY_TRACKER_SIZE = 128
 
 
@@ -144,7 +152,8 @@ class SegmentationRegistry:
                "roberta_tokenizer": f"{p}|vdit-roberta-tokenizer|{ROBERTA}",
                "trained": f"{p}|vdit-head|{VDIT_REPO}/{vdit_checkpoint() if p == 'real' else VDIT_CHECKPOINT}"
                           "|float32"}
-        return VDITComponents(**{name: Component(key[name], load) for name, load in loaders.items()})
+        return VDITComponents(**{name: Component(key[name], load) for name, load in loaders.items()},
+                              short_side=tiny.VDIT_SHORT_SIDE if p == "tiny" else SHORT_SIDE)
 
     def ensure_available(self, grounder: str, tracker: str, backend: str = "grounding") -> None:
         if self.profile == "real":

@@ -301,6 +301,9 @@ def vdit_config():
                       group_norm=8)
 
 
+VDIT_SHORT_SIDE = 64        # the tiny VD-IT's frames: the paper's 360 px would only make the toy models slow
+
+
 def vdit_unet(seed: int = 0):
     from diffusers import UNet3DConditionModel
 
@@ -362,4 +365,4 @@ def vdit_models(seed: int = 0):
         unet=vdit_unet(seed), vae=vdit_vae(seed), text_encoder=text_encoder(seed_of("vdit-clip", str(seed))).eval(),
         tokenizer=tokenizer(), vision=image_encoder(seed_of("vdit-vision", str(seed))).eval(),
         vision_processor=vdit_vision_processor(), roberta=vdit_roberta(seed), roberta_tokenizer=roberta_tokenizer(),
-        trained=vdit_trained(seed), short_side=64)
+        trained=vdit_trained(seed), short_side=VDIT_SHORT_SIDE)

@@ -132,9 +132,10 @@ def run_on_gpu(engine: str, pipeline: str, job, report: Reporter, options: dict 
 def stream_on_gpu(engine: str, pipeline: str, job, report: Reporter, options: dict | None = None
                   ) -> Iterator[tuple[str, Any]]:
     """run_on_gpu for a call with a live preview: yields ("preview", (frames, steps done)) and ("progress", "Denoising
-    step i/n") while the pipeline runs, then ("result", result); all picklable. The pipeline runs in a thread of this process (ZeroGPU's worker, on Spaces:
-    spaces.GPU takes generators) and hands its previews over a queue; when the consumer goes away (Stop, a closed
-    page) the next preview raises Cancelled in that thread, which unwinds it and its locks before this returns."""
+    step i/n") while the pipeline runs, then ("result", result); all picklable. The pipeline runs in a thread of this
+    process (ZeroGPU's worker, on Spaces: spaces.GPU takes generators) and hands its previews over a queue; when the
+    consumer goes away (Stop, a closed page) its next step raises Cancelled in that thread, which unwinds it and its
+    locks before this returns."""
     items: queue.Queue = queue.Queue()
     gone = threading.Event()
 
@@ -325,6 +326,8 @@ class Engine:
         """A generating endpoint's GPU call: with `preview`, ("preview", (small MP4's path, steps done)) and
         ("progress", "Denoising step i/n") items while it denoises; then ("result", result). Close it
         (contextlib.closing) so that a consumer that stops early stops the call too."""
+        if not isinstance(preview, bool):
+            raise InputError(f"preview must be true or false, not {preview!r}.")
         if not preview:
             yield "result", run_on_gpu(self.name, pipeline, job, report, options)
             return

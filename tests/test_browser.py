@@ -388,3 +388,14 @@ def test_the_live_preview_shows_the_clip_before_the_final_one(page, monkeypatch)
     page.wait_for_function("([sel, old]) => document.querySelector(sel)?.getAttribute('src') !== old",
                            arg=["#timelapse-video video", preview_src], timeout=UI_TIMEOUT_MS)
     assert _visible_error_texts(page) == []
+
+
+def test_choosing_a_mode_sets_the_steps_and_guidance_it_was_made_for(page):
+    page.locator("button:visible", has_text="Advanced").first.click()         # the time-lapse tab's accordion
+    steps = page.locator("input[aria-label='number input for Steps']:visible").first
+    guidance = page.locator("input[aria-label='number input for Guidance']:visible").first
+    for mode, expected in (("Fast", ("8", "5")), ("Quality", ("25", "8.5"))):
+        page.locator("#timelapse-mode").get_by_label(mode, exact=True).check()
+        page.wait_for_function("([s, g, want]) => s.value === want[0] && g.value === want[1]",
+                               arg=[steps.element_handle(), guidance.element_handle(), list(expected)],
+                               timeout=UI_TIMEOUT_MS)

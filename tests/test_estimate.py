@@ -93,3 +93,12 @@ def test_zerogpu_reserves_time_per_step_and_window():
     assert _gpu_seconds("e", "timelapse", SimpleNamespace(steps=25, num_frames=64, keyframes={0: "a"}), None) == 280
     assert _gpu_seconds("e", "identity", SimpleNamespace(steps=30, num_frames=16), None) == 44
     assert _gpu_seconds("e", "segmentation", SimpleNamespace(frames=[0] * 100, reground_every=0), None) == 30
+
+
+def test_the_tiny_decoders_runs_do_not_move_the_full_decoders_estimate(tmp_path):
+    engine = Engine(tiny_settings(tmp_path / "out"))
+    engine.learn("timelapse", 8, 8, 5.0, False, {"denoise": 1.0, "decode": 8.0}, mode="fast-preview")
+    assert engine.estimate("timelapse", 8, 8, 5.0, False, mode="fast")[0] is None          # the full VAE's rate
+    assert engine.estimate("timelapse", 8, 8, 5.0, False, mode="fast-preview")[0] == pytest.approx(9.0)
+    engine.learn("timelapse", 8, 8, 5.0, False, {"denoise": 1.0, "decode": 0.8}, mode="fast")
+    assert engine.estimate("timelapse", 25, 8, 8.5, False, mode="quality")[0] == pytest.approx(1.0 * 25 / 8 + 0.8)

@@ -30,6 +30,7 @@ from pipelines.registry import (
     lightning_file,
 )
 from pipelines.timelapse import TimelapsePipeline, TimelapseRequest
+from pipelines.video import to_uint8
 from tests.conftest import ROOT
 from tests.test_defaults import calls  # noqa: F401  (the AnimateDiffPipeline spy fixture)
 
@@ -195,7 +196,11 @@ def test_decoding_without_a_pipeline_matches_diffusers_decode_latents():
     vae, taesd = tiny.vae(1), tiny.tiny_vae(2)
     pipe = animatediff(vae, None, None, None, Registry("tiny").timelapse("ToonYou").scheduler_config)
     latents = torch.randn(1, 4, 5, 8, 8, generator=torch.Generator().manual_seed(0))
-    np.testing.assert_array_equal(decode_with(vae, latents, chunk=2), decode_frames(pipe, latents, chunk=2))
+    with torch.no_grad():                 # diffusers' own path: decode_latents, then its video processor
+        video = pipe.decode_latents(latents, decode_chunk_size=2)
+        theirs = pipe.video_processor.postprocess_video(video=video, output_type="np")[0]
+    np.testing.assert_array_equal(decode_frames(pipe, latents, chunk=2), to_uint8(theirs))
+    np.testing.assert_array_equal(decode_with(vae, latents, chunk=2), to_uint8(theirs))
     frames = decode_frames(pipe, latents, chunk=5, vae=taesd)
     with torch.no_grad():
         reference = taesd.decode(latents[0].permute(1, 0, 2, 3)).sample        # TAESD takes the UNet's latents

@@ -668,3 +668,10 @@ def test_the_real_loaders_read_modelscope_clip_h_and_roberta_from_their_hub_layo
         assert tok("the dog").input_ids == models.tokenizer("the dog").input_ids
         assert rtok("the dog").input_ids == models.roberta_tokenizer("the dog").input_ids
         assert processor.crop_size["height"] == 224                            # CLIP's own 224 crop, PIL maths
+
+
+def test_post_processing_crops_the_padding_before_resizing_and_thresholds_at_half():
+    logits = torch.full((1, 1, 8, 8), -5.0)
+    logits[:, :, :4, :4] = 0.2                      # the unpadded 4 x 4: sigmoid 0.55, just above the threshold
+    masks = vdit.masks_at(logits, (4, 4), (8, 8))
+    assert masks.shape == (1, 8, 8) and masks.all()   # without the crop only a quarter would be in the mask

@@ -8,6 +8,7 @@ from typing import NamedTuple
 import gradio as gr
 
 from pipelines.common import MAX_GUIDANCE, MAX_SEED, MAX_STEPS, MIN_GUIDANCE
+from pipelines.modes import refusal
 
 
 class Generating(NamedTuple):
@@ -39,8 +40,8 @@ def mode_choice(modes: dict, elem_id: str, refused: dict[str, str] | None = None
         preprocess = radio.preprocess
 
         def explained(payload):
-            if isinstance(payload, str) and payload.strip().lower() in refused:
-                raise gr.Error(refused[payload.strip().lower()], print_exception=False)
+            if (why := refusal(payload, refused)) is not None:
+                raise gr.Error(why, print_exception=False)
             return preprocess(payload)
 
         radio.preprocess = explained

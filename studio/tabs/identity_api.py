@@ -13,7 +13,7 @@ import gradio as gr
 import pandas as pd
 
 from pipelines import identity as id_
-from pipelines.errors import InputError, StudioError
+from pipelines.errors import StudioError
 from pipelines.faces import load_photo
 from pipelines.identity import IdentityPipeline, IdentityRequest
 from studio.engine import Engine, previews, queue_wait_seconds, summary_markdown, user_errors, whole
@@ -67,8 +67,6 @@ class IdentityAPI:
                 height=engine.settings.resolution, safety=engine.safety_options(safety), mode=mode,
             )
             job.validate()
-            if not isinstance(preview, bool):
-                raise InputError(f"preview must be true or false, not {preview!r}.")
             mode = job.run_mode.name
             start = time.perf_counter()
             faces = self.pipeline.reference_faces(job.photos)   # on CPU, before the GPU is asked for

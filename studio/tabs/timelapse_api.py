@@ -9,7 +9,6 @@ from contextlib import closing
 
 import gradio as gr
 
-from pipelines.errors import InputError
 from pipelines.timelapse import FPS, TimelapseRequest, parse_keyframes
 from studio.engine import Engine, previews, queue_wait_seconds, summary_markdown, user_errors, whole
 
@@ -46,8 +45,6 @@ class TimelapseAPI:
                 safety=engine.safety_options(safety), mode=mode,
             )
             job.validate()  # before the GPU is asked for
-            if not isinstance(preview, bool):
-                raise InputError(f"preview must be true or false, not {preview!r}.")
             sliding, mode = bool(job.keyframes), job.run_mode.name
             estimate, _ = engine.estimate("timelapse", job.steps, job.num_frames, job.guidance, sliding,
                                           style=job.style, mode=mode)
