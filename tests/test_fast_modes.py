@@ -427,3 +427,25 @@ def test_the_compile_knob_compiles_the_unets_and_leaves_the_rest():
     plain = Registry("tiny").timelapse("ToonYou")
     with cache.use(plain.unet) as (unet,):
         assert unet._compiled_call_impl is None
+
+
+def test_the_preview_budget_shows_step_one_then_only_what_fits_and_never_the_last_step():
+    """LivePreview's rule on its own: after step 1 always; later only while the previews' total stays within the
+    budget's share of the time so far; never after the last step (the final decode follows)."""
+    from types import SimpleNamespace
+
+    from pipelines.common import LivePreview
+
+    def run(budget: float, steps: int = 5) -> list[int]:
+        pipe = SimpleNamespace(scheduler=SimpleNamespace(step=lambda *a, **k: SimpleNamespace(
+            pred_original_sample=torch.zeros(1, 4, 2, 2, 2))))
+        shown = []
+        live = LivePreview(pipe, tiny.tiny_vae(2), lambda frames, done: shown.append(done), budget=budget)
+        for done in range(1, steps + 1):
+            pipe.scheduler.step()                                       # what diffusers calls each step
+            live.after_step(done, steps)
+        return shown
+
+    assert run(budget=0.0) == [1]                       # nothing fits a zero budget but the first glimpse
+    assert run(budget=-1.0) == [1]                      # which comes whatever the budget
+    assert run(budget=1e9) == [1, 2, 3, 4]              # everything fits: every step but the last

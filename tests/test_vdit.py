@@ -178,9 +178,16 @@ def tiny_unet3d():
     from diffusers import UNet3DConditionModel
 
     torch.manual_seed(5)
-    return UNet3DConditionModel(
+    unet = UNet3DConditionModel(
         block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=4, cross_attention_dim=12,
         attention_head_dim=4, sample_size=8, in_channels=4, out_channels=4).eval()
+    # diffusers zero-initialises each temporal convolution's last layer (an identity at init): give every weight a
+    # value, as trained ones have, so that running or skipping a temporal layer shows in the maps.
+    g = torch.Generator().manual_seed(6)
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    return unet
 
 
 def direct_taps(unet, latents, conditions):
@@ -425,6 +432,7 @@ def test_vdit_downloads_name_every_hub_file_it_reads():
     assert (MODELSCOPE, "unet/diffusion_pytorch_model.fp16.safetensors") in files
     keys = [c.key for c in SegmentationRegistry("real").vdit().all()]
     assert len(set(keys)) == 9 and not any("h94/IP-Adapter" in k for k in keys)   # its own CLIP-H entry
+    assert SegmentationRegistry("real").vdit().short_side == 360                   # the paper's frames
 
 
 def test_the_vdit_bench_runs_and_ends_with_seconds_per_frame():
