@@ -13,9 +13,10 @@
    t′ = round(γ · σ(2κ(10β − τ))), γ = 10 per 50 steps. Step i (0-based) denoises with the safe embeddings
    if i ≤ t′, with the original ones after.
 5. Adaptive latent re-attention (optional): on the up-blocks' skip features, the low-frequency Fourier
-   coefficients of the safe branch that exceed those of the unguarded branch are scaled by s < 1 (s1 = 0.9 on
-   the first up stage, s2 = 0.2 on the second, FreeU's placement). It needs the unguarded prompt as a third
-   UNet branch on the guarded steps.
+   coefficients of the safe branch that exceed those of the unguarded branch are scaled by s < 1, placed as
+   FreeU places its filter: s1 = 0.9 where the up path's backbone feature has the UNet's widest channel count
+   (1280 on SD1.5), s2 = 0.2 where it has the next one (640). It needs the unguarded prompt as a third UNet
+   branch on the guarded steps.
 6. Optionally the concept list as negative prompt (the released code does this; its published numbers include it).
 
 How it reaches the sampler without knowing the pipeline's layout: `pipe.encode_prompt` is wrapped to return the
@@ -58,7 +59,7 @@ FILTER_NUDITY, FILTER_ARTIST = (2.5, 5.333), (3.5, 5.5)
 FILTER_STEPS, FILTER_GAMMA = 50, 10.0          # γ = 10 at 50 steps, scaled to the step count
 MASK_TOKEN_ID = 0                              # the released code masks a token by replacing its id with 0
 PROJECTIONS = ("paper", "released")
-REATTENTION_SCALES = (0.9, 0.2)                # s1 (first up stage), s2 (second); b1 = b2 = 1
+REATTENTION_SCALES = (0.9, 0.2)                # s1 (widest up features), s2 (next width); b1 = b2 = 1
 MAX_CUSTOM_CONCEPTS, MAX_CONCEPT_CHARS = 32, 100
 
 
@@ -317,7 +318,8 @@ class SafetyGuard:
             return torch.cat([cond, safe], dim=-1), doubled_negative
 
         step_of: dict[int, int] = {}
-        reattention = _Reattention(REATTENTION_SCALES) if plan.options.reattention else None
+        reattention = (_Reattention(REATTENTION_SCALES, unet.config.block_out_channels)
+                       if plan.options.reattention else None)
 
         def before_unet(module, args, kwargs):
             hidden = kwargs.get("encoder_hidden_states")
@@ -424,8 +426,15 @@ class _Marker:
 
 
 class _Reattention:
-    def __init__(self, scales: tuple[float, float]):
-        self.scales, self.branches = scales, 0
+    """Where the filter runs and by how much. FreeU's own code picks its stage by the backbone feature's width
+    (`hidden_states.shape[1] == 1280` → s1, `== 640` → s2 on SD1.5); diffusers' `apply_freeu` picks by
+    `resolution_idx in (0, 1)` instead, and SD1.5's first two up stages are both 1280 wide, so s2 would land on
+    a 1280 stage. Widths are read from the UNet: the widest gets s1, the next distinct width s2, others none."""
+
+    def __init__(self, scales: tuple[float, float], block_out_channels: Sequence[int]):
+        widths = sorted(set(block_out_channels), reverse=True)
+        self.scale_by_width = dict(zip(widths, scales, strict=False))   # one width (a toy UNet): s1 only
+        self.branches = 0
 
     def marker(self, index: int) -> _Marker:
         return _Marker(self, index)
@@ -438,8 +447,9 @@ def _freeu_dispatcher(resolution_idx, hidden_states, res_hidden_states, **freeu_
     marker = freeu_kwargs.get("s1")
     if isinstance(marker, _Marker):
         owner = marker.owner
-        if owner.branches and resolution_idx in (0, 1):
-            res_hidden_states = reattend(res_hidden_states, owner.branches, owner.scales[resolution_idx])
+        scale = owner.scale_by_width.get(hidden_states.shape[1])
+        if owner.branches and scale is not None:
+            res_hidden_states = reattend(res_hidden_states, owner.branches, scale)
         return hidden_states, res_hidden_states
     return _STOCK_FREEU["apply_freeu"](resolution_idx, hidden_states, res_hidden_states, **freeu_kwargs)
 

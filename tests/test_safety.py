@@ -12,6 +12,7 @@ import pytest
 import torch
 from skimage import data
 
+from pipelines import safety as safety_module
 from pipelines import tiny
 from pipelines.cache import ModelCache
 from pipelines.errors import InputError
@@ -219,19 +220,45 @@ def test_a_projected_token_reaches_the_unet_as_the_hand_projection(timelapse, mo
 
 
 def test_keyframe_stages_are_each_guarded_through_freenoise(timelapse, monkeypatch):
-    seen = watch_unet(monkeypatch, timelapse)
-    request = TimelapseRequest(prompt="a calm lake", keyframes={12: "a bloody war"}, num_frames=24, steps=2, **SIZE,
+    """Each stage's prompt is projected with its own plan before FreeNoise interpolates between stages: on every
+    guarded step, frame f of 0..12 gets (1 − f/12)·safe(lake) + (f/12)·safe(war) and frames 12..23 safe(war);
+    after t′ every frame gets the unguarded interpolation; the negative rows are never touched."""
+    lake, war = "a calm lake", "a bloody war"
+    request = TimelapseRequest(prompt=lake, keyframes={12: war}, num_frames=24, steps=2, **SIZE,
                                safety=SafetyOptions())
-    result = timelapse(request)
-    guarded = seen[0][1]
-    seen.clear()
+    seen = watch_unet(monkeypatch, timelapse)
     timelapse(dataclasses.replace(request, safety=None))
-    plain = seen[0][1]
-    assert {t["prompt"] for t in result.safety["flagged_tokens"]} <= {"a calm lake", "a bloody war"}
-    assert "a bloody war" in result.safety["beta"] and guarded.shape == plain.shape == (48, 77, tiny.CROSS_ATTENTION_DIM)
-    assert torch.equal(guarded[:24], plain[:24])                            # negatives untouched
-    changed_frames = [f for f in range(24) if not torch.equal(guarded[24 + f], plain[24 + f])]
-    assert changed_frames, "no frame got the safe stage embeddings"
+    plain = [e for _, e in seen]
+    seen.clear()
+    result = timelapse(request)
+    guarded = [e for _, e in seen]
+
+    models = timelapse.registry.timelapse("Realistic Vision")
+    tok, te = (timelapse.cache.get(c) for c in (models.tokenizer, models.text_encoder))
+    plans = timelapse.guard.plan(tok, te, [lake, war], SafetyOptions(), 2).prompts
+    assert plans[war].flagged and "a bloody war" in result.safety["beta"]
+    assert {t["prompt"] for t in result.safety["flagged_tokens"]} <= {lake, war}
+
+    def safe(stage_embeds, plan):                       # the hand projection of one stage's flagged tokens
+        out = stage_embeds.clone()
+        out[:, plan.flagged] = (stage_embeds[:, plan.flagged].double() @ plan.projection.T).float()
+        return out
+
+    cond = plain[0][24:]
+    weights = torch.arange(13, dtype=torch.float32)[:, None, None] / 12
+    torch.testing.assert_close(cond[:13], (1 - weights) * cond[:1] + weights * cond[12:13], rtol=0, atol=1e-5)
+    safe_lake, safe_war = safe(cond[:1], plans[lake]), safe(cond[12:13], plans[war])
+    expected = torch.cat([(1 - weights) * safe_lake + weights * safe_war, safe_war.expand(11, -1, -1)])
+    t_prime = result.safety["t_prime"]
+    assert len(guarded) == len(plain) == 2 and t_prime >= 0
+    for step, (mine, theirs) in enumerate(zip(guarded, plain, strict=True)):
+        assert mine.shape == theirs.shape == (48, 77, tiny.CROSS_ATTENTION_DIM)
+        assert torch.equal(mine[:24], theirs[:24]), step                    # negatives untouched
+        if step > t_prime:
+            assert torch.equal(mine, theirs), step
+        else:
+            torch.testing.assert_close(mine[24:], expected, rtol=0, atol=1e-5)
+            assert not torch.equal(mine[36:], theirs[36:]), step
 
 
 def test_a_benign_prompt_gives_bit_identical_frames_on_both_tabs(timelapse):
@@ -296,12 +323,43 @@ def test_reattention_splits_frame_folded_batches_by_branch():
     torch.testing.assert_close(out[3], safe[1])
 
 
-def test_reattention_runs_in_the_sampler_and_changes_the_guarded_frames(timelapse):
+def test_reattention_sits_where_freeu_puts_its_filter_on_an_sd15_shaped_unet(monkeypatch):
+    """SD1.5's up path is 1280, 1280, 640, 320 wide: s1 wherever the backbone feature is the widest, s2 where it
+    is the next width, nothing on the narrowest (FreeU's `h.shape[1] == 1280 / 640`). The same shape at 1/40 width:
+    up blocks (32, 32, 16, 8) with two resnets each; the features entering them are 32 ×5, 16 ×2, 8 ×1 wide."""
+    from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+
+    widths = (8, 16, 32, 32)
+    unet = UNetMotionModel.from_unet2d(
+        UNet2DConditionModel(block_out_channels=widths, layers_per_block=1, norm_num_groups=4, sample_size=16,
+                             cross_attention_dim=8, attention_head_dim=2),
+        MotionAdapter(block_out_channels=widths, motion_layers_per_block=1, motion_norm_num_groups=4,
+                      motion_num_attention_heads=2, motion_max_seq_length=32))
+    calls = []
+    real = safety_module.reattend
+    monkeypatch.setattr(safety_module, "reattend",
+                        lambda skip, branches, scale: calls.append((branches, scale)) or real(skip, branches, scale))
+    safety_module._install_freeu_dispatcher()
+    owner = safety_module._Reattention((0.9, 0.2), unet.config.block_out_channels)
+    unet.enable_freeu(s1=owner.marker(0), s2=owner.marker(1), b1=owner.marker(2), b2=owner.marker(3))
+    owner.branches = 3
+    with torch.no_grad():
+        unet(torch.randn(3, 4, 2, 16, 16), 10, encoder_hidden_states=torch.randn(6, 5, 8))
+    assert calls == [(3, 0.9)] * 5 + [(3, 0.2)] * 2
+
+
+def test_reattention_runs_in_the_sampler_and_changes_the_guarded_frames(timelapse, monkeypatch):
     request = TimelapseRequest(prompt=UNSAFE, steps=3, num_frames=8, **SIZE, safety=SafetyOptions())
     plain = timelapse(request)
+    calls = []
+    real = safety_module.reattend
+    monkeypatch.setattr(safety_module, "reattend",
+                        lambda skip, branches, scale: calls.append((branches, scale)) or real(skip, branches, scale))
     attended = timelapse(dataclasses.replace(request, safety=SafetyOptions(reattention=True)))
     assert attended.frames.shape == plain.frames.shape == (8, 64, 64, 3)
     assert not np.array_equal(attended.frames, plain.frames)
+    # Three branches (uncond, safe, unguarded) on every guarded step; the tiny UNet is 8 wide throughout: s1 only.
+    assert calls and set(calls) == {(3, 0.9)}
     unet = timelapse.cache.get(timelapse.registry.timelapse("Realistic Vision").unet)
     assert not getattr(unet.up_blocks[0], "s1", None)              # FreeU switched off again after the call
 
