@@ -8,7 +8,6 @@ the API's) live in that tab's own module under studio/tabs/.
 from __future__ import annotations
 
 import queue
-import re
 import threading
 import time
 import uuid
@@ -27,12 +26,12 @@ from pipelines.common import uses_cfg
 from pipelines.errors import Cancelled, InputError, StudioError
 from pipelines.estimate import Estimator, frame_passes, windows
 from pipelines.estimate import say as say_estimate
-from pipelines.faces import FaceAnalyzer, load_photo
+from pipelines.faces import FaceAnalyzer
 from pipelines.identity import IdentityPipeline
 from pipelines.modes import IDENTITY_MODES, TIMELAPSE_MODES
 from pipelines.output_check import FrameChecker
 from pipelines.registry import Registry
-from pipelines.safety import SafetyGuard, SafetyOptions
+from pipelines.safety import DEFAULT_CATEGORIES, SafetyGuard, SafetyOptions
 from pipelines.segmentation import SegmentationPipeline
 from pipelines.segmentation_models import SegmentationRegistry
 from pipelines.timelapse import (
@@ -198,6 +197,19 @@ def is_out_of_memory(error: BaseException) -> bool:
         isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
 
 
+def enforced_floor(options: SafetyOptions) -> None:
+    """In enforced mode the guard may be made stricter (more concepts, a smaller α), never weaker: a call that
+    drops a default category or raises α would count as guarded while flagging less. Refused, saying why."""
+    missing = [c for c in DEFAULT_CATEGORIES if c not in options.categories]
+    if missing:
+        raise InputError(f"This server enforces the safety guard (STUDIO_SAFETY=enforced): the concepts must include "
+                         f"{', '.join(DEFAULT_CATEGORIES)} (missing: {', '.join(missing)}). Add concepts freely.")
+    if options.alpha > SafetyOptions.alpha:
+        raise InputError(f"This server enforces the safety guard (STUDIO_SAFETY=enforced): α may be at most "
+                         f"{SafetyOptions.alpha} (the default; a larger margin flags fewer tokens), "
+                         f"not {options.alpha}.")
+
+
 class Engine:
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -280,19 +292,9 @@ class Engine:
         if not safety and self.safety_enforced:
             raise InputError("The safety guard is enforced on this server (STUDIO_SAFETY=enforced) and cannot be "
                              "switched off; call again with safety=true.")
+        if safety and options is not None and self.safety_enforced:
+            enforced_floor(options)
         return (options or SafetyOptions()) if safety else None
-
-    def check_photos(self, photos) -> list[str]:
-        """Reference photos through the output check before any GPU work: refused in enforced mode, a warning
-        otherwise. Returns the warnings."""
-        frames = [load_photo(photo, number) for number, photo in enumerate(photos, start=1)]
-        scores = [self.checker.check(frame).scores[0] for frame in frames]
-        flagged = [(number, score) for number, score in enumerate(scores, start=1) if score >= self.checker.threshold]
-        named = ", ".join(f"photo {number} ({score:.2f})" for number, score in flagged)
-        if flagged and self.safety_enforced:
-            raise InputError(f"The output check ({output_check.MODEL_NAME}) scores {named} as explicit; this server "
-                             "enforces the safety guard and does not use such photos.")
-        return [f"The output check scores {named} as explicit (threshold {self.checker.threshold})."] if flagged else []
 
     def publish(self, result, queue_wait: float | None = None, **details) -> tuple[str, dict]:
         """Every generating tab's last step: the output check on every frame (flagged frames blurred), the MP4,
@@ -336,6 +338,11 @@ class Engine:
             for kind, value in calls:
                 if kind == "preview":
                     frames, done = value
+                    # A preview is shown to the user too: the same output check as the final clip, before it is
+                    # written (off the GPU thread, beside the denoising it shows).
+                    flagged = self.checker.check(frames).flagged
+                    if flagged:
+                        frames = output_check.blur_frames(frames, flagged)
                     value = (str(write_mp4(frames, self.outputs.new(".mp4"), fps=fps)), done)
                 yield kind, value
         finally:
@@ -364,53 +371,6 @@ class Engine:
         finally:
             if session and _STOP_FLAGS.get(session) is flag:
                 del _STOP_FLAGS[session]
-
-    # ----------------------------------------------------------------- system panel
-    def system_report(self) -> tuple[str, list[list]]:
-        stats = self.cache.stats()
-        gib = lambda n: f"{n / 2**30:.2f} GiB" if n is not None else "no limit"  # noqa: E731
-        resident = ", ".join(f"{dev}: {gib(n)}" for dev, n in stats["bytes_by_device"].items()) or "nothing loaded"
-        summary = (
-            f"**Profile** `{self.settings.profile}` · **device** `{stats['device']}` · **dtype** `{self.settings.dtype}`  \n"
-            f"**Resident** {resident} · **device budget** {gib(stats['device_budget'])} · "
-            f"**RAM budget** {gib(stats['ram_budget'])}  \n"
-            f"**Hits** {stats['hits']} · **misses** {stats['misses']} · **loads** {stats['loads']} "
-            f"({stats['load_seconds']:.1f} s) · **offloads** {stats['offloads']} · **drops** {stats['drops']} · "
-            f"**over budget** {stats['over_budget']}"
-        )
-        rows = [[*describe_key(c["key"]), c["device"], round(c["bytes"] / 2**20, 1), "yes" if c["locked"] else ""]
-                for c in stats["components"]]
-        keys = [c["key"] for c in stats["components"]]
-        return summary, rows, keys
-
-
-SYSTEM_COLUMNS = ["component", "from", "adapters", "device", "MiB", "in use"]
-_COMPONENT_NAMES = {
-    "unet-motion": "motion UNet", "unet2d": "2-D UNet", "clip-text": "CLIP text encoder", "vae": "VAE",
-    "tokenizer": "tokenizer", "motion-adapter": "motion adapter", "clip-vision": "image encoder",
-    "clip-image-processor": "image processor", "grounder": "grounder", "grounder-processor": "grounder processor",
-    "sam2-video": "SAM 2 tracker", "vdit-unet3d": "VD-IT video UNet", "vdit-vae": "VD-IT VAE",
-    "vdit-clip-text": "VD-IT text encoder", "vdit-tokenizer": "VD-IT tokenizer", "vdit-clip-vision": "VD-IT image encoder",
-    "vdit-clip-processor": "VD-IT image processor", "vdit-roberta": "VD-IT RoBERTa",
-    "vdit-roberta-tokenizer": "VD-IT RoBERTa tokenizer", "vdit-head": "VD-IT head", "taesd": "tiny decoder",
-}
-
-
-def describe_key(key: str) -> tuple[str, str, str]:
-    """A cache key ("profile|kind|source…|+adapter…|dtype") as a person reads it: (component, from which
-    files, with which adapters), file names without their folders."""
-    parts = key.split("|")
-    kind, rest = (parts[1], parts[2:]) if len(parts) > 1 else (parts[0], [])
-    if rest and rest[-1] in ("float32", "float16", "bfloat16"):
-        kind, rest = f"{_COMPONENT_NAMES.get(kind, kind)} ({rest[-1]})", rest[:-1]
-    else:
-        kind = _COMPONENT_NAMES.get(kind, kind)
-    def name(part: str) -> str:          # "Magic_Weights/magic_adapter_s/magic_adapter_s.ckptx4" -> "magic_adapter_s.ckpt ×4"
-        return re.sub(r"(\.\w+)x(\d+)$", r"\1 ×\2", part.rstrip("/").rsplit("/", 1)[-1])
-
-    sources = [name(p) for p in rest if not p.startswith("+")]
-    adapters = [name(p[1:]) for p in rest if p.startswith("+")]
-    return kind, ", ".join(sources), ", ".join(adapters)
 
 
 @contextmanager

@@ -11,9 +11,11 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from skimage import data
 
+from pipelines.errors import InputError
 from pipelines.output_check import FLAG_THRESHOLD, FrameChecker, blur_frames
+from pipelines.safety import SafetyOptions
 from pipelines.video import read_video
-from studio.engine import Engine
+from studio.engine import Engine, enforced_floor
 from studio.tabs.identity_api import IdentityAPI
 from studio.tabs.timelapse_api import TimelapseAPI
 from tests.conftest import ROOT, launched, tiny_settings
@@ -90,6 +92,22 @@ def test_enforced_mode_refuses_safety_off_and_shows_the_switch_locked(enforced):
     assert all("STUDIO_SAFETY=enforced" in s["info"] for s in switches)
 
 
+def test_enforced_mode_lets_safe_generate_be_stricter_never_weaker(enforced):
+    """A guard that is on but flags nothing is off by another name: a call may add concepts or lower α, not drop
+    a default category or raise α."""
+    with pytest.raises(AppError, match=r"concepts must include nudity, violence \(missing: violence\)"):
+        enforced.predict(prompt="a dog", concepts=["nudity"], steps=1, api_name="/safe_generate")
+    with pytest.raises(AppError, match=r"1.0 is greater than maximum value 0.01"):    # the slider's own range
+        enforced.predict(prompt="a dog", alpha=1.0, steps=1, api_name="/safe_generate")
+    with pytest.raises(InputError, match=r"α may be at most 0.01 .*not 0.02"):          # and the engine's, behind it
+        enforced_floor(SafetyOptions(alpha=0.02))
+    *_, info = enforced.predict(prompt="a dog", concepts=["nudity", "violence", "artist style"], alpha=0.0,
+                                custom_concepts="Snoopy", steps=1, api_name="/safe_generate")
+    assert info["safety"]["concepts"] == ["nudity", "violence", "artist style"] and info["safety"]["alpha"] == 0.0
+    sliders = [c["props"] for c in enforced.config["components"] if c["props"].get("label") == "α: selection margin"]
+    assert [s["maximum"] for s in sliders] == [0.01]
+
+
 # ----------------------------------------------------------------------------- the output check
 def test_blur_changes_only_the_flagged_frames():
     frames = np.stack([data.astronaut()[::4, ::4]] * 3)
@@ -116,6 +134,26 @@ def test_a_flagged_frame_is_blurred_in_the_clip_and_reported(tmp_path):
     assert np.abs(flagged[others].astype(int) - plain[others]).mean() < 3
     assert any("flagged 1 of 16 frames" in w and "Try another seed" in w for w in info["warnings"])
     assert "1 of 16 frames flagged" in summary
+
+
+def test_live_previews_go_through_the_output_check_too(tmp_path):
+    """A preview is shown to the person as well: the same check, flagged frames blurred before it is written."""
+    from contextlib import closing
+
+    engine = Engine(tiny_settings(tmp_path))
+    checked = []
+
+    def score(frames):
+        checked.append(len(frames))
+        return np.where(np.arange(len(frames)) == 1, 0.95, 0.01)
+
+    engine.checker = FrameChecker(score=score)
+    with closing(TimelapseAPI(engine).stream("ice melting", num_frames=8, steps=6, seed=3, safety=False,
+                                              preview=True, progress=lambda *a, **k: None)) as stream:
+        first_preview = next(stream)[0]
+    shown = read_video(first_preview)[0]
+    assert checked and checked[0] == 8 == len(shown)                  # every preview frame, in one batch
+    assert sharpness(shown[1]) < 0.5 * min(sharpness(shown[i]) for i in (0, 2, 3))
 
 
 def test_reference_photos_go_through_the_checker_first(tmp_path):

@@ -13,10 +13,25 @@ import gradio as gr
 import pandas as pd
 
 from pipelines import identity as id_
-from pipelines.errors import StudioError
+from pipelines import output_check
+from pipelines.errors import InputError, StudioError
 from pipelines.faces import load_photo
 from pipelines.identity import IdentityPipeline, IdentityRequest
 from studio.engine import Engine, previews, queue_wait_seconds, summary_markdown, user_errors, whole
+
+
+def check_photos(engine: Engine, photos) -> list[str]:
+    """Reference photos through the output check before any GPU work: refused in enforced mode, a warning
+    otherwise. Returns the warnings."""
+    checker = engine.checker
+    frames = [load_photo(photo, number) for number, photo in enumerate(photos, start=1)]
+    scores = [checker.check(frame).scores[0] for frame in frames]
+    flagged = [(number, score) for number, score in enumerate(scores, start=1) if score >= checker.threshold]
+    named = ", ".join(f"photo {number} ({score:.2f})" for number, score in flagged)
+    if flagged and engine.safety_enforced:
+        raise InputError(f"The output check ({output_check.MODEL_NAME}) scores {named} as explicit; this server "
+                         "enforces the safety guard and does not use such photos.")
+    return [f"The output check scores {named} as explicit (threshold {checker.threshold})."] if flagged else []
 
 
 class IdentityAPI:
@@ -72,7 +87,7 @@ class IdentityAPI:
             faces = self.pipeline.reference_faces(job.photos)   # on CPU, before the GPU is asked for
             faces_seconds = time.perf_counter() - start
             start = time.perf_counter()
-            photo_warnings = engine.check_photos(job.photos)
+            photo_warnings = check_photos(engine, job.photos)
             photos_seconds = time.perf_counter() - start
             estimate, _ = engine.estimate("identity", job.steps, job.num_frames, job.guidance, sliding=False,
                                           mode=mode)
@@ -116,7 +131,8 @@ def estimate_line(engine: Engine, num_frames, steps, guidance, mode: str = "qual
 def identity_markdown(info: dict) -> str:
     similarity = info["face_similarity"]
     found = info["num_frames"] - similarity["frames_without_face"]
-    identity = (f"**Identity** {similarity['mean']:.2f} mean face similarity over {found} of {info['num_frames']} frames"
+    identity = (f"**Identity** {similarity['mean']:.2f} mean face similarity over {found} of "
+                f"{info['num_frames']} frames"
                 if similarity["mean"] is not None else
                 f"**Identity** no face found in any of the {info['num_frames']} frames")
     if similarity["frames_without_face"] and similarity["mean"] is not None:

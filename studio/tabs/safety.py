@@ -39,11 +39,15 @@ def build(engine: Engine) -> controls.Generating:
                                     placeholder="a starry night over a village in the style of Van Gogh")
                 concepts = gr.CheckboxGroup(label="Concepts to suppress", choices=list(CONCEPTS),
                                             value=list(DEFAULT_CATEGORIES), elem_id="safety-concepts",
-                                            info="Each category is a list of phrases (17 for nudity, 13 for violence)")
-                custom = gr.Textbox(label="Your own concepts (comma-separated)", value="", placeholder="Snoopy, Mickey Mouse",
+                                            info="Each category is a list of phrases (17 for nudity, 13 for violence)"
+                                                 + ("; this server enforces the guard: nudity and violence stay in"
+                                                    if enforced else ""))
+                custom = gr.Textbox(label="Your own concepts (comma-separated)", value="",
+                                    placeholder="Snoopy, Mickey Mouse",
                                     elem_id="safety-custom")
                 with gr.Accordion("Guard options", open=False):
-                    alpha = gr.Slider(label="α: selection margin", minimum=0.0, maximum=0.5, step=0.005,
+                    alpha = gr.Slider(label="α: selection margin", minimum=0.0, step=0.005,
+                                      maximum=SafetyOptions.alpha if enforced else 0.5,   # enforced: stricter only
                                       value=SafetyOptions.alpha,
                                       info="a token is projected if masking it moves the prompt this much further "
                                            "than average from the concepts")
@@ -60,7 +64,7 @@ def build(engine: Engine) -> controls.Generating:
                                           interactive=not enforced, visible=not enforced)
                 with gr.Accordion("Advanced", open=False):
                     num_frames = gr.Slider(label="Frames", minimum=8, maximum=16, step=1, value=DEFAULT_FRAMES)
-                    steps, guidance, seed, randomize = controls.sampler(TimelapseRequest.steps,
+                    steps, guidance, seed, randomize = controls.sampler("safety", TimelapseRequest.steps,
                                                                         TimelapseRequest.guidance)
                 mode = controls.mode_choice(TIMELAPSE_MODES, "safety-mode", REFUSED_TIMELAPSE)
                 controls.follow_mode(mode, TIMELAPSE_MODES, steps, guidance)

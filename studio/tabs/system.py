@@ -1,10 +1,11 @@
 """System panel: what the model cache holds and how it has behaved."""
 
+import re
 from collections.abc import Callable
 
 import gradio as gr
 
-from studio.engine import SYSTEM_COLUMNS, Engine
+from studio.engine import Engine
 
 
 def build(engine: Engine) -> tuple[Callable, list[gr.components.Component]]:
@@ -16,5 +17,60 @@ def build(engine: Engine) -> tuple[Callable, list[gr.components.Component]]:
         with gr.Accordion("Cache keys (what each entry is, exactly)", open=False):
             keys = gr.JSON(show_label=False)
         refresh = gr.Button("Refresh", size="sm")
-    refresh.click(engine.system_report, None, [summary, table, keys], queue=False, api_name="system")
-    return engine.system_report, [summary, table, keys]
+
+    def system_report():
+        return report(engine)
+
+    refresh.click(system_report, None, [summary, table, keys], queue=False, api_name="system")
+    return system_report, [summary, table, keys]
+
+
+def report(engine: Engine) -> tuple[str, list[list], list[str]]:
+    """(summary Markdown, a row per cached component, the full cache keys)."""
+    stats = engine.cache.stats()
+    gib = lambda n: f"{n / 2**30:.2f} GiB" if n is not None else "no limit"  # noqa: E731
+    resident = ", ".join(f"{dev}: {gib(n)}" for dev, n in stats["bytes_by_device"].items()) or "nothing loaded"
+    summary = (
+        f"**Profile** `{engine.settings.profile}` · **device** `{stats['device']}` · "
+        f"**dtype** `{engine.settings.dtype}`  \n"
+        f"**Resident** {resident} · **device budget** {gib(stats['device_budget'])} · "
+        f"**RAM budget** {gib(stats['ram_budget'])}  \n"
+        f"**Hits** {stats['hits']} · **misses** {stats['misses']} · **loads** {stats['loads']} "
+        f"({stats['load_seconds']:.1f} s) · **offloads** {stats['offloads']} · **drops** {stats['drops']} · "
+        f"**over budget** {stats['over_budget']}"
+    )
+    rows = [[*describe_key(c["key"]), c["device"], round(c["bytes"] / 2**20, 1), "yes" if c["locked"] else ""]
+            for c in stats["components"]]
+    keys = [c["key"] for c in stats["components"]]
+    return summary, rows, keys
+
+
+SYSTEM_COLUMNS = ["component", "from", "adapters", "device", "MiB", "in use"]
+_COMPONENT_NAMES = {
+    "unet-motion": "motion UNet", "unet2d": "2-D UNet", "clip-text": "CLIP text encoder", "vae": "VAE",
+    "tokenizer": "tokenizer", "motion-adapter": "motion adapter", "clip-vision": "image encoder",
+    "clip-image-processor": "image processor", "grounder": "grounder", "grounder-processor": "grounder processor",
+    "sam2-video": "SAM 2 tracker", "vdit-unet3d": "VD-IT video UNet", "vdit-vae": "VD-IT VAE",
+    "vdit-clip-text": "VD-IT text encoder", "vdit-tokenizer": "VD-IT tokenizer",
+    "vdit-clip-vision": "VD-IT image encoder",
+    "vdit-clip-processor": "VD-IT image processor", "vdit-roberta": "VD-IT RoBERTa",
+    "vdit-roberta-tokenizer": "VD-IT RoBERTa tokenizer", "vdit-head": "VD-IT head", "taesd": "tiny decoder",
+}
+
+
+def describe_key(key: str) -> tuple[str, str, str]:
+    """A cache key ("profile|kind|source…|+adapter…|dtype") as a person reads it: (component, from which
+    files, with which adapters), file names without their folders."""
+    parts = key.split("|")
+    kind, rest = (parts[1], parts[2:]) if len(parts) > 1 else (parts[0], [])
+    if rest and rest[-1] in ("float32", "float16", "bfloat16"):
+        kind, rest = f"{_COMPONENT_NAMES.get(kind, kind)} ({rest[-1]})", rest[:-1]
+    else:
+        kind = _COMPONENT_NAMES.get(kind, kind)
+
+    def name(part: str) -> str:     # ".../magic_adapter_s/magic_adapter_s.ckptx4" -> "magic_adapter_s.ckpt ×4"
+        return re.sub(r"(\.\w+)x(\d+)$", r"\1 ×\2", part.rstrip("/").rsplit("/", 1)[-1])
+
+    sources = [name(p) for p in rest if not p.startswith("+")]
+    adapters = [name(p[1:]) for p in rest if p.startswith("+")]
+    return kind, ", ".join(sources), ", ".join(adapters)
