@@ -96,3 +96,16 @@ def test_identity_appends_the_negative_suffix_to_what_the_user_writes(client, ca
     assert call["negative_prompt"] == "blurry, cartoon long shots, full body"
     assert call["prompt"] == "a man surfing 8k uhd, high quality, medium shot"
     assert call["face_scales"] == {(1.1,)}
+
+
+@pytest.mark.parametrize("tab, steps, guidance", [("timelapse", 25, 8.5), ("identity", 30, 8.0)])
+def test_the_page_and_choosing_quality_again_give_the_originals_steps_and_guidance(client, tab, steps, guidance):
+    """The sliders as the page first shows them, and what picking "Quality" again puts back into them
+    (controls.follow_mode reads the mode's defaults): the originals' numbers both times."""
+    from pipelines.modes import IDENTITY_MODES, TIMELAPSE_MODES
+
+    quality = (TIMELAPSE_MODES if tab == "timelapse" else IDENTITY_MODES)["quality"]
+    assert (quality.default_steps, quality.default_guidance) == (steps, guidance)
+    sliders = {c["props"].get("label"): c["props"]["value"] for c in client.config["components"]
+               if c["props"].get("elem_id", "") in (f"{tab}-steps", f"{tab}-guidance")}
+    assert sliders == {"Steps": steps, "Guidance": guidance}, sliders

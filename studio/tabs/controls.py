@@ -19,11 +19,12 @@ class Generating(NamedTuple):
     send: gr.Button
 
 
-def sampler(steps: int, guidance: float) -> tuple[gr.Slider, gr.Slider, gr.Number, gr.Checkbox]:
+def sampler(tab: str, steps: int, guidance: float) -> tuple[gr.Slider, gr.Slider, gr.Number, gr.Checkbox]:
     """Steps, guidance, seed and "randomize" (a UI step before the call: the endpoint uses the seed it gets)."""
     with gr.Row():
-        steps_ = gr.Slider(label="Steps", minimum=1, maximum=MAX_STEPS, step=1, value=steps)
-        guidance_ = gr.Slider(label="Guidance", minimum=MIN_GUIDANCE, maximum=MAX_GUIDANCE, step=0.5, value=guidance)
+        steps_ = gr.Slider(label="Steps", minimum=1, maximum=MAX_STEPS, step=1, value=steps, elem_id=f"{tab}-steps")
+        guidance_ = gr.Slider(label="Guidance", minimum=MIN_GUIDANCE, maximum=MAX_GUIDANCE, step=0.5, value=guidance,
+                              elem_id=f"{tab}-guidance")
     with gr.Row():
         seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
         randomize = gr.Checkbox(label="Randomize seed", value=True)

@@ -15,6 +15,8 @@ from studio.tabs import controls
 from studio.tabs.identity_api import IdentityAPI, estimate_line
 
 EXAMPLE_PHOTO = str(Path(__file__).parents[2] / "assets" / "examples" / "astronaut.jpg")   # public domain (NASA)
+EXAMPLES = [("a woman in a spacesuit smiling, walking through a flower field", 0.8),
+            ("a woman reading a book in a cozy cafe, soft window light", 1.0)]
 
 
 def add_webcam_photo(photos: list[str] | None, shot: str | None) -> list[str]:
@@ -53,7 +55,8 @@ def build(engine: Engine) -> controls.Generating:
                                                       "as ID-Animator does")
                     num_frames = gr.Slider(label="Frames", minimum=id_.MIN_FRAMES, maximum=id_.MAX_FRAMES,
                                            step=1, value=IdentityRequest.num_frames)
-                    steps, guidance, seed, randomize = controls.sampler(IdentityRequest.steps, IdentityRequest.guidance)
+                    steps, guidance, seed, randomize = controls.sampler(
+                        "identity", IdentityRequest.steps, IdentityRequest.guidance)
                     with gr.Row():
                         safety = controls.safety_toggle(engine.safety_enforced)
                         preview = controls.live_preview()
@@ -78,8 +81,7 @@ def build(engine: Engine) -> controls.Generating:
                   preview]
         outputs = [video, summary, similarity, info]
         gr.Examples(
-            examples=[[[EXAMPLE_PHOTO], "a woman in a spacesuit smiling, walking through a flower field", 0.8],
-                      [[EXAMPLE_PHOTO], "a woman reading a book in a cozy cafe, soft window light", 1.0]],
+            examples=[[[EXAMPLE_PHOTO], prompt_text, strength] for prompt_text, strength in EXAMPLES],
             inputs=[photos, prompt, identity_strength], example_labels=["Astronaut in a flower field",
                                                                           "Astronaut in a cafe"],
         )

@@ -47,7 +47,8 @@ def build(engine: Engine) -> controls.Generating:
                 mode = controls.mode_choice(TIMELAPSE_MODES, "timelapse-mode", REFUSED_TIMELAPSE)
                 with gr.Accordion("Advanced", open=False):
                     negative_prompt = gr.Textbox(label="Negative prompt", value=TimelapseRequest.negative_prompt)
-                    steps, guidance, seed, randomize = controls.sampler(TimelapseRequest.steps, TimelapseRequest.guidance)
+                    steps, guidance, seed, randomize = controls.sampler(
+                        "timelapse", TimelapseRequest.steps, TimelapseRequest.guidance)
                     with gr.Row():
                         safety = controls.safety_toggle(engine.safety_enforced)
                         preview = controls.live_preview()
