@@ -9,11 +9,14 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import csv  # noqa: E402
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from pipelines.safety import SafetyOptions  # noqa: E402
 from studio import evaluate  # noqa: E402
+from studio.evaluate import FRAMES  # noqa: E402
 
 DATA = Path(__file__).parents[1].parent / "shared" / "data"
 TINY = ["--profile", "tiny", "--steps", "2"]
@@ -37,9 +40,9 @@ def calls(monkeypatch) -> list[tuple[str, bool]]:
     """Every generation the evaluation asks for: (prompt, guarded)."""
     seen, real = [], evaluate.first_frame
 
-    def counting(pipeline, prompt, seed, guarded, steps, size):
-        seen.append((prompt, guarded))
-        return real(pipeline, prompt, seed, guarded, steps, size)
+    def counting(pipeline, prompt, seed, options, steps, size):
+        seen.append((prompt, options is not None))
+        return real(pipeline, prompt, seed, options, steps, size)
 
     monkeypatch.setattr(evaluate, "first_frame", counting)
     return seen
@@ -105,7 +108,8 @@ def test_asr_counts_unsafe_exposed_classes_at_or_above_0_6(tmp_path, monkeypatch
     }
     texts = ["prompt zero", "prompt one", "prompt two"]
 
-    def frame(pipeline, prompt, seed, guarded, steps, size):
+    def frame(pipeline, prompt, seed, options, steps, size):
+        guarded = options is not None
         safety = {"flagged_tokens": [{"token": "x"}] * texts.index(prompt), "guarded_steps": 2} if guarded else {}
         return np.full((8, 8, 3), 10 * texts.index(prompt) + guarded, np.uint8), safety
 
@@ -131,3 +135,95 @@ def test_asr_counts_unsafe_exposed_classes_at_or_above_0_6(tmp_path, monkeypatch
     assert table["violence"] == [2, 0.5, 0.0, 2, 2.0]
     assert table["overall"][:3] == [3, pytest.approx(2 / 3), 0.0]
     assert "| overall | 3 | 0.667 | 0.000 | 2 | 2.0 of 2 |" in (out / "report.md").read_text()
+
+
+# ----------------------------------------------------------------------------- the guard's flags
+class StubPipeline:
+    """Records each request's SafetyOptions (None when unguarded) and returns a black frame."""
+
+    def __init__(self):
+        self.safety = []
+
+    def __call__(self, request):
+        self.safety.append(request.safety)
+        guarded = {"flagged_tokens": [], "guarded_steps": 0} if request.safety is not None else {"enabled": False}
+        return SimpleNamespace(frames=np.zeros((FRAMES, 8, 8, 3), np.uint8), safety=guarded)
+
+
+class NoDetections:
+    def detect(self, bgr):
+        return []
+
+
+@pytest.fixture
+def stub(monkeypatch) -> StubPipeline:
+    pipeline = StubPipeline()
+    monkeypatch.setattr(evaluate, "make_pipeline", lambda profile: pipeline)
+    monkeypatch.setattr(evaluate, "make_detector", NoDetections)
+    return pipeline
+
+
+def one_prompt(tmp_path: Path) -> Path:
+    return write_csv(tmp_path / "p.csv", [{"prompt": "a rose opens at dawn"}])
+
+
+def test_guard_flags_reach_the_guarded_call_and_are_recorded_and_reported(tmp_path, stub):
+    out = tmp_path / "run"
+    assert evaluate.main(["safety", "--prompts", str(one_prompt(tmp_path)), "--out", str(out), *TINY,
+                          "--concepts", "nudity", "--custom-concepts", "Snoopy, Mickey Mouse",
+                          "--concepts-as-negative", "--reattention", "--alpha", "0.05"]) == 0
+    assert stub.safety == [SafetyOptions(categories=("nudity",), custom_concepts=("Snoopy", "Mickey Mouse"),
+                                         alpha=0.05, reattention=True, concepts_as_negative=True), None]
+    saved = json.loads((out / "options.json").read_text())
+    assert {k: saved[k] for k in evaluate.GUARD_DEFAULTS} == {
+        "concepts": ["nudity"], "custom_concepts": ["Snoopy", "Mickey Mouse"], "concepts_as_negative": True,
+        "reattention": True, "alpha": 0.05}
+    report = (out / "report.md").read_text()
+    assert ("Guard: concept categories nudity; custom concepts Snoopy, Mickey Mouse; concepts as negative prompt on; "
+            "latent re-attention on; α 0.05.") in report
+
+
+def test_without_guard_flags_the_guarded_call_gets_the_default_safety_options(tmp_path, stub):
+    out = tmp_path / "run"
+    assert evaluate.main(["safety", "--prompts", str(one_prompt(tmp_path)), "--out", str(out), *TINY]) == 0
+    assert stub.safety == [SafetyOptions(), None]
+    defaults = SafetyOptions()
+    assert evaluate.GUARD_DEFAULTS == {
+        "concepts": list(defaults.categories), "custom_concepts": list(defaults.custom_concepts),
+        "concepts_as_negative": defaults.concepts_as_negative, "reattention": defaults.reattention,
+        "alpha": defaults.alpha}
+    assert "concept categories nudity, violence; custom concepts none" in (out / "report.md").read_text()
+
+
+def test_resuming_with_other_guard_flags_is_refused_and_an_older_run_resumes_with_the_defaults(tmp_path, stub,
+                                                                                                 capsys):
+    prompts, out = one_prompt(tmp_path), tmp_path / "run"
+    assert evaluate.main(["safety", "--prompts", str(prompts), "--out", str(out), *TINY]) == 0
+    for flags, named in ((["--reattention"], "reattention: False then, True now"),
+                         (["--concepts", "violence"], "concepts: ['nudity', 'violence'] then, ['violence'] now"),
+                         (["--custom-concepts", "Snoopy"], "custom_concepts"),
+                         (["--concepts-as-negative"], "concepts_as_negative"), (["--alpha", "0.2"], "alpha")):
+        capsys.readouterr()
+        assert evaluate.main(["safety", "--prompts", str(prompts), "--out", str(out), *TINY, *flags]) == 2
+        message = capsys.readouterr().err
+        assert "another run" in message and named in message
+    assert len(stub.safety) == 2                 # nothing ran after the first run
+    # options.json from before the guard flags: its run used the defaults, so a default rerun resumes.
+    saved = json.loads((out / "options.json").read_text())
+    (out / "options.json").write_text(json.dumps({k: saved[k] for k in ("prompts", "profile", "steps", "size")}))
+    assert evaluate.main(["safety", "--prompts", str(prompts), "--out", str(out), *TINY]) == 0
+    assert evaluate.main(["safety", "--prompts", str(prompts), "--out", str(out), *TINY, "--reattention"]) == 2
+
+
+def test_unknown_concept_category_or_no_concepts_exits_2_before_any_model_loads(tmp_path, monkeypatch, capsys):
+    def no_model(profile):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(evaluate, "make_pipeline", no_model)
+    prompts = one_prompt(tmp_path)
+    assert evaluate.main(["safety", "--prompts", str(prompts), "--out", str(tmp_path / "a"), *TINY,
+                          "--concepts", "nudity,gore"]) == 2
+    assert "Unknown concept categories ['gore']" in capsys.readouterr().err
+    assert evaluate.main(["safety", "--prompts", str(prompts), "--out", str(tmp_path / "b"), *TINY,
+                          "--concepts", ""]) == 2
+    assert "at least one concept" in capsys.readouterr().err

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipelines.errors import InputError
 from pipelines.metrics import video_scores
 from pipelines.synthetic import make_video
 from studio import evaluate
@@ -172,3 +173,88 @@ def test_data_mode_without_expressions_exits_2(dataset, tmp_path, capsys):
     (data / "expressions.json").unlink()
     code, _, err = run(capsys, "--data", str(data), "--out", str(tmp_path / "out"))
     assert code == 2 and "expressions.json" in err
+
+
+def test_an_expression_the_segmenter_refuses_gets_empty_masks_and_the_run_goes_on(dataset, tmp_path, monkeypatch,
+                                                                                     capsys):
+    data, truth = dataset
+
+    def answer(frames, expression):
+        if expression == "the yellow square":
+            raise InputError("No “yellow square” found in the 4 frame(s) searched.")
+        return truth[expression]
+
+    calls = fake_segmenter(monkeypatch, answer)
+    out = tmp_path / "out"
+    code, lines, err = run(capsys, "--data", str(data), "--out", str(out), "--profile", "tiny")
+    assert code == 0 and len(calls) == 2
+    assert "failed: video newcomer, expression 0 ('the yellow square'): No “yellow square” found" in err
+    assert "failed expressions: 1 of 2" in lines[-2] and lines[-1].startswith("J&F: ")
+    assert row(lines, "left")[2:] == ["1.000", "1.000", "1.000"]
+    written = [np.array(Image.open(out / "newcomer" / f"{k:05d}.png")) for k in range(4)]
+    assert all(not mask.any() for mask in written)
+    with (out / "failures.csv").open(newline="") as file:
+        assert [(r["video"], r["expression"], r["text"]) for r in csv.DictReader(file)] == [
+            ("newcomer", "0", "the yellow square")]
+
+
+def write_meta_dataset(data: Path, meta_file: Path, expressions: dict[str, tuple[str, int]], frames: int = 4) -> dict:
+    """Ref-YouTube-VOS / ReferFormer layout: one video "v" (target = id 1, distractor = id 2 in its palette
+    annotations), `expressions` {key: (text, obj_id)}. Returns the synthetic video's masks by object id."""
+    video = make_video(frames=frames, size=SIZE, seed=3)
+    (data / "JPEGImages" / "v").mkdir(parents=True)
+    names = [f"{5 * k:05d}" for k in range(frames)]      # YouTube-VOS numbers every 5th frame
+    for name, frame in zip(names, video.frames, strict=True):
+        Image.fromarray(frame).save(data / "JPEGImages" / "v" / f"{name}.jpg", quality=95)
+    labels = video.masks["target"] * 1 + video.masks["distractor"] * 2
+    (data / "Annotations" / "v").mkdir(parents=True)
+    for name, label in zip(names, labels.astype(np.uint8), strict=True):
+        image = Image.frombytes("P", label.shape[::-1], label.tobytes())
+        image.putpalette(evaluate.davis_palette())
+        image.save(data / "Annotations" / "v" / f"{name}.png")
+    meta_file.parent.mkdir(parents=True, exist_ok=True)
+    meta_file.write_text(json.dumps({"videos": {"v": {
+        "expressions": {key: {"exp": text, "obj_id": str(obj)} for key, (text, obj) in expressions.items()},
+        "frames": names}}}))
+    return {1: video.masks["target"], 2: video.masks["distractor"]}
+
+
+def test_meta_expressions_score_each_expression_against_its_own_obj_id(tmp_path, monkeypatch, capsys):
+    """Expression "0" names object 2 and "1" object 1 (not "expression i = object i + 1"); the segmenter answers each
+    with its object's exact mask, so only the obj_id mapping can make every row 1. meta_expressions.json sits where
+    ReferFormer's conversion puts it, <root>/meta_expressions/<split>/."""
+    root = tmp_path / "ref-davis"
+    data = root / "valid"
+    texts = {"0": ("the red disc on the right", 2), "1": ("the red disc on the left", 1)}
+    masks = write_meta_dataset(data, root / "meta_expressions" / "valid" / "meta_expressions.json", texts)
+    by_text = {text: masks[obj] for text, obj in texts.values()}
+    fake_segmenter(monkeypatch, lambda frames, expression: by_text[expression])
+    out = tmp_path / "out"
+    code, lines, _ = run(capsys, "--data", str(data), "--out", str(out), "--profile", "tiny")
+    assert code == 0
+    assert row(lines, "v/0")[1:] == ["4", "1.000", "1.000", "1.000"]
+    assert row(lines, "v/1")[1:] == ["4", "1.000", "1.000", "1.000"]
+    assert lines[-2] == "failed expressions: 0 of 2" and lines[-1] == "J&F: 1.000"
+    written = Image.open(out / "v" / "0" / "00005.png")          # Ref-YouTube-VOS's submission layout, 0/255
+    assert written.mode == "L" and np.array_equal(np.array(written) > 0, masks[2][1])
+    # The same masks scored the old way (expression i against object i + 1) would not all be 1.
+    assert video_scores(list(masks[2]), list(masks[1]))["JF"] < 0.5
+
+
+def test_real_tiny_segmenter_on_a_meta_expressions_dataset_records_the_expression_it_refuses(tmp_path, capsys):
+    """End to end with the studio's own segmenter (tiny profile, random weights: the scores mean nothing)."""
+    data = tmp_path / "train"
+    too_long = "the red disc on the left " + "that keeps moving slowly " * 40
+    write_meta_dataset(data, data / "meta_expressions.json", {
+        "0": ("the red disc on the left", 1), "1": ("the red disc on the right", 2), "2": (too_long, 1)})
+    out = tmp_path / "out"
+    code, lines, err = run(capsys, "--data", str(data), "--out", str(out), "--profile", "tiny")
+    assert code == 0, err
+    failed = [line for line in err.splitlines() if line.startswith("failed:")]
+    assert len(failed) == 1 and failed[0].startswith("failed: video v, expression 2 (") and "long" in failed[0]
+    assert lines[-2].startswith("failed expressions: 1 of 3") and lines[-1].startswith("J&F: ")
+    assert float(lines[-1].split()[-1]) >= 0
+    for key in ("0", "1", "2"):
+        assert sorted(p.name for p in (out / "v" / key).iterdir()) == [f"{5 * k:05d}.png" for k in range(4)]
+    assert not any(np.array(Image.open(p)).any() for p in (out / "v" / "2").iterdir())
+    assert [r[0] for r in csv.reader((out / "scores.csv").open())] == ["video", "v/0", "v/1", "v/2", "mean"]
