@@ -1,0 +1,39 @@
+"""The segmentation tab's click surface: a click on the (enlarged) shown frame lands on the video pixel under it."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+
+from pipelines.video import write_mp4
+from studio.tabs.segmentation import add_click, show_frame
+
+
+def test_a_click_on_the_enlarged_frame_lands_on_the_video_pixel_under_it(tmp_path):
+    """A 64×48 clip is shown 7× enlarged (448×336): the displayed pixel (73, 40) is video pixel (10, 5) (73 // 7,
+    40 // 7), clicks accumulate, and polarity and object id are kept."""
+    frames = np.zeros((3, 48, 64, 3), np.uint8)
+    frames[:, 5, 10] = 255                                           # one white video pixel
+    path = str(write_mp4(frames, tmp_path / "overlay.mp4", fps=8))
+    shown = show_frame(path, 1)
+    assert shown.shape == (336, 448, 3)
+    bright = np.argwhere(shown.max(axis=2) > 100)
+    assert bright.size and (bright // 7 == [5, 10]).all()            # the enlarged pixel covers 7×7 screen pixels
+
+    info = {"size": [64, 48], "num_frames": 3}
+    clicks, text = add_click("", 1, "include", 1, info, SimpleNamespace(index=[73, 40]))
+    clicks, text = add_click(clicks, 2, "exclude", 2, info, SimpleNamespace(index=[0, 335]))
+    points = json.loads(clicks)
+    assert [(p["frame"], int(p["x"]), int(p["y"]), p["positive"], p["object_id"]) for p in points] == [
+        (1, 10, 5, True, 1), (2, 0, 47, False, 2)]
+    assert text
+
+
+def test_a_large_frame_is_shown_as_it_is_and_clicks_are_not_scaled(tmp_path):
+    frames = np.zeros((2, 480, 640, 3), np.uint8)
+    path = str(write_mp4(frames, tmp_path / "big.mp4", fps=8))
+    assert show_frame(path, 0).shape == (480, 640, 3)
+    clicks, _ = add_click("", 0, "include", None, {"size": [640, 480]}, SimpleNamespace(index=[321, 123]))
+    assert json.loads(clicks) == [{"frame": 0, "x": 321.0, "y": 123.0, "positive": True, "object_id": 1}]
