@@ -113,3 +113,13 @@ def test_the_gpu_call_takes_only_picklable_arguments(server):
     result = run_on_gpu(*arguments[:3], Reporter(lambda *a, **k: None))
     assert result.frames.shape == (16, 64, 64, 3)
     pickle.dumps(result)                              # and the result travels back
+
+
+def test_generated_clips_are_shown_as_results_not_upload_boxes(client):
+    """An output video that is also an event's input ("Segment this clip") would default to an upload box
+    ("Drop Video Here"); every result video says it is not one."""
+    outputs = ("timelapse-video", "identity-video", "safety-guarded", "safety-unguarded", "segmentation-video")
+    props = {c["props"].get("elem_id"): c["props"] for c in client.config["components"]}
+    assert all(props[name]["interactive"] is False for name in outputs), {n: props[n].get("interactive")
+                                                                           for n in outputs}
+    assert props["segmentation-input"].get("interactive") is not False          # the one video you upload

@@ -65,7 +65,7 @@ def build(engine: Engine) -> controls.Generating:
                 estimate_inputs = [num_frames, steps, guidance, mode]
                 estimate = controls.estimate_display("identity-estimate", estimate_fn, estimate_inputs)
             with gr.Column(scale=5):
-                video = gr.Video(label="Identity video", autoplay=True, loop=True, height=440,
+                video = gr.Video(label="Identity video", autoplay=True, loop=True, height=440, interactive=False,
                                  elem_id="identity-video")
                 with gr.Row():
                     another = controls.another_seed_button("identity-another-seed")

@@ -75,9 +75,10 @@ def build(engine: Engine) -> controls.Generating:
                 tokens = gr.HighlightedText(label="What the guard saw: toxicity per token (▲ projected)",
                                             show_legend=False, combine_adjacent=False, elem_id="safety-tokens")
                 with gr.Row():
-                    guarded = gr.Video(label="Guarded", autoplay=True, loop=True, height=300,
+                    guarded = gr.Video(label="Guarded", autoplay=True, loop=True, height=300, interactive=False,
                                        elem_id="safety-guarded")
                     unguarded = gr.Video(label="Unguarded, same seed", autoplay=True, loop=True, height=300,
+                                         interactive=False,
                                          visible=not enforced, elem_id="safety-unguarded")
                 with gr.Row():
                     another = controls.another_seed_button("safety-another-seed")

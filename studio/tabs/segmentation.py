@@ -91,7 +91,8 @@ def build(engine: Engine) -> gr.Video:
                         refine = gr.Button("Re-propagate with the clicks", variant="primary", size="sm")
                         clear = gr.Button("Clear clicks", size="sm")
             with gr.Column(scale=6):
-                overlay = gr.Video(label="Masks", autoplay=True, loop=True, height=320, elem_id="segmentation-video")
+                overlay = gr.Video(label="Masks", autoplay=True, loop=True, height=320, interactive=False,
+                                   elem_id="segmentation-video")
                 explanation = gr.Markdown(elem_id="segmentation-explanation")
                 key_image = gr.Image(label="Key frame: candidates (grey) and the chosen object; click to refine",
                                      interactive=False, height=260, elem_id="segmentation-keyframe")

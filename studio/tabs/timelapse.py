@@ -57,7 +57,8 @@ def build(engine: Engine) -> controls.Generating:
                 estimate_inputs = [keyframes, style, num_frames, steps, guidance, mode]
                 estimate = controls.estimate_display("timelapse-estimate", api.estimate, estimate_inputs)
             with gr.Column(scale=5):
-                video = gr.Video(label="Time-lapse", autoplay=True, loop=True, height=440, elem_id="timelapse-video")
+                video = gr.Video(label="Time-lapse", autoplay=True, loop=True, height=440, interactive=False,
+                                 elem_id="timelapse-video")
                 with gr.Row():
                     another = controls.another_seed_button("timelapse-another-seed")
                     send = controls.send_to_segmentation()
