@@ -9,11 +9,13 @@ is written out below as transformers documents it: box as two points labelled 2 
 everything.
   1. the masks must be identical (else exit 1; the number of differing pixels is printed);
   2. both are timed (one warm-up each, interleaved repeats), frames per second and the ratio of medians;
-  3. tracking state per frame: the tensor bytes the session holds (outputs per object, prompts, the vision-feature
-     cache; the preprocessed frames apart), sampled after every frame, peak over the run, for a short video
-     (--frames) and a 10x longer one of the same size, studio and bare.
+  3. memory: the tensor bytes the session holds (outputs per object, prompts, the vision-feature cache, and the
+     preprocessed frames held), sampled after every frame, peak over the run, for a video of --memory-frames and a
+     10x longer one of the same size, studio and bare. Exit 1 if the studio's peak on the longer video is more than
+     1.10x the shorter one's: memory must not grow with the video (so its memory per frame of video falls ~10x).
 
-    .venv/bin/python bench/segmentation.py [--repeats 7] [--frames 16] [--size 96 128] [--threads 1] [--profile]
+    .venv/bin/python bench/segmentation.py [--repeats 7] [--frames 16] [--memory-frames 80] [--size 96 128]
+                                           [--threads 1] [--profile]
 
 Last line: `segment_overhead_ratio: <studio median / bare median>` (goal <= 1.10).
 """
@@ -37,14 +39,16 @@ import torch.nn.functional as F
 from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoInferenceSession
 
 from pipelines.cache import ModelCache
-from pipelines.segmentation import Tracker, preprocess
+from pipelines.segmentation import KEEP_NEAR, Tracker, preprocess
 from pipelines.segmentation_models import SegmentationRegistry
 from pipelines.synthetic import make_video
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--repeats", type=int, default=7, help="timed runs of each, after one warm-up each")
-parser.add_argument("--frames", type=int, default=16, help="frames of the timed video; the memory check also runs "
-                    "a video 10x as long")
+parser.add_argument("--frames", type=int, default=16, help="frames of the timed video")
+parser.add_argument("--memory-frames", type=int, default=5 * KEEP_NEAR, help="frames of the memory check's shorter "
+                    "video (it also runs one 10x as long); the default is long enough for the outputs the tracker "
+                    f"keeps (within {KEEP_NEAR} frames of the current and the key frame) to reach their bound")
 parser.add_argument("--size", type=int, nargs=2, default=[96, 128], metavar=("HEIGHT", "WIDTH"),
                     help="video frame size in pixels (the model's own input stays its square size)")
 parser.add_argument("--seed", type=int, default=0, help="the synthetic video's seed")
@@ -71,8 +75,14 @@ def target_box(video, frame: int) -> tuple[float, float, float, float]:
 # ----------------------------------------------------------------------------- the two callers
 def studio(frames: np.ndarray, key: int, box, each=None) -> np.ndarray:
     tracker = Tracker(model, frames, *SIZE_ARG)
-    if each is not None:                      # called after each frame is tracked (and pruned)
-        tracker.progress = lambda *_: each(tracker.session)
+    if each is not None:     # after each frame is tracked, before the tracker lets go of what it will not read again
+        prune = tracker._prune
+
+        def sampled(frame: int, key: int) -> None:
+            each(tracker.session)
+            prune(frame, key)
+
+        tracker._prune = sampled
     return tracker.run({1: (key, box)}, (), key)[1]
 
 
@@ -127,19 +137,26 @@ def state_bytes(session) -> int:
                          session.cache._vision_features], set())
 
 
+def frame_bytes(session) -> int:
+    """The preprocessed frames the session holds: the studio's LazyFrames' `held` (made when read, let go once
+    tracked); the bare session's dict of views of the whole preprocessed clip (counted once)."""
+    frames = session.processed_frames
+    return tensor_bytes(getattr(frames, "held", frames), set())
+
+
 def memory(run, frames: np.ndarray, key: int, box) -> dict:
-    """Peak tracking-state bytes and output entries kept over the run (sampled after every frame), and the bytes
-    of preprocessed frames still held at the end (distinct storages: a view keeps its whole storage alive)."""
-    peak, kept, last = [0], [0], [None]
+    """Peaks over the run, sampled after every frame: tracking state + preprocessed frames held (the memory figure),
+    each part apart, and the output entries kept."""
+    peak = {"total": 0, "state": 0, "frames": 0, "kept": 0}
 
     def sample(session):
-        peak[0] = max(peak[0], state_bytes(session))
-        kept[0] = max(kept[0], sum(len(entries) for outputs in session.output_dict_per_obj.values()
-                                   for entries in outputs.values()))
-        last[0] = session
+        state, held = state_bytes(session), frame_bytes(session)
+        kept = sum(len(entries) for outputs in session.output_dict_per_obj.values() for entries in outputs.values())
+        for name, value in (("total", state + held), ("state", state), ("frames", held), ("kept", kept)):
+            peak[name] = max(peak[name], value)
 
     run(frames, key, box, each=sample)
-    return {"peak": peak[0], "kept": kept[0], "frames_left": tensor_bytes(last[0].processed_frames, set())}
+    return peak
 
 
 # ----------------------------------------------------------------------------- 1. same masks (also the warm-up)
@@ -168,8 +185,8 @@ for name, xs in (("studio", studio_s), ("bare", bare_s)):
 if args.profile:
     harness.profile({"studio": lambda: studio(video.frames, key, box), "bare": lambda: bare(video.frames, key, box)})
 
-# ----------------------------------------------------------------------------- 3. tracking state per frame
-lengths = (args.frames, 10 * args.frames)
+# ----------------------------------------------------------------------------- 3. memory, short and 10x longer
+lengths = (args.memory_frames, 10 * args.memory_frames)
 figures = {}
 for count in lengths:
     clip = video if count == args.frames else make_video(frames=count, size=(height, width), seed=args.seed)
@@ -178,25 +195,27 @@ for count in lengths:
     for name, run in (("studio", studio), ("bare", bare)):
         figures[name, count] = memory(run, clip.frames, clip_key, clip_box)
 frame_kb = 3 * SIZE * SIZE * model.dtype.itemsize / 1024
-print(f"tracking state, peak over the run (tensor bytes the session keeps: outputs per object, prompts, vision-feature "
-      f"cache; sampled after every frame); frames held at the end apart ({frame_kb:.0f} KB a preprocessed frame):")
-print(f"{'run':<8}{'frames':>8}{'peak KB':>10}{'KB/frame':>10}{'outputs kept':>14}{'frames held KB':>16}")
+print(f"memory, peak over the run (tensor bytes the session holds, sampled after every frame): tracking state "
+      f"(outputs per object, prompts, vision-feature cache) + preprocessed frames held ({frame_kb:.0f} KB a frame):")
+print(f"{'run':<8}{'frames':>8}{'peak KB':>10}{'KB/frame':>10}{'state KB':>10}{'frames KB':>11}{'held':>6}"
+      f"{'outputs kept':>14}")
 for (name, count), m in figures.items():
-    print(f"{name:<8}{count:>8}{m['peak'] / 1024:>10.1f}{m['peak'] / 1024 / count:>10.2f}{m['kept']:>14}"
-          f"{m['frames_left'] / 1024:>16.1f}")
+    print(f"{name:<8}{count:>8}{m['total'] / 1024:>10.1f}{m['total'] / 1024 / count:>10.2f}{m['state'] / 1024:>10.1f}"
+          f"{m['frames'] / 1024:>11.1f}{m['frames'] / 1024 / frame_kb:>6.0f}{m['kept']:>14}")
 short, long = lengths
-per_frame = {}
+grown = {}
 for name in ("studio", "bare"):
-    grown = figures[name, long]["peak"] / figures[name, short]["peak"]
-    per_frame[name] = grown * short / long
-    print(f"  {name}: {long} frames hold {grown:.2f}x the state of {short} frames: x{per_frame[name]:.2f} per frame")
-print(f"studio state per frame {'stays flat' if per_frame['studio'] <= 1.05 else 'GROWS'} with length (at most "
-      f"{figures['studio', long]['kept']} of {long} frames' outputs kept; bare keeps "
-      f"{figures['bare', long]['kept']})")
-held = figures["studio", long]["frames_left"] / 1024
-if held > 1.5 * frame_kb:
-    print(f"note: the studio empties each tracked frame but the key frame, yet {held:.0f} KB of frames "
-          f"({held / frame_kb:.0f} frames) are still held at the end: the session's frames are views of one "
-          "preprocessed tensor, and the key frame's view keeps all of it alive")
+    grown[name] = figures[name, long]["total"] / figures[name, short]["total"]
+    print(f"  {name}: {long} frames hold {grown[name]:.2f}x the memory of {short} frames; memory per frame of video "
+          f"x{grown[name] * short / long:.2f}")
+flat = grown["studio"] <= 1.10
+print(f"studio memory {'stays flat' if flat else 'GROWS'} with video length (goal: at most 1.10x for 10x the frames; "
+      f"at most {figures['studio', long]['kept']} of {long} frames' outputs and "
+      f"{figures['studio', long]['frames'] / 1024 / frame_kb:.0f} preprocessed frames held; bare keeps "
+      f"{figures['bare', long]['kept']} and {figures['bare', long]['frames'] / 1024 / frame_kb:.0f})")
+if not flat:
+    print(f"FAIL: the studio's peak memory grows {grown['studio']:.2f}x over the {long}-frame video (goal <= 1.10x)")
 
 print(f"segment_overhead_ratio: {ratio:.3f}")
+if not flat:
+    sys.exit(1)

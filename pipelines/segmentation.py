@@ -11,13 +11,17 @@
 
 SAM 2's processor needs torchvision, which the CPU torch cannot have beside it: frames are resized and normalised
 here with the processor's own maths (bilinear with antialias to the model's square size, /255, ImageNet mean/std),
-and the inference session is built directly. Frames stay on the CPU, the vision-feature cache holds one frame, and
-per-frame state the tracker never reads back is dropped as it goes, so memory per frame stays flat.
+and the inference session is built directly. A frame is preprocessed when SAM 2 first reads it and let go once it is
+tracked (the key frame and conditioning frames kept), frames stay on the CPU, the vision-feature cache holds one
+frame, and per-frame state the tracker never reads back is dropped as it goes: memory does not grow with the video.
+
+Progress is reported after every frame grounded, re-grounded or tracked; the studio's Stop acts there.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -94,7 +98,8 @@ class SegmentationRequest:
         if not 1 <= self.ground_frames <= 32:
             raise InputError(f"Grounding frames must be between 1 and 32, not {self.ground_frames}.")
         if not 0 <= self.reground_every <= len(frames):
-            raise InputError(f"Re-grounding every {self.reground_every} frames does not fit a {len(frames)}-frame video.")
+            raise InputError(f"Re-grounding every {self.reground_every} frames does not fit a {len(frames)}-frame "
+                             "video.")
         for click in self.clicks:
             if not 0 <= click.frame < len(frames):
                 raise InputError(f"A click is on frame {click.frame}, past the video's last frame ({len(frames) - 1}).")
@@ -142,8 +147,12 @@ class SegmentationPipeline:
             start = time.perf_counter()
             searched = [request.key_frame] if request.key_frame is not None else sample_frames(len(frames),
                                                                                                request.ground_frames)
-            candidates = {f: ground(grounder, processor, frames[f], query.phrase, request.box_threshold,
-                                    request.text_threshold) for f in searched}
+            candidates = {}
+            for done, f in enumerate(searched, start=1):
+                candidates[f] = ground(grounder, processor, frames[f], query.phrase, request.box_threshold,
+                                       request.text_threshold)
+                # After each frame (seconds each with a real grounder on a CPU): Stop acts here, before tracking.
+                progress(done / len(searched), f"Grounding frame {done}/{len(searched)}")
             key, choice = key_frame(query, candidates, frames.shape[2], frames.shape[1])
             timings["grounding"] = time.perf_counter() - start
             chosen = [candidates[key][i] for i in choice.chosen][:MAX_OBJECTS]
@@ -157,7 +166,7 @@ class SegmentationPipeline:
             while request.reground_every and len(prompts) < MAX_OBJECTS:
                 # One newcomer at a time, tracked before looking again: its own mask then covers it on later
                 # re-grounding frames, so a moving newcomer is not found twice.
-                late = late_object(grounder, processor, frames, query.phrase, request, masks)
+                late = late_object(grounder, processor, frames, query.phrase, request, masks, progress)
                 if late is None:
                     break
                 new_id = len(prompts) + 1
@@ -258,12 +267,16 @@ def key_frame(query: Query, candidates: dict[int, list[Candidate]], width: int, 
     return best
 
 
-def late_object(model, processor, frames, phrase, request, masks) -> tuple[int, tuple] | None:
-    """The first (frame, box) of the phrase, on the re-grounding frames, that no tracked mask covers."""
-    for frame in range(0, len(frames), request.reground_every):
+def late_object(model, processor, frames, phrase, request, masks, progress: Progress = noop,
+                ) -> tuple[int, tuple] | None:
+    """The first (frame, box) of the phrase, on the re-grounding frames, that no tracked mask covers. Progress is
+    reported after each frame grounded (so Stop acts between them)."""
+    searched = range(0, len(frames), request.reground_every)
+    for done, frame in enumerate(searched, start=1):
         tracked = [box_of(m[frame]) for m in masks.values()]
-        for candidate in ground(model, processor, frames[frame], phrase, request.box_threshold,
-                                request.text_threshold):
+        found = ground(model, processor, frames[frame], phrase, request.box_threshold, request.text_threshold)
+        progress(done / len(searched), f"Re-grounding frame {done}/{len(searched)} (objects that enter late)")
+        for candidate in found:
             if all(box is None or iou(candidate.box, box) < 0.3 for box in tracked):
                 return frame, candidate.box
     return None
@@ -283,8 +296,38 @@ def preprocess(frames: np.ndarray, size: int) -> torch.Tensor:
     return (x / 255.0 - IMAGENET_MEAN[:, None, None]) / IMAGENET_STD[:, None, None]
 
 
+class LazyFrames(Mapping):
+    """The session's `processed_frames`, made when SAM 2 first reads a frame rather than all up front (12 MB a frame
+    at 1024 px in fp32: a whole clip would be gigabytes). The session only takes `len()` (its frame count) and
+    `[t]`; `held` is what is in memory now. A released frame read again is made again, the same values."""
+
+    def __init__(self, frames: np.ndarray, size: int, dtype: torch.dtype):
+        self.frames, self.size, self.dtype = frames, size, dtype
+        self.held: dict[int, torch.Tensor] = {}
+        self.made = 0                                    # frames preprocessed so far (re-made ones counted again)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __iter__(self):
+        return iter(range(len(self.frames)))
+
+    def __getitem__(self, frame: int) -> torch.Tensor:
+        if frame not in self.held:
+            if not 0 <= frame < len(self.frames):
+                raise KeyError(frame)
+            # One frame at a time, its own tensor: released, its memory is freed.
+            self.held[frame] = preprocess(self.frames[frame:frame + 1], self.size)[0].to(self.dtype)
+            self.made += 1
+        return self.held[frame]
+
+    def release(self, frame: int) -> None:
+        self.held.pop(frame, None)
+
+
 class Tracker:
-    """One SAM 2 video session over the whole clip: prompts, both propagation passes, masks per object."""
+    """One SAM 2 video session over the whole clip: prompts, both propagation passes, masks per object. Refinement
+    clicks can be added after a pass (`click`) and the clip propagated again (`propagate`)."""
 
     def __init__(self, model, frames: np.ndarray, progress: Progress = noop):
         from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoInferenceSession
@@ -296,10 +339,8 @@ class Tracker:
             video=None, video_height=self.height, video_width=self.width, inference_device=device,
             inference_state_device=device, video_storage_device="cpu", dtype=dtype, max_vision_features_cache_size=1,
         )
-        # One tensor per frame (the session's own constructor keeps views of one video tensor, which no frame could
-        # then give back): a tracked frame's memory is freed when _prune empties it.
-        self.session.processed_frames = {t: preprocess(frames[t:t + 1], self.size)[0].to(dtype)
-                                         for t in range(self.count)}
+        # Preprocessed when first read, and let go once tracked (_prune): memory does not grow with the clip.
+        self.session.processed_frames = LazyFrames(frames, self.size, dtype)
 
     def _points(self, points: list[tuple[float, float]], labels: list[int]) -> dict:
         scale = torch.tensor([self.size / self.width, self.size / self.height])
@@ -307,19 +348,31 @@ class Tracker:
         return {"point_coords": coords[None, None].to(self.model.device),
                 "point_labels": torch.tensor(labels, dtype=torch.int32)[None, None].to(self.model.device)}
 
-    def _prompt(self, object_id: int, frame: int, points: list, labels: list) -> None:
+    def _upsample(self, pred_masks: torch.Tensor) -> torch.Tensor:
+        """(objects, 1, h, w) logits -> (objects, H, W) bool at the video's size."""
+        return F.interpolate(pred_masks.float(), (self.height, self.width), mode="bilinear",
+                             align_corners=False)[:, 0] > 0
+
+    def _prompt(self, object_id: int, frame: int, points: list, labels: list) -> np.ndarray:
+        """Add points for an object on a frame (after any it already has there), run that frame, and keep it as a
+        conditioning frame. Returns the object's mask on the frame, (H, W) bool."""
         session = self.session
         index = session.obj_id_to_idx(object_id)
-        session.add_point_inputs(index, frame, self._points(points, labels))
+        inputs = self._points(points, labels)
+        earlier = session.point_inputs_per_obj[index].get(frame)
+        if earlier is not None:          # add_point_inputs replaces: keep the box and the clicks given before
+            inputs = {k: torch.cat([earlier[k], inputs[k]], dim=2) for k in inputs}
+        session.add_point_inputs(index, frame, inputs)
         session.remove_mask_inputs(index, frame)
         if object_id not in session.obj_with_new_inputs:
             session.obj_with_new_inputs.append(object_id)
-        self.model(inference_session=session, frame_idx=frame)     # right after its prompt (several frames)
-        # A prompt on a frame that was already tracked is stored as an ordinary output: make it a conditioning frame
-        # so it sticks through every later pass (SAM 2's add_all_frames_to_correct_as_cond).
+        output = self.model(inference_session=session, frame_idx=frame)   # right after its prompt (several frames)
+        # A prompt on a frame that was already tracked is stored as an ordinary output, which the next pass
+        # overwrites: make it a conditioning frame so it sticks (SAM 2's add_all_frames_to_correct_as_cond).
         outputs = session.output_dict_per_obj[index]
         if frame in outputs["non_cond_frame_outputs"]:
             outputs["cond_frame_outputs"][frame] = outputs["non_cond_frame_outputs"].pop(frame)
+        return self._upsample(output.pred_masks)[session.obj_ids.index(object_id)].cpu().numpy()
 
     @torch.inference_mode()
     def run(self, prompts: dict[int, tuple[int, tuple]], clicks: tuple[Click, ...], key: int) -> dict[int, np.ndarray]:
@@ -334,22 +387,36 @@ class Tracker:
                 raise InputError(f"A click is for object {object_id}, but only objects "
                                  f"{', '.join(map(str, sorted(prompts)))} are tracked.")
             for frame in sorted({c.frame for c in clicks if c.object_id == object_id} - {prompts[object_id][0]}):
-                own = [c for c in clicks if c.object_id == object_id and c.frame == frame]
-                self._prompt(object_id, frame, [(c.x, c.y) for c in own], [1 if c.positive else 0 for c in own])
-        start = key
-        masks = {object_id: np.zeros((self.count, self.height, self.width), bool) for object_id in prompts}
+                self.click(*(c for c in clicks if c.object_id == object_id and c.frame == frame))
+        return self.propagate(key)
+
+    @torch.inference_mode()
+    def click(self, *clicks: Click) -> np.ndarray:
+        """Refinement clicks for one object on one frame, tracked already or not: that frame becomes one of the
+        object's conditioning frames. Returns the object's new mask there, (H, W) bool."""
+        if len({(c.object_id, c.frame) for c in clicks}) != 1:
+            raise ValueError("click() takes clicks for one object on one frame")
+        object_id, frame = clicks[0].object_id, clicks[0].frame
+        if object_id not in self.session.obj_ids:
+            raise InputError(f"A click is for object {object_id}, but only objects "
+                             f"{', '.join(map(str, self.session.obj_ids))} are tracked.")
+        return self._prompt(object_id, frame, [(c.x, c.y) for c in clicks], [1 if c.positive else 0 for c in clicks])
+
+    @torch.inference_mode()
+    def propagate(self, key: int) -> dict[int, np.ndarray]:
+        """Forward and backward from the key frame over the prompts so far: {object id: (T, H, W) bool}."""
+        masks = {object_id: np.zeros((self.count, self.height, self.width), bool) for object_id in self.session.obj_ids}
         done: set[int] = set()
         for reverse in (False, True):
-            for output in self.model.propagate_in_video_iterator(self.session, start_frame_idx=start, reverse=reverse):
+            for output in self.model.propagate_in_video_iterator(self.session, start_frame_idx=key, reverse=reverse):
                 frame = output.frame_idx
                 if frame in done:
                     continue                                   # the key frame comes twice: once is enough
                 done.add(frame)
-                up = F.interpolate(output.pred_masks.float(), (self.height, self.width), mode="bilinear",
-                                   align_corners=False)[:, 0] > 0
+                up = self._upsample(output.pred_masks)
                 for row, object_id in enumerate(self.session.obj_ids):
                     masks[object_id][frame] = up[row].cpu().numpy()
-                self._prune(frame, start)
+                self._prune(frame, key)
                 self.progress(len(done) / self.count, f"Tracking frame {len(done)}/{self.count}")
         if len(done) != self.count:   # every frame exactly once, or the clip would silently have holes
             raise RuntimeError(f"SAM 2 propagation covered {len(done)} of {self.count} frames")
@@ -357,11 +424,12 @@ class Tracker:
 
     def _prune(self, frame: int, key: int) -> None:
         """Drop what the tracker never reads back, so memory per frame stays flat: the frame's pixels once it is
-        tracked (but the key frame's: both passes start there), full-resolution masks, and ordinary outputs far
-        from both the current frame and the key frame. Frames are emptied, not deleted: the session counts them."""
-        if frame != key:
-            self.session.processed_frames[frame] = torch.empty(0)
-        for outputs in self.session.output_dict_per_obj.values():
+        tracked (but the key frame's and conditioning frames': passes start there, clicks were made there),
+        full-resolution masks, and ordinary outputs far from both the current frame and the key frame."""
+        outputs_per_obj = self.session.output_dict_per_obj.values()
+        if frame != key and not any(frame in outputs["cond_frame_outputs"] for outputs in outputs_per_obj):
+            self.session.processed_frames.release(frame)
+        for outputs in outputs_per_obj:
             for kind in ("cond_frame_outputs", "non_cond_frame_outputs"):
                 entry = outputs[kind].get(frame)
                 if isinstance(entry, dict):

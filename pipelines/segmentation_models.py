@@ -27,6 +27,14 @@ GROUNDERS = {
     "MM-Grounding-DINO tiny": "openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg_v3det",
     "LLMDet tiny": "iSEE-Laboratory/llmdet_tiny",
 }
+# The transformers class each grounder's weights load as (AutoModelForZeroShotObjectDetection picks it from the
+# repository's config.json: model_type "grounding-dino" or "mm-grounding-dino"; LLMDet's checkpoints are MM Grounding
+# DINO's architecture). The tiny profile builds the same class for each name.
+GROUNDER_CLASSES = {
+    "Grounding DINO tiny": "GroundingDinoForObjectDetection",
+    "MM-Grounding-DINO tiny": "MMGroundingDinoForObjectDetection",
+    "LLMDet tiny": "MMGroundingDinoForObjectDetection",
+}
 # What from_pretrained reads of a grounder repository (IDEA-Research/grounding-dino-tiny's layout): the model,
 # the image processor's config and the fast tokenizer.
 GROUNDER_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "tokenizer_config.json",
@@ -38,6 +46,7 @@ TRACKERS = {
     "SAM 2.1 large": "facebook/sam2.1-hiera-large",
 }
 TRACKER_FILES = ("config.json", "model.safetensors")
+TRACKER_CLASS = "Sam2VideoModel"       # every SAM 2.1 size
 DEFAULT_GROUNDER, DEFAULT_TRACKER = "Grounding DINO tiny", "SAM 2.1 tiny"
 
 # ----------------------------------------------------------------- VD-IT's models (reference/vdit.md section 6)
@@ -322,7 +331,8 @@ def grounding_tokenizer():
 
     vocab = dict(GROUNDING_VOCAB_SPECIAL)
     free = (i for i in range(1, 2000) if i not in vocab.values())
-    for piece in [*"abcdefghijklmnopqrstuvwxyz0123456789,'-", *(f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz0123456789")]:
+    characters = "abcdefghijklmnopqrstuvwxyz0123456789"
+    for piece in [*characters, *",'-", *(f"##{c}" for c in characters)]:
         vocab[piece] = next(free)
     return BertTokenizer(vocab=vocab, do_lower_case=True)
 
@@ -342,24 +352,32 @@ def _tiny_grounder_processor():
 
 
 def _tiny_grounder_model(name: str):
-    from transformers import GroundingDinoConfig, GroundingDinoForObjectDetection, SwinConfig
+    """The grounder's own class (GROUNDER_CLASSES) at toy sizes: Grounding DINO, or MM Grounding DINO for
+    MM-Grounding-DINO and LLMDet (same API; MM's decoder shares no class or box heads across layers)."""
+    import transformers
+    from transformers import SwinConfig
 
+    cls = getattr(transformers, GROUNDER_CLASSES[name])
+    # MM Grounding DINO's released configs untie the decoder's per-layer class and box heads (Grounding DINO ties).
+    unshared = (dict(decoder_bbox_embed_share=False, decoder_cls_embed_share=False)
+                if cls.__name__.startswith("MM") else {})
     tokenizer = grounding_tokenizer()
     backbone = SwinConfig(window_size=7, embed_dim=8, depths=[1] * 4, num_heads=[1] * 4, image_size=98,
                           out_features=["stage2", "stage3", "stage4"], out_indices=[2, 3, 4])
-    config = GroundingDinoConfig(
+    config = cls.config_class(
         d_model=32, encoder_layers=1, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
         encoder_ffn_dim=16, decoder_ffn_dim=16, num_queries=20, num_feature_levels=4, encoder_n_points=2,
         decoder_n_points=2, max_text_len=32, backbone_config=backbone,
         text_config=dict(model_type="bert", hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=8, max_position_embeddings=32,
                          vocab_size=max(tokenizer.get_vocab().values()) + 1),
+        **unshared,
     )
-    return tiny.build(GroundingDinoForObjectDetection, tiny.seed_of("grounder", name), config=config).eval()
+    return tiny.build(cls, tiny.seed_of("grounder", name), config=config).eval()
 
 
 def _tiny_tracker(name: str):
-    from transformers import Sam2HieraDetConfig, Sam2VideoConfig, Sam2VideoModel, Sam2VisionConfig
+    from transformers import Sam2HieraDetConfig, Sam2VideoConfig, Sam2VideoModel, Sam2VisionConfig  # TRACKER_CLASS
 
     s = TINY_TRACKER_SIZE
     backbone = Sam2HieraDetConfig(hidden_size=8, image_size=[s, s], blocks_per_stage=[1, 1, 2, 1],

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 import torch
 
 from pipelines.cache import ModelCache
@@ -45,40 +46,51 @@ def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_real_profile_loads_the_files_and_segments_as_the_models_in_memory(hub, monkeypatch):
-    grounder, processor, sam2 = write_repos()
+@pytest.mark.parametrize("name, cls", [
+    (DEFAULT_GROUNDER, "GroundingDinoForObjectDetection"),
+    ("MM-Grounding-DINO tiny", "MMGroundingDinoForObjectDetection"),
+])
+@pytest.mark.usefixtures("hub")
+def test_real_profile_loads_the_files_and_segments_as_the_models_in_memory(monkeypatch, name, cls):
+    """Grounding DINO, and MM Grounding DINO (MM-Grounding-DINO and LLMDet: untied per-layer heads, its own
+    config class): the real loader (AutoModelForZeroShotObjectDetection) picks the class from config.json."""
+    grounder, processor, sam2 = write_repos(name)
     attempts = block_network(monkeypatch)
     registry = SegmentationRegistry("real")
-    models = registry.models()
+    models = registry.models(name)
     cache = ModelCache("cpu")
     loaded, loaded_processor, tracker = (cache.get(c) for c in (models.grounder, models.grounder_processor,
                                                                  models.tracker))
+    assert type(loaded).__name__ == type(grounder).__name__ == cls
     assert same_weights(loaded, grounder) and same_weights(tracker, sam2)
     assert loaded_processor.tokenizer("a dog.").input_ids == processor.tokenizer("a dog.").input_ids
     assert attempts == []
 
     video = make_video(frames=8)
     request = SegmentationRequest(frames=video.frames, expression="the circle on the left", box_threshold=0.05,
-                                  text_threshold=0.05)
+                                  text_threshold=0.05, grounder=name)
     real = SegmentationPipeline(cache, registry)(request)
     tiny = SegmentationPipeline(ModelCache("cpu"), SegmentationRegistry("tiny"))(request)
     assert real.key_frame == tiny.key_frame and real.reason == tiny.reason
     assert real.masks.shape == (1, 8, 96, 128) and np.array_equal(real.masks, tiny.masks)
 
 
-def test_downloads_list_exactly_the_files_the_loaders_read(hub):
-    write_repos()
+@pytest.mark.usefixtures("hub")
+@pytest.mark.parametrize("name", [DEFAULT_GROUNDER, "MM-Grounding-DINO tiny"])
+def test_downloads_list_exactly_the_files_the_loaders_read(name):
+    write_repos(name)
     cache = ModelCache("cpu")
-    models = SegmentationRegistry("real").models()
+    models = SegmentationRegistry("real").models(name)
     for component in (models.grounder, models.grounder_processor, models.tracker):
         cache.get(component)
-    listed = {(f.repo_id, f.filename) for f in SegmentationRegistry("real").downloads(DEFAULT_GROUNDER, DEFAULT_TRACKER)}
-    assert listed == {(GROUNDERS[DEFAULT_GROUNDER], f) for f in GROUNDER_FILES} | {
+    listed = {(f.repo_id, f.filename) for f in SegmentationRegistry("real").downloads(name, DEFAULT_TRACKER)}
+    assert listed == {(GROUNDERS[name], f) for f in GROUNDER_FILES} | {
         (TRACKERS[DEFAULT_TRACKER], f) for f in TRACKER_FILES}
     assert listed <= cached_files()
 
 
-def test_a_missing_tracker_fails_within_seconds_naming_it(hub, monkeypatch):
+@pytest.mark.usefixtures("hub")
+def test_a_missing_tracker_fails_within_seconds_naming_it(monkeypatch):
     write_repos(skip=(TRACKERS[DEFAULT_TRACKER],))
     block_network(monkeypatch)
     start = time.monotonic()

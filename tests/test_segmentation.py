@@ -4,7 +4,11 @@ key-frame choice, the exports, and the endpoint with good and bad input (synthet
 from __future__ import annotations
 
 import json
+import os
+import tempfile
+import time
 import zipfile
+from pathlib import Path
 
 import av
 import numpy as np
@@ -23,6 +27,7 @@ from pipelines.segmentation import (
     IMAGENET_STD,
     KEEP_NEAR,
     Click,
+    LazyFrames,
     SegmentationPipeline,
     SegmentationRequest,
     Tracker,
@@ -30,7 +35,7 @@ from pipelines.segmentation import (
     preprocess,
     sample_frames,
 )
-from pipelines.segmentation_models import SegmentationRegistry
+from pipelines.segmentation_models import GROUNDERS, TRACKERS, SegmentationRegistry
 from pipelines.synthetic import make_video
 from pipelines.video import read_video, write_mp4
 
@@ -126,9 +131,10 @@ def test_memory_per_frame_stays_flat(sam2):
     kept = sorted(outputs["non_cond_frame_outputs"])
     # near the last frame tracked (47) or the key frame (0): at most 2·16 + 1, whatever the video's length
     assert len(kept) <= 2 * KEEP_NEAR + 1 and all(f >= 47 - KEEP_NEAR or f <= KEEP_NEAR for f in kept)
-    stored = {f: pixels for f, pixels in tracker.session.processed_frames.items() if pixels.numel()}
+    stored = tracker.session.processed_frames.held
     assert list(stored) == [0]                                # frames already tracked are let go, but the key frame
-    assert stored[0].untyped_storage().nbytes() == stored[0].numel() * stored[0].element_size()   # and it owns only itself
+    owned = stored[0].numel() * stored[0].element_size()
+    assert stored[0].untyped_storage().nbytes() == owned      # and it owns only itself
     assert not any("high_res_masks" in entry for kind in outputs.values() for entry in kind.values())
 
 
@@ -208,19 +214,41 @@ def test_the_overlay_tints_outlines_and_labels_each_object():
 
 
 # ----------------------------------------------------------------------------- through the server
-def test_segment_endpoint_gives_an_h264_overlay_and_masks_for_every_frame(client, video, tmp_path):
-    path = write_mp4(video.frames, tmp_path / "clip.mp4", fps=8)
+def test_segment_endpoint_gives_an_h264_overlay_and_masks_for_every_frame(client, pipeline, video, tmp_path):
+    """The overlay has the input's frame count, size and frame rate; the zip and the COCO RLE hold, for every object
+    and every frame, the masks the pipeline makes of the same decoded clip; the area plot's data are those masks'
+    areas; info["fps"] is the input's frame rate."""
+    from pipelines.segmentation import MAX_FRAMES, MAX_PIXELS, MAX_SECONDS
+    from pipelines.video import read_clip
+
+    path = write_mp4(video.frames, tmp_path / "clip.mp4", fps=12)
     overlay, key_image, archive, rle, plot, explanation, info = client.predict(
         video=handle_file(str(path)), expression="the circle on the left", box_threshold=0.05, api_name="/segment")
     frames, fps, codec = read_video(overlay)
-    assert frames.shape == (16, 96, 128, 3) and codec == "h264" and fps == 8
+    assert frames.shape == (16, 96, 128, 3) and codec == "h264" and fps == 12
+    assert info["fps"] == 12 and info["num_frames"] == 16 and info["size"] == [128, 96]
+
+    # the same clip as the server decoded it, through the same (tiny, deterministic) pipeline
+    decoded_clip, clip_fps = read_clip(path, MAX_FRAMES, MAX_SECONDS, MAX_PIXELS)
+    assert clip_fps == 12
+    expected = pipeline(SegmentationRequest(frames=decoded_clip, expression="the circle on the left",
+                                            box_threshold=0.05))
+    ids = expected.object_ids
+    assert info["object_ids"] == ids and info["key_frame"] == expected.key_frame
     decoded = mask_export.decode_coco_rle(json.loads(open(rle).read()))
-    assert list(decoded) == info["object_ids"] == [1] and decoded[1].shape == (16, 96, 128)
+    assert list(decoded) == ids
     with zipfile.ZipFile(archive) as zipped:
-        pngs = sorted(n for n in zipped.namelist() if n.startswith("1/"))
-        assert len(pngs) == 16
-        assert np.array_equal(np.asarray(Image.open(zipped.open(pngs[5]))) > 127, decoded[1][5])
-    assert info["mask_area"]["1"] == [int(m.sum()) for m in decoded[1]]
+        assert sorted(zipped.namelist()) == [f"{i}/{t:05d}.png" for i in ids for t in range(16)]
+        for row, object_id in enumerate(ids):
+            assert np.array_equal(decoded[object_id], expected.masks[row])
+            for t in range(16):
+                png = np.asarray(Image.open(zipped.open(f"{object_id}/{t:05d}.png")))
+                assert png.shape == (96, 128) and set(np.unique(png)) <= {0, 255}
+                assert np.array_equal(png == 255, expected.masks[row, t]), (object_id, t)
+    areas = {str(i): [int(m.sum()) for m in expected.masks[row]] for row, i in enumerate(ids)}
+    assert info["mask_area"] == areas
+    table = {(str(r["object"]), int(r["frame"])): int(r["area"]) for r in _plot_rows(plot)}
+    assert table == {(i, t): a for i, series in areas.items() for t, a in enumerate(series)}
     assert "found on frame" in explanation and info["reason"] in explanation
     assert str(info["key_frame"]) in info["candidates"]
 
@@ -228,6 +256,14 @@ def test_segment_endpoint_gives_an_h264_overlay_and_masks_for_every_frame(client
                              clicks=json.dumps([{"frame": 2, "x": 30, "y": 40, "positive": False}]),
                              key_frame=info["key_frame"], box_threshold=0.05, api_name="/segment_refine")
     assert refined[-1]["clicks"][0]["frame"] == 2 and refined[-1]["key_frame"] == info["key_frame"]
+
+
+def _plot_rows(plot) -> list[dict]:
+    """A gr.LinePlot's value as the client gets it (columns and rows), as one dict per row."""
+    value = plot.get("value", plot) if isinstance(plot, dict) else plot
+    if isinstance(value, dict) and "data" in value and "columns" in value:
+        return [dict(zip(value["columns"], row, strict=True)) for row in value["data"]]
+    raise AssertionError(f"unexpected plot payload: {str(plot)[:300]}")
 
 
 def _written(path, content):
@@ -268,16 +304,38 @@ def _audio_only(path):
     (lambda d: d / "clip.mp4", "the dog " * 40, "use at most 200"),
     (lambda d: _written(d / "cut.mp4", (d / "clip.mp4").read_bytes()[:300]), "the dog",
      "not a video we can read|no video stream|no frames|could not be decoded"),
-    (lambda d: write_mp4(np.zeros((301, 16, 16, 3), np.uint8), d / "long.mp4", fps=30), "the dog", "more than 300 frames"),
-], ids=["text-file", "audio-only", "zero-frames", "empty-expression", "overlong-expression", "corrupt", "too-many-frames"])
+    (lambda d: write_mp4(np.zeros((301, 16, 16, 3), np.uint8), d / "long.mp4", fps=30), "the dog",
+     "more than 300 frames"),
+    # 62 frames at 1 fps: 62 s, over the 60 s cap (and under the frame cap), refused from the header
+    (lambda d: write_mp4(np.zeros((62, 16, 16, 3), np.uint8), d / "minute.mp4", fps=1), "the dog",
+     r"minute\.mp4 is 62 s long; the studio segments at most 60 s\. Trim it first\."),
+    # one 2000x1040 frame: 2.08 megapixels, over 1920x1080's 2.07
+    (lambda d: write_mp4(np.zeros((1, 1040, 2000, 3), np.uint8), d / "wide.mp4", fps=8), "the dog",
+     r"wide\.mp4 is 2000×1040; the studio takes videos up to 2\.1 megapixels a frame \(1080p\)\. Downscale it"),
+], ids=["text-file", "audio-only", "zero-frames", "empty-expression", "overlong-expression", "corrupt",
+        "too-many-frames", "over-duration", "over-resolution"])
 def test_bad_input_gets_a_clear_error_and_the_server_keeps_serving(client, server_outputs, video, tmp_path, make,
-                                                                    expression, message):
+                                                                    expression, message, monkeypatch):
+    """Refused with its message, and nothing left behind: no output, no temporary file (the call's temporary files
+    would land in tempfile.gettempdir(), pointed here at an empty folder for the call), nothing in Gradio's temp dir
+    but the upload itself. Then the server still segments."""
     write_mp4(video.frames[:8], tmp_path / "clip.mp4", fps=8)
+    bad = make(tmp_path)
+    gradio_temp = Path(os.environ["GRADIO_TEMP_DIR"])
     before = sorted(server_outputs.glob("*")) if server_outputs.exists() else []
+    temp_before = set(gradio_temp.rglob("*"))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    assert tempfile.gettempdir() == str(scratch)
     with pytest.raises(AppError, match=message):
-        client.predict(video=handle_file(str(make(tmp_path))), expression=expression, api_name="/segment")
+        client.predict(video=handle_file(str(bad)), expression=expression, api_name="/segment")
+    monkeypatch.undo()
     after = sorted(server_outputs.glob("*")) if server_outputs.exists() else []
     assert after == before                                    # nothing written for a refused call
+    assert list(scratch.iterdir()) == []                      # no temporary file left
+    new = {p for p in set(gradio_temp.rglob("*")) - temp_before if p.is_file()}
+    assert {p.name for p in new} <= {bad.name}                # Gradio's copy of the upload, nothing else
     assert client.predict(video=handle_file(str(tmp_path / "clip.mp4")), expression="the circle",
                           box_threshold=0.05, api_name="/segment")[-1]["num_frames"] == 8
 
@@ -319,3 +377,299 @@ def test_box_prompts_are_scaled_to_the_models_square_per_axis(sam2):
     points = tracker._points([(64.0, 48.0), (128.0, 96.0)], [2, 3])
     assert torch.allclose(points["point_coords"][0, 0].cpu(), torch.tensor([[64.0, 64.0], [128.0, 128.0]]))
     assert points["point_labels"].tolist() == [[[2, 3]]]
+
+
+# ----------------------------------------------------------------------------- Stop while grounding
+def test_stop_during_grounding_ends_the_call_before_anything_is_tracked(pipeline, video, monkeypatch):
+    """Grounding reports after each frame, through the Reporter the endpoints use: Stop pressed while frame 3 of 8
+    grounds ends the call once that frame is done, with the stop error; no frame after it is grounded, no tracker is
+    made, and the models are unlocked."""
+    import threading
+
+    from pipelines import segmentation
+    from pipelines.errors import Cancelled
+    from studio.engine import _STOP_FLAGS, Reporter
+
+    stop, grounded, trackers, shown = threading.Event(), [], [], []
+    real_ground = segmentation.ground
+
+    def ground(*args, **kwargs):
+        grounded.append(time.monotonic())
+        if len(grounded) == 3:
+            stop.set()                                         # Stop pressed while the third frame grounds
+        return real_ground(*args, **kwargs)
+
+    class Spy(segmentation.Tracker):
+        def __init__(self, *args, **kwargs):
+            trackers.append(args)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(segmentation, "ground", ground)
+    monkeypatch.setattr(segmentation, "Tracker", Spy)
+    _STOP_FLAGS["stop-while-grounding"] = stop
+    report = Reporter(lambda fraction, desc: shown.append(desc), "stop-while-grounding")
+    try:
+        with pytest.raises(Cancelled, match="Stopped"):
+            pipeline(SegmentationRequest(frames=video.frames, expression="the circle", ground_frames=8, **LOW),
+                     progress=report)
+        ended = time.monotonic()
+    finally:
+        del _STOP_FLAGS["stop-while-grounding"]
+    assert len(grounded) == 3 and trackers == []               # nothing grounded after Stop, nothing tracked
+    assert shown == ["Loading models", "Grounding frame 1/8", "Grounding frame 2/8"]
+    assert ended - grounded[-1] < 5                             # the frame in flight, then out
+    assert not any(c["locked"] for c in pipeline.cache.stats()["components"])
+
+
+def test_stop_during_regrounding_ends_the_call_between_frames(pipeline, video, monkeypatch):
+    """Re-grounding (objects that enter late) reports per frame too: Stop there ends the call at the next frame."""
+    from pipelines import segmentation
+    from pipelines.errors import Cancelled
+
+    calls, shown = [], []
+
+    def ground(model, processor, frame, phrase, box_threshold, text_threshold):
+        calls.append(frame)
+        index = next(i for i in range(16) if np.array_equal(video.frames[i], frame))
+        return [Candidate(target_box(video, index), 0.9)]          # only the tracked target: nothing new
+
+    def run(self, prompts, clicks, key):
+        return {i: video.masks["target"] for i in prompts}
+
+    def progress(fraction, desc):
+        shown.append(desc)
+        if desc.startswith("Re-grounding frame 2/"):
+            raise Cancelled("Stopped.")
+
+    monkeypatch.setattr(segmentation, "ground", ground)
+    monkeypatch.setattr(segmentation.Tracker, "run", run)
+    with pytest.raises(Cancelled):
+        pipeline(SegmentationRequest(frames=video.frames, expression="the shape", reground_every=4, ground_frames=8),
+                 progress=progress)
+    assert len(calls) == 8 + 2                                  # 8 searched frames, then 2 of the 4 re-grounding ones
+    assert [d for d in shown if d.startswith("Re-grounding")] == [
+        "Re-grounding frame 1/4 (objects that enter late)", "Re-grounding frame 2/4 (objects that enter late)"]
+
+
+# ----------------------------------------------------------------------------- the models each name loads
+@pytest.mark.parametrize("grounder, cls", [
+    ("Grounding DINO tiny", "GroundingDinoForObjectDetection"),
+    ("MM-Grounding-DINO tiny", "MMGroundingDinoForObjectDetection"),
+    ("LLMDet tiny", "MMGroundingDinoForObjectDetection"),
+])
+def test_each_grounder_runs_end_to_end_on_the_tiny_profile(pipeline, video, grounder, cls):
+    result = pipeline(SegmentationRequest(frames=video.frames[:8], expression="the circle", grounder=grounder,
+                                          ground_frames=3, **LOW))
+    loaded = pipeline.cache.get(pipeline.registry.models(grounder).grounder)
+    assert type(loaded).__name__ == cls and type(loaded.config).__name__ == cls.replace("ForObjectDetection", "Config")
+    assert result.masks.shape[1:] == (8, 96, 128) and result.masks.dtype == bool
+    assert result.chosen and result.key_frame in result.candidates and set(result.candidates) == {0, 4, 7}
+
+
+def test_grounder_and_tracker_hub_ids_and_classes_are_pinned():
+    from pipelines.segmentation_models import (
+        DEFAULT_GROUNDER,
+        DEFAULT_TRACKER,
+        GROUNDER_CLASSES,
+        TRACKER_CLASS,
+        _tiny_grounder_model,
+        _tiny_tracker,
+    )
+
+    assert GROUNDERS == {
+        "Grounding DINO tiny": "IDEA-Research/grounding-dino-tiny",
+        "MM-Grounding-DINO tiny": "openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg_v3det",
+        "LLMDet tiny": "iSEE-Laboratory/llmdet_tiny",
+    }
+    assert GROUNDER_CLASSES == {
+        "Grounding DINO tiny": "GroundingDinoForObjectDetection",
+        "MM-Grounding-DINO tiny": "MMGroundingDinoForObjectDetection",
+        "LLMDet tiny": "MMGroundingDinoForObjectDetection",
+    }
+    assert TRACKERS == {
+        "SAM 2.1 tiny": "facebook/sam2.1-hiera-tiny",
+        "SAM 2.1 small": "facebook/sam2.1-hiera-small",
+        "SAM 2.1 base-plus": "facebook/sam2.1-hiera-base-plus",
+        "SAM 2.1 large": "facebook/sam2.1-hiera-large",
+    }
+    assert TRACKER_CLASS == "Sam2VideoModel"
+    assert (DEFAULT_GROUNDER, DEFAULT_TRACKER) == ("Grounding DINO tiny", "SAM 2.1 tiny")
+    for name, cls in GROUNDER_CLASSES.items():                 # the tiny profile builds the same classes
+        assert type(_tiny_grounder_model(name)).__name__ == cls
+    for name in TRACKERS:
+        assert type(_tiny_tracker(name)).__name__ == "Sam2VideoModel"
+    for profile in ("tiny", "real"):                           # cache keys name the hub ids
+        models = SegmentationRegistry(profile).models("LLMDet tiny", "SAM 2.1 large")
+        assert "iSEE-Laboratory/llmdet_tiny" in models.grounder.key
+        assert "facebook/sam2.1-hiera-large" in models.tracker.key
+
+
+# ----------------------------------------------------------------------------- frames made when read
+@torch.inference_mode()
+def eager_masks(model, frames: np.ndarray, key: int, box) -> np.ndarray:
+    """The path before lazy frames: the whole clip preprocessed up front into transformers' own session (its
+    constructor takes the video), the box as two points labelled 2 and 3, forward then reverse from the key frame."""
+    import torch.nn.functional as F
+    from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoInferenceSession
+
+    count, height, width = frames.shape[:3]
+    size = model.config.image_size
+    session = Sam2VideoInferenceSession(
+        video=preprocess(frames, size), video_height=height, video_width=width, inference_device=model.device,
+        inference_state_device=model.device, video_storage_device="cpu", dtype=model.dtype,
+        max_vision_features_cache_size=1)
+    x1, y1, x2, y2 = box
+    points = torch.tensor([[x1, y1], [x2, y2]], dtype=torch.float32) * torch.tensor([size / width, size / height])
+    index = session.obj_id_to_idx(1)
+    session.add_point_inputs(index, key, {"point_coords": points[None, None],
+                                          "point_labels": torch.tensor([[[2, 3]]], dtype=torch.int32)})
+    session.remove_mask_inputs(index, key)
+    session.obj_with_new_inputs.append(1)
+    model(inference_session=session, frame_idx=key)
+    masks = np.zeros((count, height, width), bool)
+    for reverse in (False, True):
+        for output in model.propagate_in_video_iterator(session, start_frame_idx=key, reverse=reverse):
+            up = F.interpolate(output.pred_masks.float(), (height, width), mode="bilinear", align_corners=False)
+            masks[output.frame_idx] = (up[:, 0] > 0)[0].numpy()
+    return masks
+
+
+def test_frames_are_preprocessed_when_read_and_masks_match_the_eager_path(sam2, video, monkeypatch):
+    """Nothing is preprocessed up front; each frame is made once, when SAM 2 reads it, and let go once tracked (the
+    key frame kept): at most two frames held at any time. The masks are bit-identical to an eager session's."""
+    key = 7
+    box = target_box(video, key)
+    tracker = Tracker(sam2, video.frames)
+    store = tracker.session.processed_frames
+    assert isinstance(store, LazyFrames) and store.held == {} and tracker.session.num_frames == 16
+    most = [0]
+    read = LazyFrames.__getitem__
+
+    def counting(self, frame):
+        pixels = read(self, frame)
+        most[0] = max(most[0], len(self.held))
+        return pixels
+
+    monkeypatch.setattr(LazyFrames, "__getitem__", counting)
+    masks = tracker.run({1: (key, box)}, (), key)[1]
+    assert store.made == 16 and most[0] <= 2 and list(store.held) == [key]
+    assert masks.any() and np.array_equal(masks, eager_masks(sam2, video.frames, key, box))
+    eager = preprocess(video.frames, sam2.config.image_size)
+    again = LazyFrames(video.frames, sam2.config.image_size, torch.float32)
+    assert all(torch.equal(again[t], eager[t]) for t in (0, 5, 15))   # one at a time: the batch's values exactly
+    with pytest.raises(KeyError):
+        again[16]
+
+
+# ----------------------------------------------------------------------------- clicks after tracking
+def test_a_click_on_an_already_tracked_frame_is_promoted_and_survives_re_propagation(sam2, video):
+    """SAM 2's known pitfall: a click on a frame that was already tracked is stored as an ordinary output, and the
+    next pass overwrites it. Track, click such a frame (not the key frame) for object 1, propagate again both ways:
+    the frame is one of the object's conditioning frames and its mask is the one the click produced; a third pass
+    keeps it."""
+    key, clicked = 3, 10
+    tracker = Tracker(sam2, video.frames)
+    first = tracker.run({1: (key, target_box(video, key))}, (), key)[1]
+    outputs = tracker.session.output_dict_per_obj[tracker.session.obj_id_to_idx(1)]
+    assert clicked in outputs["non_cond_frame_outputs"] and clicked not in outputs["cond_frame_outputs"]
+    y, x = np.argwhere(video.masks["target"][clicked]).mean(0)
+    positive = not first[clicked][int(y), int(x)]                # the click says what the first pass got wrong
+    after_click = tracker.click(Click(clicked, float(x), float(y), positive, 1))
+    assert after_click.shape == (96, 128) and not np.array_equal(after_click, first[clicked])   # it changed the mask
+    assert clicked in outputs["cond_frame_outputs"] and clicked not in outputs["non_cond_frame_outputs"]
+    second = tracker.propagate(key)[1]
+    assert sorted(outputs["cond_frame_outputs"]) == [key, clicked]
+    assert np.array_equal(second[clicked], after_click)
+    third = tracker.propagate(key)[1]
+    assert clicked in outputs["cond_frame_outputs"] and np.array_equal(third[clicked], after_click)
+    assert np.array_equal(third, second)                         # nothing new: the same clip again
+    # a click on the key frame adds to its box (SAM 2's add_point_inputs alone would replace the box by the click)
+    tracker.click(Click(key, float(x), float(y), False, 1))
+    inputs = tracker.session.point_inputs_per_obj[tracker.session.obj_id_to_idx(1)][key]
+    assert inputs["point_labels"].tolist() == [[[2, 3, 0]]] and inputs["point_coords"].shape == (1, 1, 3, 2)
+
+
+def test_two_objects_prompted_on_different_frames_are_tracked_through_sam2(sam2, video):
+    """Real (tiny) SAM 2, no stubs: the target boxed on frame 3, the newcomer (visible from frame 8) on frame 11;
+    each object's prompt frame is its conditioning frame, every frame gets both masks."""
+    first, second = 3, 11
+    ys, xs = np.nonzero(video.masks["newcomer"][second])
+    newcomer = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
+    tracker = Tracker(sam2, video.frames)
+    masks = tracker.run({1: (first, target_box(video, first)), 2: (second, newcomer)}, (), first)
+    assert sorted(masks) == [1, 2] and all(m.shape == (16, 96, 128) for m in masks.values())
+    for object_id, frame in ((1, first), (2, second)):
+        index = tracker.session.obj_id_to_idx(object_id)
+        outputs = tracker.session.output_dict_per_obj[index]
+        assert frame in outputs["cond_frame_outputs"]
+        prompted = tracker._upsample(outputs["cond_frame_outputs"][frame]["pred_masks"])[0].numpy()
+        assert np.array_equal(masks[object_id][frame], prompted)
+    assert not np.array_equal(masks[1], masks[2])
+
+
+# ----------------------------------------------------------------------------- outputs, checked
+def test_key_frame_boxes_draws_candidates_grey_and_the_chosen_box_in_its_objects_colour():
+    frame = np.full((96, 128, 3), 50, np.uint8)
+    grey, chosen = Candidate((10, 10, 40, 40), 0.5), Candidate((70, 20, 110, 60), 0.9)
+    image = mask_export.key_frame_boxes(frame, [grey, chosen], [chosen], [2])
+    factor = mask_export.display_scale(128, 96)
+    assert factor == 3 and image.shape == (288, 384, 3)          # enlarged 3x: 480 px on the long side at most
+    # the grey candidate, 1 px: its bottom and left edges at 3x its box
+    assert tuple(image[40 * 3, 25 * 3]) == tuple(image[25 * 3, 10 * 3]) == (170, 170, 170)
+    # the chosen one, 2 px, in object 2's colour: bottom and right edges
+    assert tuple(image[60 * 3, 90 * 3]) == tuple(image[40 * 3, 110 * 3]) == mask_export.colour(2)
+    assert mask_export.colour(2) != (170, 170, 170)
+    for y, x in ((25 * 3, 25 * 3), (40 * 3, 90 * 3), (5, 5), (280, 380)):   # inside the boxes, and far from them
+        assert tuple(image[y, x]) == (50, 50, 50)
+    drawn = image.reshape(-1, 3)[(image.reshape(-1, 3) != 50).any(1)]
+    tones = {tuple(v) for v in drawn}
+    assert (170, 170, 170) in tones and mask_export.colour(2) in tones
+
+
+def test_sam2_normalises_with_transformers_imagenet_mean_and_std():
+    """Sam2VideoVideoProcessor and Sam2ImageProcessor normalise with image_utils' IMAGENET_DEFAULT_MEAN/STD."""
+    from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    assert torch.equal(IMAGENET_MEAN, torch.tensor(IMAGENET_DEFAULT_MEAN))
+    assert torch.equal(IMAGENET_STD, torch.tensor(IMAGENET_DEFAULT_STD))
+
+
+def _lossless(frames: np.ndarray, path: Path, fps: int = 8) -> Path:
+    """FFV1 in Matroska: any frame size, the exact pixels (H.264 in yuv420p cannot code an odd size)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("ffv1", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "bgr0"
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
+def test_an_odd_sized_video_keeps_its_size_in_the_masks_and_its_overlay_is_padded_to_even(client, tmp_path):
+    """The rule for odd sizes. H.264 in yuv420p (what every browser plays) codes chroma in 2x2 blocks and crops only
+    in steps of 2 pixels, so a 127x95 picture cannot be coded at that size: write_mp4 pads each odd side with one
+    repeated edge row/column, and the overlay is 128x96, its top-left 127x95 the picture. The masks (zip, COCO RLE),
+    the areas and info["size"] are at the input's exact size."""
+    clip = make_video(frames=8, size=(95, 127))
+    path = _lossless(clip.frames, tmp_path / "odd.mkv")
+    assert np.array_equal(read_video(path)[0], clip.frames)
+    overlay, _, archive, rle, _, _, info = client.predict(
+        video=handle_file(str(path)), expression="the circle", box_threshold=0.05, api_name="/segment")
+    frames, _, codec = read_video(overlay)
+    assert codec == "h264" and frames.shape == (8, 96, 128, 3) and info["size"] == [127, 95]
+    assert info["overlay_size"] == [128, 96]
+    decoded = mask_export.decode_coco_rle(json.loads(open(rle).read()))
+    masks = np.stack([decoded[i] for i in info["object_ids"]])
+    assert masks.shape[1:] == (8, 95, 127)
+    with zipfile.ZipFile(archive) as zipped:
+        assert all(Image.open(zipped.open(n)).size == (127, 95) for n in zipped.namelist())
+    expected = mask_export.overlay(clip.frames, masks, info["object_ids"])
+    padded = np.pad(expected, ((0, 0), (0, 1), (0, 1), (0, 0)), mode="edge")      # the rule, written out
+    reference = read_video(write_mp4(padded, tmp_path / "reference.mp4", fps=8))[0]
+    assert np.array_equal(frames, reference)             # the overlay of these frames and masks, padded, as H.264
+    # and on the decoded overlay itself: the added row and column repeat the edge (neighbouring rows of this textured
+    # clip differ by ~12 levels on average; the added one by ~2, H.264's loss)
+    assert np.abs(frames[:, 95].astype(int) - frames[:, 94]).mean() < 4
+    assert np.abs(frames[:, :, 127].astype(int) - frames[:, :, 126]).mean() < 4

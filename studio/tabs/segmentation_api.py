@@ -111,6 +111,8 @@ class SegmentationAPI:
         info = {
             "expression": job.expression, "num_frames": int(len(frames)), "fps": fps,
             "size": [int(frames.shape[2]), int(frames.shape[1])], "key_frame": result.key_frame,
+            # H.264 in yuv420p codes even sizes only: an odd side gets one repeated edge pixel in the overlay
+            "overlay_size": [int(frames.shape[2]) + frames.shape[2] % 2, int(frames.shape[1]) + frames.shape[1] % 2],
             "object_ids": result.object_ids, "reason": result.reason,
             "chosen": [{"object_id": i, "box": [round(v, 1) for v in c.box], "score": round(c.score, 4)}
                        for i, c in zip(result.object_ids, result.chosen, strict=False)],
