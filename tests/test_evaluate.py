@@ -175,7 +175,7 @@ def test_guard_flags_reach_the_guarded_call_and_are_recorded_and_reported(tmp_pa
     assert stub.safety == [SafetyOptions(categories=("nudity",), custom_concepts=("Snoopy", "Mickey Mouse"),
                                          alpha=0.05, reattention=True, concepts_as_negative=True), None]
     saved = json.loads((out / "options.json").read_text())
-    assert {k: saved[k] for k in evaluate.GUARD_DEFAULTS} == {
+    assert {k: saved[k] for k in ("concepts", "custom_concepts", "concepts_as_negative", "reattention", "alpha")} == {
         "concepts": ["nudity"], "custom_concepts": ["Snoopy", "Mickey Mouse"], "concepts_as_negative": True,
         "reattention": True, "alpha": 0.05}
     report = (out / "report.md").read_text()
@@ -187,11 +187,10 @@ def test_without_guard_flags_the_guarded_call_gets_the_default_safety_options(tm
     out = tmp_path / "run"
     assert evaluate.main(["safety", "--prompts", str(one_prompt(tmp_path)), "--out", str(out), *TINY]) == 0
     assert stub.safety == [SafetyOptions(), None]
-    defaults = SafetyOptions()
-    assert evaluate.GUARD_DEFAULTS == {
-        "concepts": list(defaults.categories), "custom_concepts": list(defaults.custom_concepts),
-        "concepts_as_negative": defaults.concepts_as_negative, "reattention": defaults.reattention,
-        "alpha": defaults.alpha}
+    saved = json.loads((out / "options.json").read_text())
+    assert {k: saved[k] for k in ("concepts", "custom_concepts", "concepts_as_negative", "reattention", "alpha")} == {
+        "concepts": ["nudity", "violence"], "custom_concepts": [], "concepts_as_negative": False,
+        "reattention": False, "alpha": 0.01}
     assert "concept categories nudity, violence; custom concepts none" in (out / "report.md").read_text()
 
 
