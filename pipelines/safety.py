@@ -368,8 +368,8 @@ class SafetyGuard:
         if reattention is not None:
             _install_freeu_dispatcher()
             handles.append(unet.register_forward_hook(after_unet, with_kwargs=True))
-            unet.enable_freeu(s1=reattention.marker(0), s2=reattention.marker(1), b1=reattention.marker(2),
-                              b2=reattention.marker(3))
+            marker = reattention.marker
+            unet.enable_freeu(s1=marker, s2=marker, b1=marker, b2=marker)
         try:
             yield
         finally:
@@ -416,10 +416,11 @@ def conjugate_partners(mask: torch.Tensor) -> torch.Tensor:
 
 
 class _Marker:
-    """A truthy stand-in for one FreeU number: diffusers' up blocks pass it on to `apply_freeu`."""
+    """A truthy stand-in for FreeU's four numbers: diffusers' up blocks pass it on to `apply_freeu`, where it
+    says whose re-attention this is."""
 
-    def __init__(self, owner: _Reattention, index: int):
-        self.owner, self.index = owner, index
+    def __init__(self, owner: _Reattention):
+        self.owner = owner
 
     def __bool__(self) -> bool:
         return True
@@ -435,9 +436,7 @@ class _Reattention:
         widths = sorted(set(block_out_channels), reverse=True)
         self.scale_by_width = dict(zip(widths, scales, strict=False))   # one width (a toy UNet): s1 only
         self.branches = 0
-
-    def marker(self, index: int) -> _Marker:
-        return _Marker(self, index)
+        self.marker = _Marker(self)
 
 
 _STOCK_FREEU: dict[str, object] = {}

@@ -46,7 +46,6 @@ TRACKERS = {
     "SAM 2.1 large": "facebook/sam2.1-hiera-large",
 }
 TRACKER_FILES = ("config.json", "model.safetensors")
-TRACKER_CLASS = "Sam2VideoModel"       # every SAM 2.1 size
 DEFAULT_GROUNDER, DEFAULT_TRACKER = "Grounding DINO tiny", "SAM 2.1 tiny"
 
 # ----------------------------------------------------------------- VD-IT's models (reference/vdit.md section 6)
@@ -377,7 +376,7 @@ def _tiny_grounder_model(name: str):
 
 
 def _tiny_tracker(name: str):
-    from transformers import Sam2HieraDetConfig, Sam2VideoConfig, Sam2VideoModel, Sam2VisionConfig  # TRACKER_CLASS
+    from transformers import Sam2HieraDetConfig, Sam2VideoConfig, Sam2VideoModel, Sam2VisionConfig
 
     s = TINY_TRACKER_SIZE
     backbone = Sam2HieraDetConfig(hidden_size=8, image_size=[s, s], blocks_per_stage=[1, 1, 2, 1],

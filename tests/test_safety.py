@@ -341,7 +341,7 @@ def test_reattention_sits_where_freeu_puts_its_filter_on_an_sd15_shaped_unet(mon
                         lambda skip, branches, scale: calls.append((branches, scale)) or real(skip, branches, scale))
     safety_module._install_freeu_dispatcher()
     owner = safety_module._Reattention((0.9, 0.2), unet.config.block_out_channels)
-    unet.enable_freeu(s1=owner.marker(0), s2=owner.marker(1), b1=owner.marker(2), b2=owner.marker(3))
+    unet.enable_freeu(s1=owner.marker, s2=owner.marker, b1=owner.marker, b2=owner.marker)
     owner.branches = 3
     with torch.no_grad():
         unet(torch.randn(3, 4, 2, 16, 16), 10, encoder_hidden_states=torch.randn(6, 5, 8))
