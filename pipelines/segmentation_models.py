@@ -336,11 +336,6 @@ def grounding_tokenizer():
     return BertTokenizer(vocab=vocab, do_lower_case=True)
 
 
-def _tiny_grounder(name: str):
-    """(model, processor): the tiny grounder as a pair, for tests that write it in the hub layout."""
-    return _tiny_grounder_model(name), _tiny_grounder_processor()
-
-
 def _tiny_grounder_processor():
     from transformers import GroundingDinoProcessor
     from transformers.models.grounding_dino import GroundingDinoImageProcessorPil

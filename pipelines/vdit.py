@@ -528,7 +528,7 @@ def masks_at(mask_logits: torch.Tensor, size: tuple[int, int], original: tuple[i
 # ----------------------------------------------------------------- one clip, end to end (sections 1-4)
 @dataclass
 class VDITModels:
-    """The loaded models one call needs (the cache places them; pipelines/vdit_models or tiny build them)."""
+    """The loaded models one call needs (the cache places them; segmentation_models or tiny build them)."""
 
     unet: nn.Module               # UNet3DConditionModel (ModelScope)
     vae: nn.Module                # AutoencoderKL (ModelScope's)

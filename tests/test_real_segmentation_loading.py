@@ -21,7 +21,8 @@ from pipelines.segmentation_models import (
     TRACKER_FILES,
     TRACKERS,
     SegmentationRegistry,
-    _tiny_grounder,
+    _tiny_grounder_model,
+    _tiny_grounder_processor,
     _tiny_tracker,
 )
 from pipelines.synthetic import make_video
@@ -29,7 +30,7 @@ from tests.test_real_identity_loading import block_network, cached_files, hub, s
 
 
 def write_repos(grounder: str = DEFAULT_GROUNDER, tracker: str = DEFAULT_TRACKER, skip: tuple = ()):
-    model, processor = _tiny_grounder(grounder)
+    model, processor = _tiny_grounder_model(grounder), _tiny_grounder_processor()
     if GROUNDERS[grounder] not in skip:
         folder = snapshot(GROUNDERS[grounder])
         model.save_pretrained(folder)
