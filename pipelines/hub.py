@@ -25,36 +25,93 @@ PROBE_TIMEOUT_S = 5.0
 DOWNLOAD_COMMAND = ".venv/bin/python -m studio download"
 
 
+MODEL, SPACE = "model", "space"
+_SERVED: dict[tuple[str, str], str] = {}     # (first repo, filename) -> the source that served it, as said
+
+
+def source_name(repo_id: str, repo_type: str) -> str:
+    """A source as a person types it on the hub: "ID-Animator/ID-Animator", "spaces/ID-Animator/ID-Animator"."""
+    return repo_id if repo_type == MODEL else f"{repo_type}s/{repo_id}"
+
+
+def _not_there(error: Exception) -> bool:
+    """The hub's "this repository (or file) does not exist here" (a 404), as opposed to a failed transfer."""
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    return isinstance(error, EntryNotFoundError | RepositoryNotFoundError | RevisionNotFoundError)
+
+
 @dataclass(frozen=True)
 class HubFile:
+    """One file the studio reads, and where to get it: `repo_id` first, then each of `fallbacks`
+    ((repo_id, repo_type) pairs) in order. A file with fallbacks is one whose first source is not known to hold
+    it (ID-Animator's own instructions fetch animator.ckpt from its Space, and nothing public shows the model
+    repository holding it): the first source that has it serves it, and `served_from` says which."""
+
     repo_id: str
     filename: str
+    fallbacks: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def sources(self) -> tuple[tuple[str, str], ...]:
+        return ((self.repo_id, MODEL), *self.fallbacks)
+
+    @property
+    def preloadable(self) -> bool:
+        """Spaces' preload_from_hub takes model repositories only, and only a file known to be there belongs in it."""
+        return not self.fallbacks
+
+    def describe(self) -> str:
+        """"repo: file", with the fallbacks said: what the download command and the missing-weights message print."""
+        if not self.fallbacks:
+            return f"{self.repo_id}: {self.filename}"
+        return f"{self.repo_id}: {self.filename} (else {', then '.join(source_name(*s) for s in self.fallbacks)})"
 
     def path(self, force: bool = False) -> Path:
         """Local path, downloading the file if it is not cached and the hub can be reached. A cached file is
         checked for completeness first (see `check_complete`): a half-written one is refused, not loaded.
-        `force`: fetch it again whatever the cache holds (the download command does, for an incomplete one)."""
+        `force`: fetch it again whatever the cache holds (the download command does, for an incomplete one).
+        Sources are tried in order; one that answers "not found" (a 404) passes to the next, any other failure
+        stops (a reset connection is not a reason to fetch a file from somewhere else)."""
         cached = None if force else self.cached()
         if cached is not None:
             check_complete(cached, self)
             return cached
         ensure_available([self], force=force)
-        try:
-            path = Path(hf_hub_download(self.repo_id, self.filename, force_download=force))
-        except Exception as error:   # connection reset, timeout, disk full, 404: the hub's many kinds
-            raise WeightsError(
-                f"Downloading {self.filename} from {self.repo_id} failed ({type(error).__name__}: "
-                f"{str(error)[:200]}). Run {DOWNLOAD_COMMAND} again (it resumes), or pre-download on a machine "
-                f"with internet access and copy the Hugging Face cache ({constants.HF_HUB_CACHE})."
-            ) from None
-        check_complete(path, self)
-        return path
+        absent = []
+        for repo_id, repo_type in self.sources:
+            try:
+                path = Path(hf_hub_download(repo_id, self.filename, repo_type=repo_type, force_download=force))
+            except Exception as error:   # connection reset, timeout, disk full, 404: the hub's many kinds
+                if _not_there(error):
+                    absent.append(source_name(repo_id, repo_type))
+                    continue
+                raise WeightsError(
+                    f"Downloading {self.filename} from {source_name(repo_id, repo_type)} failed "
+                    f"({type(error).__name__}: {str(error)[:200]}). Run {DOWNLOAD_COMMAND} again (it resumes), or "
+                    f"pre-download on a machine with internet access and copy the Hugging Face cache "
+                    f"({constants.HF_HUB_CACHE})."
+                ) from None
+            _SERVED[(self.repo_id, self.filename)] = source_name(repo_id, repo_type)
+            check_complete(path, self)
+            return path
+        raise WeightsError(f"None of the sources of {self.filename} holds it ({', '.join(absent)} answered "
+                           "“not found”): the weights have moved; see the README's Weights section.")
 
     def cached(self) -> Path | None:
-        try:
-            return Path(hf_hub_download(self.repo_id, self.filename, local_files_only=True))
-        except LocalEntryNotFoundError:
-            return None
+        for repo_id, repo_type in self.sources:
+            try:
+                path = Path(hf_hub_download(repo_id, self.filename, repo_type=repo_type, local_files_only=True))
+            except LocalEntryNotFoundError:
+                continue
+            _SERVED[(self.repo_id, self.filename)] = source_name(repo_id, repo_type)
+            return path
+        return None
+
+
+def served_from(file: HubFile) -> str | None:
+    """The source that served (or holds in the local cache) `file` in this process; None before it was looked up."""
+    return _SERVED.get((file.repo_id, file.filename))
 
 
 class MissingWeightsError(WeightsError):
@@ -64,7 +121,8 @@ class MissingWeightsError(WeightsError):
         self.missing = missing
         self.repo_ids = list(dict.fromkeys(f.repo_id for f in missing))
         def listed(repo: str) -> str:   # a few files by name, many by count: this message lands in a toast
-            names = [f.filename for f in missing if f.repo_id == repo]
+            files = [f for f in missing if f.repo_id == repo]
+            names = [f.filename + "".join(f", or from {source_name(*s)}" for s in f.fallbacks) for f in files]
             return f"{repo} ({', '.join(names) if len(names) <= 3 else f'{len(names)} files'})"
 
         super().__init__(

@@ -32,7 +32,7 @@ from pipelines.convert.magictime import (
 )
 from pipelines.convert.single_file import check_single_file, header_tensors
 from pipelines.errors import WeightsError
-from pipelines.hub import HubFile, ensure_available, hub_folder
+from pipelines.hub import SPACE, HubFile, ensure_available, hub_folder
 
 PROFILES = ("real", "tiny")
 
@@ -68,6 +68,9 @@ DDIM_CONFIG = dict(
 # ----------------------------------------------------------------- ID-Animator's files (reference/identity.md)
 ID_ANIMATOR = "ID-Animator/ID-Animator"
 ANIMATOR_CKPT = "animator.ckpt"
+# ID-Animator's own instructions download every file from its Space (animator.ckpt at the root); nothing public shows
+# the model repository of the same name holding it. So the model repository is asked first, then the Space.
+ANIMATOR_FILE = HubFile(ID_ANIMATOR, ANIMATOR_CKPT, fallbacks=((ID_ANIMATOR, SPACE),))
 MOTION_ADAPTER_V2 = "guoyww/animatediff-motion-adapter-v1-5-2"     # AnimateDiff v2, diffusers layout
 MOTION_ADAPTER_V2_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
 IP_ADAPTER = "h94/IP-Adapter"                                       # OpenCLIP ViT-H/14 image encoder
@@ -295,7 +298,7 @@ class Registry:
                 needed.append(HubFile(HYPER_SD, HYPER_SD_LORA))
         elif tab == "identity":
             needed = base + [
-                HubFile(MAGICTIME, IDENTITY_CHECKPOINT), HubFile(ID_ANIMATOR, ANIMATOR_CKPT),
+                HubFile(MAGICTIME, IDENTITY_CHECKPOINT), ANIMATOR_FILE,
                 *(HubFile(IP_ADAPTER, f) for f in IMAGE_ENCODER_FILES),
             ]
             if fast is not True:
@@ -506,7 +509,7 @@ class _RealLoaders:
         return CLIPImageProcessor()   # 224 px, CLIP's mean and std: what the IP-Adapter image encoder saw
 
     def identity_unet(self, unet2d, adapter, image_encoder):
-        animator = torch.load(HubFile(ID_ANIMATOR, ANIMATOR_CKPT).path(), map_location="cpu", weights_only=True)
+        animator = torch.load(ANIMATOR_FILE.path(), map_location="cpu", weights_only=True)
         return _compose_identity_unet(unet2d, adapter, image_encoder, animator, self.dtype)
 
     def magic_unet(self, checkpoint: str, unet2d, adapter, fast: bool = False):

@@ -76,11 +76,11 @@ def download(tabs: list[str]) -> int:
     """Fetch every hub file the tabs need into the Hugging Face cache (tqdm progress per file).
     Files already cached are not fetched again, so this also checks that a copied cache is complete."""
     from pipelines.errors import WeightsError
-    from pipelines.hub import IncompleteWeightsError
+    from pipelines.hub import IncompleteWeightsError, served_from
 
     files = tab_files(tabs)
     for number, file in enumerate(files, start=1):
-        print(f"[{number}/{len(files)}] {file.repo_id}: {file.filename}", flush=True)
+        print(f"[{number}/{len(files)}] {file.describe()}", flush=True)
         try:
             try:
                 file.path()
@@ -90,6 +90,8 @@ def download(tabs: list[str]) -> int:
         except WeightsError as error:       # missing and out of reach, a failed download, still incomplete
             print(error, file=sys.stderr)
             return 1
+        if file.fallbacks:
+            print(f"  from {served_from(file)}", flush=True)
     print(f"All {len(files)} files are in the Hugging Face cache.")
     return 0
 

@@ -126,7 +126,7 @@ def test_the_download_command_fetches_an_incomplete_file_again(snapshot, monkeyp
     _cut(snapshot / NAME, 30)
     forced = []
 
-    def download(repo_id, filename, local_files_only=False, force_download=False):
+    def download(repo_id, filename, local_files_only=False, force_download=False, repo_type="model"):
         if force_download:
             forced.append(filename)
             (snapshot / filename).write_bytes(whole)
@@ -188,17 +188,18 @@ def test_the_two_generating_tabs_share_one_realistic_vision_download():
 
 def test_the_spaces_front_matter_preloads_exactly_what_the_tabs_download():
     """The Space fetches its weights at build time from README.md's `preload_from_hub`; a file missing there would
-    download on someone's first click instead (or fail), a file too many wastes the build."""
-    import yaml
-
+    download on someone's first click instead (or fail), a file too many wastes the build. Only files a model
+    repository is known to hold belong there (preload_from_hub takes model repositories): the rest (animator.ckpt,
+    with the ID-Animator Space as its second source) the studio's own preload fetches at start-up."""
     from pipelines.registry import Registry
     from pipelines.segmentation_models import DEFAULT_GROUNDER, DEFAULT_TRACKER, SegmentationRegistry
-    from tests.conftest import ROOT
+    from tests.test_spaces import front_matter
 
-    front = yaml.safe_load((ROOT / "README.md").read_text().split("---")[1])
+    front = front_matter()
     preloaded = {(line.split(" ", 1)[0], name) for line in front["preload_from_hub"]
                  for name in line.split(" ", 1)[1].split(",")}
     files = [*Registry("real").downloads("timelapse"), *Registry("real").downloads("identity"),
              *SegmentationRegistry("real").downloads(DEFAULT_GROUNDER, DEFAULT_TRACKER)]
-    assert preloaded == {(f.repo_id, f.filename) for f in files}
+    assert preloaded == {(f.repo_id, f.filename) for f in files if f.preloadable}
+    assert ("ID-Animator/ID-Animator", "animator.ckpt") not in preloaded
     assert {repo for repo, _ in preloaded} <= set(front["models"])

@@ -39,10 +39,30 @@ def report(engine: Engine) -> tuple[str, list[list], list[str]]:
         f"({stats['load_seconds']:.1f} s) · **offloads** {stats['offloads']} · **drops** {stats['drops']} · "
         f"**over budget** {stats['over_budget']}"
     )
+    sources = hub_sources(engine)
+    if sources:
+        summary += f"  \n**Hub sources** {sources}"
     rows = [[*describe_key(c["key"]), c["device"], round(c["bytes"] / 2**20, 1), "yes" if c["locked"] else ""]
             for c in stats["components"]]
     keys = [c["key"] for c in stats["components"]]
     return summary, rows, keys
+
+
+def hub_sources(engine: Engine) -> str:
+    """Where each file that has more than one possible source came from (real profile): "animator.ckpt from
+    spaces/ID-Animator/ID-Animator", or the order they will be tried in before it was fetched."""
+    if engine.settings.profile != "real":
+        return ""
+    from pipelines.hub import served_from, source_name
+
+    files = [f for tab in ("timelapse", "identity") for f in engine.registry.downloads(tab) if f.fallbacks]
+    said = []
+    for file in dict.fromkeys(files):
+        served = served_from(file)
+        said.append(f"{file.filename.rsplit('/', 1)[-1]} from {served}" if served else
+                    f"{file.filename.rsplit('/', 1)[-1]} not fetched yet (tried in order: "
+                    f"{', '.join(source_name(*s) for s in file.sources)})")
+    return " · ".join(said)
 
 
 SYSTEM_COLUMNS = ["component", "from", "adapters", "device", "MiB", "in use"]
