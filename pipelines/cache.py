@@ -29,8 +29,10 @@ Trade-offs recorded here:
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -98,6 +100,7 @@ class ModelCache:
         self._entries: dict[str, _Entry] = {}
         self._stats = dict(hits=0, misses=0, loads=0, load_errors=0, offloads=0, drops=0, over_budget=0, oom_frees=0)
         self._load_seconds = 0.0
+        _CACHES.add(self)
 
     # ----------------------------------------------------------------- public API
     @contextmanager
@@ -139,6 +142,17 @@ class ModelCache:
         with self.use(*components):
             pass
 
+    def discard(self, component: Component) -> int:
+        """Drop `component` now if it is loaded and nobody holds it (a build input whose last consumer is built, so
+        that a preload does not keep every fp32 ingredient beside the fp16 results). Returns the bytes let go."""
+        with self._lock:
+            entry = self._entries.get(component.key)
+            if entry is None or not entry.ready.is_set() or entry.error is not None or entry.pins > 0:
+                return 0
+            freed = entry.nbytes
+            self._drop(entry)
+            return freed
+
     def free_memory(self) -> int:
         """After an out-of-memory error: every unlocked component leaves the execution device (to CPU; on a
         CPU-only machine it is dropped), and the allocator returns its cached blocks. Returns bytes freed.
@@ -177,10 +191,32 @@ class ModelCache:
                 ],
             }
 
+    def holds(self, *components: Component) -> bool:
+        """Every one of `components` is loaded. What a call checks before asking whether its files are on disk: on
+        ZeroGPU the hub's blobs are deleted once their tensors are packed for the GPU, so the weights of a preloaded
+        model are here and no longer there, and "missing" would send the call to download them again."""
+        return all(component in self for component in components)
+
     def __contains__(self, component: Component) -> bool:
         with self._lock:
             entry = self._entries.get(component.key)
             return entry is not None and entry.ready.is_set() and entry.error is None
+
+    def _reset_after_fork(self) -> None:
+        """In a forked child only the forking thread exists. A lock another thread held at the fork would stay held
+        for ever there (nobody is left to release it), and ZeroGPU runs every GPU call in such a fork, made while
+        other tabs' threads may be inside the cache. So the child gets fresh locks and events; an entry another
+        thread was still loading can never finish here and is forgotten; pins held by other threads are gone with
+        them (the forking thread holds none: GPU calls take their components inside the fork)."""
+        self._lock = threading.RLock()
+        for key, entry in list(self._entries.items()):
+            if not entry.ready.is_set() or entry.error is not None:
+                del self._entries[key]
+                continue
+            entry.mutex = threading.RLock()
+            entry.ready = threading.Event()
+            entry.ready.set()
+            entry.pins = 0
 
     # ----------------------------------------------------------------- loading
     def _pin_loaded(self, component: Component) -> _Entry:
@@ -295,3 +331,14 @@ class ModelCache:
         self._stats["drops"] += 1
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+_CACHES: weakref.WeakSet[ModelCache] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for cache in list(_CACHES):
+        cache._reset_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -147,12 +147,13 @@ class IdentityPipeline:
             faces = self.reference_faces(request.photos)
             timings["faces"] = time.perf_counter() - start
 
-        self.registry.ensure_available("identity", fast=mode.fast, steps=lightning, tiny_decoder=tiny_decoder)
         models = self.registry.identity(lightning)
-        progress(0.0, "Loading models")
-        start = time.perf_counter()
         needed = [models.tokenizer, models.text_encoder, models.vae, models.unet, models.image_encoder,
                   models.image_processor, *([models.tiny_vae] if tiny_decoder else [])]
+        if not self.cache.holds(*needed):
+            self.registry.ensure_available("identity", fast=mode.fast, steps=lightning, tiny_decoder=tiny_decoder)
+        progress(0.0, "Loading models")
+        start = time.perf_counter()
         with self.cache.use(*needed) as (tok, te, vae, unet, image_encoder, processor, *tiny):
             timings["load"] = time.perf_counter() - start
             prompt, negative = self.prompts(request)

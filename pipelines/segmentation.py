@@ -135,8 +135,9 @@ class SegmentationPipeline:
             return self._vdit(request, progress)
         query = parse_expression(request.expression)
         frames = np.asarray(request.frames)
-        self.registry.ensure_available(request.grounder, request.tracker)
         models = self.registry.models(request.grounder, request.tracker)
+        if not self.cache.holds(models.grounder, models.grounder_processor, models.tracker):
+            self.registry.ensure_available(request.grounder, request.tracker)
         timings: dict[str, float] = {}
         progress(0.0, "Loading models")
         start = time.perf_counter()
@@ -190,8 +191,9 @@ class SegmentationPipeline:
         from pipelines import vdit
 
         frames = np.asarray(request.frames)
-        self.registry.ensure_available(request.grounder, request.tracker, backend="vdit")
         parts = self.registry.vdit()
+        if not self.cache.holds(*parts.all()):
+            self.registry.ensure_available(request.grounder, request.tracker, backend="vdit")
         timings: dict[str, float] = {}
         progress(0.0, "Loading VD-IT's models")
         start = time.perf_counter()

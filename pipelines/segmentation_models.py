@@ -110,6 +110,7 @@ class SegmentationModels:
 class SegmentationRegistry:
     def __init__(self, profile: str = "real", dtype: str = "float32"):
         self.profile, self.dtype_name = profile, dtype
+        self._checkpoint: str | None = None
         self.dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
 
     def models(self, grounder: str = DEFAULT_GROUNDER, tracker: str = DEFAULT_TRACKER) -> SegmentationModels:
@@ -158,10 +159,18 @@ class SegmentationRegistry:
                "tokenizer": f"{p}|vdit-tokenizer|{MODELSCOPE}", "vision": f"{p}|vdit-clip-vision|{CLIP_H}|{d}",
                "vision_processor": f"{p}|vdit-clip-processor|{CLIP_H}", "roberta": f"{p}|vdit-roberta|{ROBERTA}|{d}",
                "roberta_tokenizer": f"{p}|vdit-roberta-tokenizer|{ROBERTA}",
-               "trained": f"{p}|vdit-head|{VDIT_REPO}/{vdit_checkpoint() if p == 'real' else VDIT_CHECKPOINT}"
-                          "|float32"}
+               "trained": f"{p}|vdit-head|{VDIT_REPO}/{self._vdit_checkpoint()}|float32"}
         return VDITComponents(**{name: Component(key[name], load) for name, load in loaders.items()},
                               short_side=tiny.VDIT_SHORT_SIDE if p == "tiny" else SHORT_SIDE)
+
+    def _vdit_checkpoint(self) -> str:
+        """The checkpoint's name, found once per registry: later look-ups may find the snapshot's blobs pruned (on
+        ZeroGPU, once packed for the GPU) and ask the hub from inside a GPU call."""
+        if self.profile != "real":
+            return VDIT_CHECKPOINT
+        if self._checkpoint is None:
+            self._checkpoint = vdit_checkpoint()
+        return self._checkpoint
 
     def ensure_available(self, grounder: str, tracker: str, backend: str = "grounding") -> None:
         if self.profile == "real":
