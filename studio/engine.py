@@ -7,6 +7,8 @@ the API's) live in that tab's own module under studio/tabs/.
 
 from __future__ import annotations
 
+import math
+import os
 import queue
 import threading
 import time
@@ -20,20 +22,21 @@ from typing import Any
 import gradio as gr
 import torch
 
+from pipelines import estimate as estimates
 from pipelines import output_check
 from pipelines.cache import ModelCache
 from pipelines.common import uses_cfg
 from pipelines.errors import Cancelled, InputError, StudioError
-from pipelines.estimate import Estimator, frame_passes, windows
+from pipelines.estimate import Estimator, frame_passes, prior_seconds, reservation
 from pipelines.estimate import say as say_estimate
 from pipelines.faces import FaceAnalyzer
 from pipelines.identity import IdentityPipeline
 from pipelines.modes import IDENTITY_MODES, TIMELAPSE_MODES
 from pipelines.output_check import FrameChecker
-from pipelines.registry import Registry
+from pipelines.registry import LIGHTNING_STEPS, STYLES, Registry
 from pipelines.safety import DEFAULT_CATEGORIES, SafetyGuard, SafetyOptions
 from pipelines.segmentation import SegmentationPipeline
-from pipelines.segmentation_models import SegmentationRegistry
+from pipelines.segmentation_models import GROUNDERS, TRACKERS, SegmentationRegistry
 from pipelines.timelapse import (
     DEFAULT_STYLE,
     TimelapsePipeline,
@@ -48,23 +51,30 @@ except ImportError:  # pragma: no cover - spaces is in requirements.txt
     spaces = None
 
 
-def _gpu_seconds(engine: str, pipeline: str, job, report, options: dict | None = None) -> int:
-    """The GPU time ZeroGPU reserves for a call (shorter reservations queue sooner; longer ones spend users'
-    quota). An estimate, not a measurement: ~0.8 s per step per 16-frame window at 512 px, plus loading.
-    FreeNoise slides its 16-frame window by 4, so 64 frames are 13 windows; an unguarded comparison run doubles it."""
-    if not hasattr(job, "steps"):                      # segmentation: ~0.1 s a frame for SAM 2 at 1024 px, + grounding
-        return int(20 + 0.1 * len(job.frames) * (2 if job.reground_every else 1))
-    keyframes = getattr(job, "keyframes", None)
-    return int(20 + 0.8 * job.steps * (windows(job.num_frames) if keyframes else 1))
+def _reserve(engine: str, pipeline: str, job, report, options: dict | None = None) -> int:
+    """run_on_gpu's and stream_on_gpu's `duration` for ZeroGPU (called with their arguments, in the main process):
+    the seconds of GPU the call reserves, from this device's calibrated estimate (Engine.gpu_reservation)."""
+    return _ENGINES[engine].gpu_reservation(pipeline, [job])
+
+
+def _reserve_all(engine: str, pipeline: str, jobs, report) -> int:
+    """run_all_on_gpu's `duration`: one reservation for every request of the call."""
+    return _ENGINES[engine].gpu_reservation(pipeline, list(jobs))
 
 
 STOPPED = "Stopped before the end; nothing was saved."
 PROGRESS_EVERY_S = 0.25          # how often a previewing call's summary line says which step it is on
+VDIT_OFF = "VD-IT is off on this server: its ~10 GB of weights are not preloaded (STUDIO_VDIT=1 enables it)."
 
 
-def gpu(fn):
-    return spaces.GPU(duration=_gpu_seconds)(fn) if spaces is not None else fn
+def gpu(duration):
+    """ZeroGPU's decorator (a no-op off Spaces), reserving `duration(*args)` seconds per call."""
+    return lambda fn: spaces.GPU(duration=duration)(fn) if spaces is not None else fn
 
+
+def _build_inputs(component) -> list:
+    """Every component `component` is built from, however deep."""
+    return [d for dep in component.deps for d in (dep, *_build_inputs(dep))]
 
 
 class OutputDir:
@@ -109,6 +119,7 @@ def _run(engine: str, pipeline: str, job, report: Reporter, options: dict | None
     """Out of memory: the cache frees every component this call is not using, and the call runs once more
     (another tab's UNet on the device is the usual cause, and a retry then fits). A second failure reaches
     the person as `user_errors`' message; either way the call's locks were released when it unwound."""
+    _ENGINES[engine].size_for_device()
     run = _ENGINES[engine].pipelines[pipeline]
     try:
         return run(job, report, **(options or {}))
@@ -120,14 +131,21 @@ def _run(engine: str, pipeline: str, job, report: Reporter, options: dict | None
     return run(job, report, **(options or {}))
 
 
-@gpu
+@gpu(_reserve)
 def run_on_gpu(engine: str, pipeline: str, job, report: Reporter, options: dict | None = None):
-    """Run one of the engine's pipelines on a request: the only function that holds the GPU. Picklable
-    arguments only (see above); `options` are the pipeline's keyword arguments besides the request."""
+    """Run one of the engine's pipelines on a request: with its siblings below, the only functions that hold the
+    GPU. Picklable arguments only (see above); `options` are the pipeline's keyword arguments besides the request."""
     return _run(engine, pipeline, job, report, options)
 
 
-@gpu
+@gpu(_reserve_all)
+def run_all_on_gpu(engine: str, pipeline: str, jobs, report: Reporter) -> list:
+    """Several requests in one GPU call (the Safe tab's guarded and unguarded clip): one reservation and one worker
+    start instead of two, and the second clip cannot lose its GPU to another visitor between the two."""
+    return [_run(engine, pipeline, job, report) for job in jobs]
+
+
+@gpu(_reserve)
 def stream_on_gpu(engine: str, pipeline: str, job, report: Reporter, options: dict | None = None
                   ) -> Iterator[tuple[str, Any]]:
     """run_on_gpu for a call with a live preview: yields ("preview", (frames, steps done)) and ("progress", "Denoising
@@ -226,6 +244,7 @@ class Engine:
         }
         self.estimator = Estimator(settings.calibration_path)
         self.name = f"engine-{uuid.uuid4().hex[:8]}"
+        self._sized_in: int | None = None          # the process whose real device sized the cache (ZeroGPU)
         _ENGINES[self.name] = self
 
     # ----------------------------------------------------------------- how long a run will take
@@ -239,8 +258,9 @@ class Engine:
         """(seconds or None, the line shown next to Generate) for a generating run of `tab` ("timelapse" or
         "identity"; the Safe generation tab runs the time-lapse pipeline `runs` times). The fast modes' UNets cost
         what the quality ones do per frame-pass (a merged LoRA, a motion module of the same size), so one set of
-        rates serves every mode; the decode rate is the tiny decoder's own. Invalid settings (the UI can hold them
-        for a moment) estimate nothing."""
+        rates serves every mode; the decode rate is the tiny decoder's own. On ZeroGPU the line also says the GPU
+        time the call will reserve (or that it cannot fit one). Invalid settings (the UI can hold them for a moment)
+        estimate nothing."""
         try:
             modes = TIMELAPSE_MODES if tab == "timelapse" else IDENTITY_MODES
             run_mode = modes[mode]
@@ -255,7 +275,91 @@ class Engine:
         seconds = None if seconds is None else seconds * runs
         line = say_estimate(seconds, str(self.cache.device), loading=models.unet not in self.cache,
                             fast_hint=not run_mode.fast)
+        if self.settings.zerogpu:
+            work = seconds if seconds is not None else runs * prior_seconds(
+                int(steps), passes, int(frames), self.settings.resolution)
+            reserved, need = reservation(work, self.settings.gpu_max_s)
+            joint = " It reserves" if seconds is None else " ·"     # after a sentence, or after "≈ 40 s on this GPU"
+            line += (f"{joint} ≈ {reserved} s of GPU" if need <= self.settings.gpu_max_s else
+                     f"{joint} needs ≈ {need} s of GPU, over the {self.settings.gpu_max_s} s a visitor can reserve "
+                     f"here: {'try Fast mode or fewer frames' if not run_mode.fast else 'try fewer frames or steps'}")
         return seconds, line
+
+    # ----------------------------------------------------------------- ZeroGPU: reservations and the real device
+    def gpu_seconds(self, pipeline: str, job) -> float:
+        """This device's estimate of `job`'s GPU work in seconds, loading apart: the rates its earlier runs measured
+        (the same the estimate line uses), or before any, the FLOP-based prior (pipelines/estimate.py)."""
+        if pipeline == "segmentation":
+            return self._segmentation_seconds(job)
+        run_mode = job.run_mode
+        passes = frame_passes(job.num_frames, uses_cfg(job.guidance), bool(getattr(job, "keyframes", None)))
+        if job.safety is not None and job.safety.reattention and uses_cfg(job.guidance):
+            passes = passes * 3 // 2              # re-attention adds a third, unguarded branch to the batch
+        seconds = self.estimator.seconds(self._rates_key(pipeline, run_mode), job.steps, passes, job.num_frames)
+        if seconds is None:
+            seconds = prior_seconds(job.steps, passes, job.num_frames, self.settings.resolution)
+        return seconds
+
+    def _unit_key(self, unit: str) -> str:
+        s = self.settings
+        return f"{s.profile}|{self.cache.device}|{s.dtype}|segmentation|{unit}"
+
+    def _segmentation_seconds(self, job) -> float:
+        frames = len(job.frames)
+        rate = lambda unit, prior: self.estimator.rate(self._unit_key(unit)) or prior  # noqa: E731
+        if job.backend == "vdit":
+            return frames * rate("vdit-frame", estimates.PRIOR_VDIT_FRAME_S)
+        grounded = 1 if job.key_frame is not None else min(job.ground_frames, frames)
+        passes = 1
+        if job.reground_every:          # one more search over the clip, and a second tracking pass for a newcomer
+            grounded += math.ceil(frames / job.reground_every)
+            passes = 2
+        return (grounded * rate("ground-frame", estimates.PRIOR_GROUND_FRAME_S)
+                + passes * frames * rate("track-frame", estimates.PRIOR_TRACK_FRAME_S))
+
+    def learn_segmentation(self, job, timings: dict) -> None:
+        """A finished segmentation's timings refine its per-frame rates (the reservation's inputs)."""
+        frames = len(job.frames)
+        if job.backend == "vdit":
+            self.estimator.record_rate(self._unit_key("vdit-frame"), frames, timings.get("vdit", 0.0))
+            return
+        grounded = 1 if job.key_frame is not None else min(job.ground_frames, frames)
+        self.estimator.record_rate(self._unit_key("ground-frame"), grounded, timings.get("grounding", 0.0))
+        if not job.reground_every:      # re-grounding mixes searching into propagation: not a clean figure
+            self.estimator.record_rate(self._unit_key("track-frame"), frames, timings.get("propagation", 0.0))
+
+    def gpu_reservation(self, pipeline: str, jobs: list) -> int:
+        """The seconds of GPU a call running `jobs` reserves on ZeroGPU (`spaces.GPU(duration=...)`), computed the
+        same way on every machine: ceil(margin x estimate + overhead) within floor and cap (pipelines/estimate.py).
+        Off Spaces it is what the call would reserve there, reported in `info["gpu_reservation_s"]`."""
+        return reservation(sum(self.gpu_seconds(pipeline, job) for job in jobs), self.settings.gpu_max_s)[0]
+
+    def reserve(self, pipeline: str, *jobs) -> int:
+        """`gpu_reservation`, refusing on ZeroGPU before the GPU is asked for a call that needs more than the longest
+        reservation a visitor can get (it would be refused by ZeroGPU or aborted half-way), with the numbers and the
+        way out."""
+        work = sum(self.gpu_seconds(pipeline, job) for job in jobs)
+        reserved, need = reservation(work, self.settings.gpu_max_s)
+        if need > self.settings.gpu_max_s and self.settings.zerogpu:
+            fast = getattr(jobs[0], "run_mode", None)
+            way_out = ("a shorter clip, fewer grounding frames or no re-grounding" if pipeline == "segmentation" else
+                       "fewer frames or steps" if fast is not None and fast.fast else "Fast mode or fewer frames")
+            raise InputError(f"This needs about {need} s of GPU ({work:.0f} s of work, with this server's margin and "
+                             f"start-up), more than the {self.settings.gpu_max_s} s a visitor can reserve on this "
+                             f"Space. Try {way_out}.")
+        return reserved
+
+    def size_for_device(self) -> None:
+        """ZeroGPU: size the cache's device budget from the real device, once per GPU worker. The main process only
+        sees an emulated GPU (its size is spaces' configuration, not the slice a call gets), so the budget is taken
+        here, in the forked worker, where torch answers for the real device. An explicit STUDIO_DEVICE_BUDGET_GB
+        wins."""
+        if not self.settings.zerogpu or self._sized_in == os.getpid():
+            return
+        self._sized_in = os.getpid()
+        if self.settings.device_budget is None and self.cache.device.type == "cuda":
+            total = torch.cuda.get_device_properties(0).total_memory
+            self.cache.device_budget = total - self.settings.working_memory
 
     @staticmethod
     def actual_seconds(start: float, info: dict) -> float:
@@ -271,13 +375,47 @@ class Engine:
         run_mode = (TIMELAPSE_MODES if tab == "timelapse" else IDENTITY_MODES)[mode]
         self.estimator.record(self._rates_key(tab, run_mode), steps, passes, frames, timings)
 
+    def reachable(self) -> list[tuple]:
+        """Every group of components one visible choice can reach: each style in each mode, the identity tab in
+        each mode and step count, each grounder and each tracker, the tiny decoder (previews), and VD-IT when it is
+        offered. On ZeroGPU all of them are preloaded: a GPU worker keeps nothing it loads."""
+        groups = []
+        for steps in (None, *LIGHTNING_STEPS):
+            m = self.registry.identity(steps)
+            groups.append((m.tokenizer, m.text_encoder, m.vae, m.unet, m.image_encoder, m.image_processor))
+        for style in STYLES:
+            for fast in (False, True):
+                m = self.registry.timelapse(style, fast=fast)
+                groups.append((m.tokenizer, m.text_encoder, m.vae, m.unet, m.tiny_vae))
+        segmentation = self.pipelines["segmentation"].registry
+        for grounder in GROUNDERS:
+            m = segmentation.models(grounder=grounder)
+            groups.append((m.grounder, m.grounder_processor))
+        groups += [(segmentation.models(tracker=tracker).tracker,) for tracker in TRACKERS]
+        if self.settings.vdit:
+            groups.append(segmentation.vdit().all())
+        return groups
+
     def preload(self) -> None:
-        """Load the tabs' default models now (ZeroGPU wants weights on cuda at start-up)."""
-        timelapse, identity = self.registry.timelapse(DEFAULT_STYLE), self.registry.identity()
-        self.cache.preload(timelapse.tokenizer, timelapse.text_encoder, timelapse.vae, timelapse.unet)
-        self.cache.preload(identity.text_encoder, identity.unet, identity.image_encoder, identity.image_processor)
-        segmentation = self.pipelines["segmentation"].registry.models()
-        self.cache.preload(segmentation.grounder, segmentation.grounder_processor, segmentation.tracker)
+        """Load (and place) now what the tabs can reach: on ZeroGPU everything (`reachable`), since each GPU call
+        runs in a fork that loses what it loads; elsewhere each tab's defaults (STUDIO_PRELOAD=1). A build input
+        (a float32 2-D UNet, a motion adapter) is let go as soon as the last component built from it is: RAM then
+        holds the results and one build at a time, not every ingredient beside them."""
+        if self.settings.zerogpu:
+            groups = self.reachable()
+        else:
+            t, i = self.registry.timelapse(DEFAULT_STYLE), self.registry.identity()
+            m = self.pipelines["segmentation"].registry.models()
+            groups = [(t.tokenizer, t.text_encoder, t.vae, t.unet), (i.text_encoder, i.unet, i.image_encoder,
+                      i.image_processor), (m.grounder, m.grounder_processor, m.tracker)]
+        inputs = [{d.key: d for c in group for d in _build_inputs(c)} for group in groups]
+        kept = {c.key for group in groups for c in group}
+        for number, group in enumerate(groups):
+            self.cache.preload(*group)
+            later = {key for needed in inputs[number + 1:] for key in needed}
+            for key, component in inputs[number].items():
+                if key not in later and key not in kept:
+                    self.cache.discard(component)
 
     # ----------------------------------------------------------------- the safety guard
     @property

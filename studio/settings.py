@@ -49,6 +49,15 @@ class Settings:
     calibration_path: Path = field(default_factory=lambda: DEFAULT_CALIBRATION)
     knobs: Knobs = field(default_factory=Knobs)   # channels-last, torch.compile, VAE tiling (pipelines/registry.py)
     vae_dtype: str | None = None          # the VAEs' own dtype (None: `dtype`)
+    # Hugging Face Spaces ZeroGPU (SPACES_ZERO_GPU): every GPU call runs in a forked worker that keeps nothing it
+    # loads, so everything a visible choice can reach is preloaded, and each call reserves GPU time (studio/engine.py).
+    zerogpu: bool = False
+    vdit: bool = True                     # the VD-IT backend is offered (on ZeroGPU only with STUDIO_VDIT=1: ~10 GB)
+    working_memory: int = 8 * 2**30       # bytes of the device kept free for activations (the budget's reserve)
+    # The longest GPU reservation a call may ask for on ZeroGPU, in seconds of `duration`: an anonymous visitor's
+    # whole daily quota is 120 s, and ZeroGPU schedules `duration` x 1.5 on its default half RTX Pro 6000 (the
+    # `duration_factor` of spaces' configs.json), so 80 s is the most such a visitor can be granted.
+    gpu_max_s: int = 80
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -90,9 +99,13 @@ class Settings:
             channels_last=_env("STUDIO_CHANNELS_LAST", "1" if device.startswith("cuda") else "0") == "1",
             compile=compile_mode, vae_tiling=_env("STUDIO_VAE_TILING", "0") == "1",
         )
+        zerogpu = _on_zerogpu()
+        working_memory = int(float(_env("STUDIO_WORKING_MEMORY_GB", "8")) * 2**30)
         device_budget = _gib("STUDIO_DEVICE_BUDGET_GB")
-        if device_budget is None and device.startswith("cuda"):
-            device_budget = _cuda_total() - int(float(_env("STUDIO_WORKING_MEMORY_GB", "8")) * 2**30)
+        if device_budget is None and device.startswith("cuda") and not zerogpu:
+            # On ZeroGPU the main process sees an emulated GPU whose size is not the one calls get: the budget is
+            # taken inside the GPU worker, from the real device (Engine.size_for_device).
+            device_budget = _cuda_total() - working_memory
         return cls(
             profile=profile,
             device=device,
@@ -110,6 +123,10 @@ class Settings:
             calibration_path=Path(_env("STUDIO_CALIBRATION", str(DEFAULT_CALIBRATION))),
             knobs=knobs,
             vae_dtype=vae_dtype,
+            zerogpu=zerogpu,
+            vdit=_env("STUDIO_VDIT", "0" if zerogpu else "1") == "1",
+            working_memory=working_memory,
+            gpu_max_s=int(_env("STUDIO_GPU_MAX_S", "80")),
         )
 
 
@@ -131,6 +148,4 @@ def _default_device() -> str:
 def _cuda_total() -> int:
     import torch
 
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_properties(0).total_memory
-    return 48 * 2**30  # ZeroGPU before the GPU is attached: half an RTX Pro 6000
+    return torch.cuda.get_device_properties(0).total_memory

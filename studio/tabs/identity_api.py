@@ -91,6 +91,7 @@ class IdentityAPI:
             photos_seconds = time.perf_counter() - start
             estimate, _ = engine.estimate("identity", job.steps, job.num_frames, job.guidance, sliding=False,
                                           mode=mode)
+            reserved = engine.reserve("identity", job)          # refused here if no reservation can hold it
             run_start = time.perf_counter()
             with engine.reporter(request, progress) as report, closing(engine.call(
                     "identity", job, report, preview, id_.FPS, dict(faces=faces, measure_identity=False))) as calls:
@@ -111,6 +112,7 @@ class IdentityAPI:
             )
             engine.learn("identity", job.steps, job.num_frames, job.guidance, False, result.timings, mode)
             info["estimate_s"], info["actual_s"] = estimate, engine.actual_seconds(run_start, info)
+            info["gpu_reservation_s"] = reserved
         plot = pd.DataFrame({"frame": range(len(result.face_similarity)),
                              "similarity": [float("nan") if s is None else s for s in result.face_similarity]})
         # No face in any frame: the summary says so; an empty chart would only look broken.

@@ -10,7 +10,7 @@ import gradio as gr
 
 from pipelines.safety import DEFAULT_CATEGORIES, SafetyOptions, parse_concepts
 from pipelines.timelapse import TimelapseRequest
-from studio.engine import Engine, queue_wait_seconds, run_on_gpu, safety_line, summary_markdown, user_errors, whole
+from studio.engine import Engine, queue_wait_seconds, run_all_on_gpu, safety_line, summary_markdown, user_errors, whole
 
 DEFAULT_FRAMES = 8            # a short clip: the point is the comparison, twice the work when compared
 STYLE = "Realistic Vision"
@@ -57,11 +57,12 @@ class SafetyAPI:
             compared = bool(compare) and not engine.safety_enforced
             estimate, _ = engine.estimate("timelapse", job.steps, job.num_frames, job.guidance, False,
                                           runs=1 + compared, style=STYLE, mode=mode)
+            jobs = (job, dataclasses.replace(job, safety=None)) if compared else (job,)
+            reserved = engine.reserve("timelapse", *jobs)       # both clips in one GPU call, one reservation
             start = time.perf_counter()
             with engine.reporter(request, progress) as report:
-                guarded = run_on_gpu(engine.name, "timelapse", job, report)
-                unguarded = run_on_gpu(engine.name, "timelapse", dataclasses.replace(job, safety=None), report) \
-                    if compared else None
+                guarded, *others = run_all_on_gpu(engine.name, "timelapse", jobs, report)
+            unguarded = others[0] if others else None
             path, info = engine.publish(guarded, queue_wait=waited, style=STYLE, mode=mode)
             info["compare"] = ("unguarded clip beside it, same seed" if compared else
                                "off: this server enforces the guard" if compare else "off")
@@ -72,6 +73,7 @@ class SafetyAPI:
             for run in (guarded, unguarded) if unguarded is not None else (guarded,):
                 engine.learn("timelapse", job.steps, job.num_frames, job.guidance, False, run.timings, mode)
             info["estimate_s"], info["actual_s"] = estimate, engine.actual_seconds(start, info)
+            info["gpu_reservation_s"] = reserved
         tokens = token_highlights(info["safety"], job.prompt)
         return path, unguarded_path, tokens, safety_markdown(info), info
 

@@ -11,7 +11,7 @@ from pipelines import mask_export
 from pipelines.segmentation import MAX_FRAMES, MAX_SECONDS, SegmentationRequest
 from pipelines.segmentation_models import DEFAULT_GROUNDER, DEFAULT_TRACKER, GROUNDERS, TRACKERS
 from pipelines.video import read_video
-from studio.engine import Engine
+from studio.engine import VDIT_OFF, Engine
 from studio.tabs import controls
 from studio.tabs.segmentation_api import SegmentationAPI, clicks_markdown
 
@@ -62,11 +62,15 @@ def build(engine: Engine) -> gr.Video:
                 video = gr.Video(label="Video", sources=["upload"], height=300, elem_id="segmentation-input")
                 expression = gr.Textbox(label="What to segment", value="", placeholder="the dog on the left",
                                         elem_id="segmentation-expression")
-                backend = gr.Radio(label="Backend", choices=[("Grounding + SAM 2", "grounding"), ("VD-IT", "vdit")],
+                # VD-IT is offered only where its models are (or can be) loaded: on ZeroGPU every choice must be
+                # preloaded, and its ~10 GB are not unless STUDIO_VDIT=1. Its absence is said, not hidden silently.
+                backends = [("Grounding + SAM 2", "grounding")] + ([("VD-IT", "vdit")] if engine.settings.vdit else [])
+                backend = gr.Radio(label="Backend", choices=backends,
                                    value=SegmentationRequest.backend, elem_id="segmentation-backend",
                                    info="VD-IT: the paper's own model, read off a video diffusion UNet (one object, "
                                         "no clicks). Its frozen backbone (ali-vilab/text-to-video-ms-1.7b) is "
-                                        "CC-BY-NC-4.0: non-commercial use only.")
+                                        "CC-BY-NC-4.0: non-commercial use only." if engine.settings.vdit else
+                                        f"{VDIT_OFF} It is the paper's own model (one object, no clicks).")
                 with gr.Row():
                     tracker = gr.Dropdown(label="Tracker", choices=list(TRACKERS), value=DEFAULT_TRACKER)
                     grounder = gr.Dropdown(label="Grounder", choices=list(GROUNDERS), value=DEFAULT_GROUNDER)

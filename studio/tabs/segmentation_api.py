@@ -22,7 +22,7 @@ from pipelines.segmentation import (
 )
 from pipelines.segmentation_models import DEFAULT_GROUNDER, DEFAULT_TRACKER, VDIT_LICENCE
 from pipelines.video import read_clip, write_mp4
-from studio.engine import Engine, queue_wait_seconds, run_on_gpu, user_errors, whole
+from studio.engine import VDIT_OFF, Engine, queue_wait_seconds, run_on_gpu, user_errors, whole
 
 MAX_CLICKS = 64
 
@@ -78,6 +78,8 @@ class SegmentationAPI:
             waited = queue_wait_seconds()
             if not video:
                 raise InputError("Upload a video (or press “Segment this clip” under a generated one).")
+            if backend == "vdit" and not engine.settings.vdit:
+                raise InputError(VDIT_OFF)
             start = time.perf_counter()
             frames, fps = read_clip(video, MAX_FRAMES, MAX_SECONDS, MAX_PIXELS)
             read_seconds = time.perf_counter() - start
@@ -88,11 +90,14 @@ class SegmentationAPI:
                 else None, backend=backend,
             )
             job.validate()
+            reserved = engine.reserve("segmentation", job)      # refused here if no reservation can hold it
             with engine.reporter(request, progress) as report:
                 result = run_on_gpu(engine.name, "segmentation", job, report)
+            engine.learn_segmentation(job, result.timings)
             result.timings = {**({"queue_wait": waited} if waited is not None else {}),
                               "read_video": round(read_seconds, 3), **result.timings}
             outputs = self.publish(job, frames, fps, result)
+            outputs[-1]["gpu_reservation_s"] = reserved
         return outputs
 
     def publish(self, job: SegmentationRequest, frames, fps: float, result: SegmentationResult) -> tuple:

@@ -48,6 +48,7 @@ class TimelapseAPI:
             sliding, mode = bool(job.keyframes), job.run_mode.name
             estimate, _ = engine.estimate("timelapse", job.steps, job.num_frames, job.guidance, sliding,
                                           style=job.style, mode=mode)
+            reserved = engine.reserve("timelapse", job)         # refused here if no reservation can hold it
             start = time.perf_counter()
             with engine.reporter(request, progress) as report, \
                     closing(engine.call("timelapse", job, report, preview, FPS)) as calls:
@@ -56,6 +57,7 @@ class TimelapseAPI:
                                         keyframes={str(k): v for k, v in job.stages().items()})
             engine.learn("timelapse", job.steps, job.num_frames, job.guidance, sliding, result.timings, mode)
             info["estimate_s"], info["actual_s"] = estimate, engine.actual_seconds(start, info)
+            info["gpu_reservation_s"] = reserved
         yield path, summary_markdown(info), info
 
     def generate(self, *args, **kwargs) -> tuple[str, str, dict]:
