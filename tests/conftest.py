@@ -26,7 +26,8 @@ ROOT = Path(__file__).parents[1]
 
 def tiny_settings(output_dir: Path, **overrides) -> Settings:
     overrides.setdefault("calibration_path", output_dir.parent / f"{output_dir.name}-calibration.json")
-    return Settings(profile="tiny", device="cpu", dtype="float32", resolution=64, output_dir=output_dir, **overrides)
+    return Settings(**{"profile": "tiny", "device": "cpu", "dtype": "float32", "resolution": 64,
+                       "output_dir": output_dir, **overrides})
 
 
 @pytest.fixture(scope="session")

@@ -84,15 +84,20 @@ def test_rates_are_kept_per_machine_setting(tmp_path):
     assert isinstance(engine.estimator._rates[engine._rates_key("timelapse")], Rates)
 
 
-def test_zerogpu_reserves_time_per_step_and_window():
-    """ZeroGPU's reservation: 20 s + 0.8 s per step per 16-frame window (64 keyframed frames are 13 windows)."""
-    from types import SimpleNamespace
+def test_the_duration_zerogpu_calls_with_is_the_engines_reservation(tmp_path):
+    """spaces.GPU calls `duration` with the GPU function's own arguments: each GPU function's is the engine's
+    reservation for its requests (the formula itself: tests/test_spaces.py)."""
+    from pipelines.timelapse import TimelapseRequest
+    from studio.engine import _reserve, _reserve_all
 
-    from studio.engine import _gpu_seconds
-
-    assert _gpu_seconds("e", "timelapse", SimpleNamespace(steps=25, num_frames=64, keyframes={0: "a"}), None) == 280
-    assert _gpu_seconds("e", "identity", SimpleNamespace(steps=30, num_frames=16), None) == 44
-    assert _gpu_seconds("e", "segmentation", SimpleNamespace(frames=[0] * 100, reground_every=0), None) == 30
+    engine = Engine(tiny_settings(tmp_path / "out"))
+    long = TimelapseRequest(prompt="a", keyframes={0: "a", 63: "b"}, num_frames=64, steps=100, width=64, height=64)
+    short = TimelapseRequest(prompt="a", num_frames=8, steps=2, width=64, height=64)
+    assert _reserve(engine.name, "timelapse", long, None) == engine.gpu_reservation("timelapse", [long]) > 15
+    assert _reserve_all(engine.name, "timelapse", (long, long), None) == engine.gpu_reservation("timelapse",
+                                                                                                [long, long])
+    assert _reserve_all(engine.name, "timelapse", (long, long), None) > _reserve(engine.name, "timelapse", long, None)
+    assert _reserve(engine.name, "timelapse", short, None) == 15
 
 
 def test_the_tiny_decoders_runs_do_not_move_the_full_decoders_estimate(tmp_path):
