@@ -352,7 +352,7 @@ def vdit_trained(seed: int = 0):
     trained = build(vdit.VDIT, seed_of("vdit-trained", str(seed)), config=vdit_config())
     with torch.no_grad():      # the zero-initialised tensors, given values as trained ones have
         g = torch.Generator().manual_seed(seed)
-        for tensor in (trained.head.query_tensors, trained.head.level_embed, trained.glue.noise.noise_pred):
+        for tensor in (trained.head.query_tensors, trained.head.level_embed):
             tensor.copy_(torch.randn(tensor.shape, generator=g) * 0.5)
     return trained.eval()
 

@@ -53,7 +53,7 @@ class VDITConfig:
 
     @property
     def controller_out(self) -> int:
-        """Parameters of the dynamic head, per query: W1 (258 x 16) + b1 + W2 (16 x 16) + b2 = 4416."""
+        """Parameters of the dynamic head, per query: W1 (16 x 258) + W2 (16 x 16) + b1 + b2 = 4416."""
         c = self.dynamic_channels
         return (self.d_model + 2) * c + c + c * c + c
 
@@ -177,21 +177,20 @@ class TextImageCrossAttention(nn.Module):
 
 
 class NoisePredictor(nn.Module):
-    """Section 2.7: the "video-specific noise" from the clip's own latents: a 3x3 convolution, then per pixel a
+    """Section 2.7: the "video-specific noise" from the clip's own latents: a 3x3 convolution with its bias (the
+    authors' `nn.Conv2d(4, 4, 3, padding=1)`, Text-To-Video-Finetuning/train_itcross_pn.py:236), then per pixel a
     two-layer MLP over the 4 channels (no biases) with a sigmoid, normalised over the whole clip tensor (unbiased
-    std, + 1e-5). The convolution is a bare (4, 4, 3, 3) weight without bias, as the checkpoint's key list has it
-    (`noise_pred`, no `.weight`/`.bias`) [inferred from the spec's key list; a file with a bias fails to convert,
-    naming it]."""
+    std, + 1e-5)."""
 
     def __init__(self, channels: int = 4):
         super().__init__()
-        self.noise_pred = nn.Parameter(torch.zeros(channels, channels, 3, 3))
+        self.noise_pred = nn.Conv2d(channels, channels, 3, padding=1)
         self.noise_fc = nn.Sequential(nn.Linear(channels, channels, bias=False), nn.ReLU(),
                                       nn.Linear(channels, channels, bias=False), nn.Sigmoid())
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         """latents (T, 4, h, w) -> noise of the same shape."""
-        n = F.conv2d(latents, self.noise_pred, padding=1).permute(0, 2, 3, 1)
+        n = self.noise_pred(latents).permute(0, 2, 3, 1)
         n = self.noise_fc(n).permute(0, 3, 1, 2)
         return (n - n.mean()) / (n.std() + 1e-5)
 
@@ -367,7 +366,9 @@ def dynamic_masks(params: torch.Tensor, features: torch.Tensor, centres: torch.T
     (T, 2) normalised (x, y), size (w, h) unpadded -> (T, channels, h, w).
 
     Each pixel gets its offset from the query's centre in unpadded pixels, centre x * w - (8 j + 4) (and y), as two
-    extra channels; then a 1x1 convolution to `channels`, ReLU, and a 1x1 convolution, weights from `params`."""
+    extra channels; then a 1x1 convolution to `channels`, ReLU, and a 1x1 convolution, weights from `params`, which
+    the authors' `parse_dynamic_params` splits all weights first, then all biases: [W1 | W2 | b1 | b2]
+    (`torch.split_with_sizes(params, weight_nums + bias_nums)`, models/diffvos_cross.py:542)."""
     frames, d, h, w = features.shape
     ys = torch.arange(h, dtype=features.dtype, device=features.device) * 8 + 4
     xs = torch.arange(w, dtype=features.dtype, device=features.device) * 8 + 4
@@ -377,9 +378,8 @@ def dynamic_masks(params: torch.Tensor, features: torch.Tensor, centres: torch.T
     rel = torch.stack((rel_x.expand(frames, h, w), rel_y.expand(frames, h, w)), 1)
     x = torch.cat((features, rel), 1)
     c, inputs = channels, d + 2
-    w1, b1 = params[:, :inputs * c].view(frames, c, inputs), params[:, inputs * c:inputs * c + c]
-    rest = params[:, inputs * c + c:]
-    w2, b2 = rest[:, :c * c].view(frames, c, c), rest[:, c * c:c * c + c]
+    w1, w2, b1, b2 = params.split([inputs * c, c * c, c, c], dim=1)
+    w1, w2 = w1.reshape(frames, c, inputs), w2.reshape(frames, c, c)
     x = F.relu(torch.einsum("toi,tihw->tohw", w1, x) + b1[..., None, None])
     return torch.einsum("toi,tihw->tohw", w2, x) + b2[..., None, None]
 

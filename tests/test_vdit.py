@@ -35,7 +35,7 @@ def test_the_noise_predictor_is_conv_then_a_per_pixel_mlp_normalised_over_the_cl
     module = seeded(vdit.NoisePredictor())
     z = torch.randn(3, 4, 5, 6)
     with torch.no_grad():
-        conv = F.conv2d(z, module.noise_pred, padding=1)
+        conv = F.conv2d(z, module.noise_pred.weight, padding=1) + module.noise_pred.bias[:, None, None]
         w1, w2 = module.noise_fc[0].weight, module.noise_fc[2].weight
         pixels = conv.permute(0, 2, 3, 1).reshape(-1, 4)                   # every pixel's 4 channels
         n = torch.sigmoid(torch.relu(pixels @ w1.T) @ w2.T).reshape(3, 5, 6, 4).permute(0, 3, 1, 2)
@@ -124,10 +124,11 @@ def test_the_dynamic_head_uses_pixel_unit_offsets_from_the_query_centre():
     size = (40, 30)                                                          # (w, h) of the unpadded frame
     out = vdit.dynamic_masks(params, features, centres, size, c)
     for t in range(frames):
+        # The authors' parse_dynamic_params: all weights first, then all biases, [W1 | W2 | b1 | b2].
         w1 = params[t, :(d + 2) * c].view(c, d + 2)
-        b1 = params[t, (d + 2) * c:(d + 2) * c + c]
-        w2 = params[t, (d + 2) * c + c:(d + 2) * c + c + c * c].view(c, c)
-        b2 = params[t, (d + 2) * c + c + c * c:]
+        w2 = params[t, (d + 2) * c:(d + 2) * c + c * c].view(c, c)
+        b1 = params[t, (d + 2) * c + c * c:(d + 2) * c + c * c + c]
+        b2 = params[t, (d + 2) * c + c * c + c:]
         for i in range(h):
             for j in range(w):
                 rel = torch.tensor([centres[t, 0] * 40 - (8 * j + 4), centres[t, 1] * 30 - (8 * i + 4)])
@@ -332,13 +333,13 @@ def test_a_checkpoint_that_does_not_fit_names_every_key():
     model = seeded(vdit.VDIT(TINY))
     checkpoint = repository_checkpoint(model)
     del checkpoint["mask_refine.conv1_1div8.weight"]
-    checkpoint["backbone.0.diff_ftex.noise_pred.bias"] = torch.zeros(4)                  # a conv bias we do not have
+    checkpoint["backbone.0.diff_ftex.noise_gate.weight"] = torch.zeros(4)                # a part we do not have
     checkpoint["controller.layers.2.weight"] = torch.zeros(7, 32)
     checkpoint["transformer.decoder.bbox_embed.0.layers.0.bias"] = torch.ones(32)       # an alias that disagrees
     with pytest.raises(ConversionError) as error:
         vdit_state_dict(checkpoint, vdit.VDIT(TINY))
     text = str(error.value)
-    for part in ("head.mask_refine.conv1_1div8.weight: missing", "noise_pred.bias: no place",
+    for part in ("head.mask_refine.conv1_1div8.weight: missing", "noise_gate.weight: no place",
                  "controller.layers.2.weight: shape (7, 32)", "an alias of head.bbox_embed.0.layers.0.bias"):
         assert part in text, part
 

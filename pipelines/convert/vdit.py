@@ -38,7 +38,7 @@ def _renamed(key: str) -> list[tuple[str, slice | None]]:
     if key.startswith(GLUE):
         rest = key[len(GLUE):]
         rest = re.sub(r"^act_(\d)_postprocess\.", lambda m: f"act_postprocess.{int(m.group(1)) - 1}.", rest)
-        if rest == "noise_pred" or rest.startswith("noise_fc."):
+        if rest.startswith(("noise_pred.", "noise_fc.")):
             return [(f"glue.noise.{rest}", None)]
         if rest.startswith(("projection.", "cross_attn.", "act_postprocess.")):
             return [(f"glue.{rest}", None)]
