@@ -59,6 +59,9 @@ class Click:
     object_id: int = 1
 
 
+VDIT_PASSES = ("chunks", "whole")
+
+
 @dataclass(frozen=True)
 class SegmentationRequest:
     frames: np.ndarray                 # (T, H, W, 3) uint8
@@ -73,6 +76,10 @@ class SegmentationRequest:
     clicks: tuple[Click, ...] = ()
     key_frame: int | None = None       # ground only here (a refinement keeps the key frame it had)
     backend: str = "grounding"         # "grounding": grounder + SAM 2; "vdit": VD-IT (pipelines/vdit.py)
+    # VD-IT's passes: "chunks" of 36 frames (its Ref-DAVIS protocol, the CUDA kernel's limit there) or the "whole"
+    # video in one forward (its Ref-YouTube-VOS protocol: more memory, and its noise normalisation and temporal
+    # attention then see every frame, so the masks can differ from the chunked ones).
+    vdit_pass: str = "chunks"
 
     def validate(self) -> None:
         frames = np.asarray(self.frames)
@@ -88,6 +95,8 @@ class SegmentationRequest:
                              f"{MAX_EXPRESSION_CHARS}.")
         if self.backend not in BACKENDS:
             raise InputError(f"Unknown backend {self.backend!r}; choose one of: {', '.join(BACKENDS)}.")
+        if self.vdit_pass not in VDIT_PASSES:
+            raise InputError(f"VD-IT's pass must be one of: {', '.join(VDIT_PASSES)} (not {self.vdit_pass!r}).")
         if self.backend == "vdit" and self.clicks:
             raise InputError("VD-IT takes no refinement clicks (its masks come from the text alone): refine with the "
                              "grounding backend.")
@@ -202,7 +211,9 @@ class SegmentationPipeline:
             models = parts.models(loaded)
             progress(0.1, "VD-IT: reading the clip through the video diffusion model")
             start = time.perf_counter()
-            out = vdit.segment_clip(models, frames, request.expression, generator=torch.Generator().manual_seed(0))
+            chunk = len(frames) if request.vdit_pass == "whole" else vdit.CHUNK_FRAMES
+            out = vdit.segment_clip(models, frames, request.expression, chunk=chunk,
+                                    generator=torch.Generator().manual_seed(0))
             timings["vdit"] = time.perf_counter() - start
         scores = [round(float(s), 4) for s in out.scores]
         masks = out.masks.numpy()[None]

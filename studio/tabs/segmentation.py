@@ -71,6 +71,11 @@ def build(engine: Engine) -> gr.Video:
                                         "no clicks). Its frozen backbone (ali-vilab/text-to-video-ms-1.7b) is "
                                         "CC-BY-NC-4.0: non-commercial use only." if engine.settings.vdit else
                                         f"{VDIT_OFF} It is the paper's own model (one object, no clicks).")
+                vdit_pass = gr.Radio(label="VD-IT reads the video", value=SegmentationRequest.vdit_pass,
+                                     choices=[("in 36-frame chunks (its Ref-DAVIS protocol)", "chunks"),
+                                              ("whole, in one pass (its Ref-YouTube-VOS protocol; more memory)",
+                                               "whole")],
+                                     visible=False, elem_id="segmentation-vdit-pass")
                 with gr.Row():
                     tracker = gr.Dropdown(label="Tracker", choices=list(TRACKERS), value=DEFAULT_TRACKER)
                     grounder = gr.Dropdown(label="Grounder", choices=list(GROUNDERS), value=DEFAULT_GROUNDER)
@@ -111,7 +116,7 @@ def build(engine: Engine) -> gr.Video:
         key_frame = gr.Number(value=None, visible=False, precision=0)
 
     outputs = [overlay, key_image, masks_zip, masks_rle, areas, explanation, info]
-    settings = [tracker, grounder, ground_frames, reground_every, box_threshold, backend]
+    settings = [tracker, grounder, ground_frames, reground_every, box_threshold, backend, vdit_pass]
     first = gr.on([run.click, expression.submit], lambda: ("[]", clicks_markdown([]), None), None,
                   [clicks, clicks_text, key_frame], queue=False, api_name=False).then(
         api.segment, [video, expression, *settings], outputs, api_name="segment", concurrency_id="gpu",
@@ -121,8 +126,9 @@ def build(engine: Engine) -> gr.Video:
     for event in (first, again):
         event.then(after_segmenting, info, [shown, key_frame], queue=False, api_name=False)
     # VD-IT uses neither the grounder nor the tracker, and takes no clicks: their controls step aside.
-    backend.change(lambda chosen: [gr.update(visible=chosen == "grounding")] * 3, backend,
-                   [tracker, grounder, refine_box], queue=False, api_name=False, show_progress="hidden")
+    backend.change(lambda chosen: [gr.update(visible=chosen == "grounding")] * 3
+                   + [gr.update(visible=chosen == "vdit")], backend, [tracker, grounder, refine_box, vdit_pass],
+                   queue=False, api_name=False, show_progress="hidden")
     shown.release(show_frame, [overlay, shown], key_image, queue=False, api_name=False)
     key_image.select(add_click, [clicks, shown, polarity, object_id, info], [clicks, clicks_text], queue=False,
                      api_name=False)

@@ -41,13 +41,15 @@ class SegmentationAPI:
         reground_every: int = SegmentationRequest.reground_every,
         box_threshold: float = SegmentationRequest.box_threshold,
         backend: str = SegmentationRequest.backend,
+        vdit_pass: str = SegmentationRequest.vdit_pass,
         request: gr.Request = None,
         progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008  (Gradio's own idiom)
     ) -> tuple:
         """Returns (overlay MP4, key frame with boxes, masks zip, COCO RLE JSON, mask-area plot, explanation, info).
-        `backend="vdit"`: VD-IT instead of grounding + SAM 2 (tracker, grounder and their settings unused)."""
+        `backend="vdit"`: VD-IT instead of grounding + SAM 2 (tracker, grounder and their settings unused), in
+        chunks of 36 frames (`vdit_pass="chunks"`) or the whole video at once (`"whole"`)."""
         return self._run(video, expression, tracker, grounder, ground_frames, reground_every, box_threshold, (),
-                         None, request, progress, backend)
+                         None, request, progress, backend, vdit_pass)
 
     def refine(
         self,
@@ -61,6 +63,7 @@ class SegmentationAPI:
         reground_every: int = SegmentationRequest.reground_every,
         box_threshold: float = SegmentationRequest.box_threshold,
         backend: str = SegmentationRequest.backend,
+        vdit_pass: str = SegmentationRequest.vdit_pass,
         request: gr.Request = None,
         progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008
     ) -> tuple:
@@ -69,10 +72,10 @@ class SegmentationAPI:
         with user_errors():
             parsed = parse_clicks(clicks)
         return self._run(video, expression, tracker, grounder, ground_frames, reground_every, box_threshold, parsed,
-                         key_frame, request, progress, backend)
+                         key_frame, request, progress, backend, vdit_pass)
 
     def _run(self, video, expression, tracker, grounder, ground_frames, reground_every, box_threshold, clicks,
-             key_frame, request, progress, backend="grounding") -> tuple:
+             key_frame, request, progress, backend="grounding", vdit_pass="chunks") -> tuple:
         engine = self.engine
         with user_errors():
             waited = queue_wait_seconds()
@@ -87,7 +90,7 @@ class SegmentationAPI:
                 frames=frames, expression=expression, fps=fps, tracker=tracker, grounder=grounder,
                 ground_frames=whole(ground_frames), reground_every=whole(reground_every),
                 box_threshold=box_threshold, clicks=clicks, key_frame=whole(key_frame) if key_frame not in ("", None)
-                else None, backend=backend,
+                else None, backend=backend, vdit_pass=vdit_pass,
             )
             job.validate()
             reserved = engine.reserve("segmentation", job)      # refused here if no reservation can hold it
@@ -126,7 +129,8 @@ class SegmentationAPI:
             "mask_area": {str(i): a for i, a in zip(result.object_ids, areas, strict=True)},
             "clicks": [vars(c) for c in job.clicks], "backend": result.backend,
             **({"tracker": job.tracker, "grounder": job.grounder} if result.backend == "grounding" else
-               {"model": "VD-IT", "query_scores": result.scores, "licence": VDIT_LICENCE}),
+               {"model": "VD-IT", "vdit_pass": job.vdit_pass, "query_scores": result.scores,
+                "licence": VDIT_LICENCE}),
             "timings": timings, "warnings": result.warnings, "profile": engine.settings.profile,
         }
         plot = pd.DataFrame([{"frame": f, "area": area, "object": str(i)}
