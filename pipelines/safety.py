@@ -6,12 +6,14 @@
    masks). d_i = ‖(I − P_C) p_\\i‖: masking a toxic token moves the prompt *away* from the toxic subspace, so
    token i is toxic iff d_i ≥ (1 + α) · mean_{j≠i} d_j (α = 0.01).
 3. Projection of the selected tokens' embeddings e_k (last hidden state, as the pipeline reads it) onto the
-   prompt's own span (P_I, from the masked embeddings) and away from the toxic span: (I − P_C) P_I e_k in the
-   paper's order, P_I (I − P_C) e_k in the released code's (they do not commute). BOS, padding, unselected
-   tokens and the negative branch are left as they are, bit for bit.
-4. Self-validating filter: β = 1 − mean_k cos((I − P_C) P_I e_k, e_k) over the prompt's tokens;
-   t′ = round(γ · σ(2κ(10β − τ))), γ = 10 per 50 steps. Step i (0-based) denoises with the safe embeddings
-   if i ≤ t′, with the original ones after.
+   prompt's own span (P_I, from the masked embeddings) and away from the toxic span. The released code computes
+   (I − P_C) P_I e_k (its safe tokens are `I_m_cs @ ms @ e`), the default here, since its published numbers were
+   made so; the paper prints P_I (I − P_C) e_k, offered as the other order (they do not commute). BOS, padding,
+   unselected tokens and the negative branch are left as they are, bit for bit.
+4. Self-validating filter: β = 1 − mean_k cos(projected e_k, e_k), by default over the released code's tokens
+   (attention mask 1: BOS, the prompt's tokens, EOS), or over the prompt's tokens only. Then the released code's
+   t′ = round(γ · σ(2κ(10β − τ))) by default, or the paper's t′ = round(γ · σ(β)) (its γ · sigmoid(1 − cos));
+   γ = 10 per 50 steps. Step i (0-based) denoises with the safe embeddings if i ≤ t′, with the original after.
 5. Adaptive latent re-attention (optional): on the up-blocks' skip features, the low-frequency Fourier
    coefficients of the safe branch that exceed those of the unguarded branch are scaled by s < 1, placed as
    FreeU places its filter: s1 = 0.9 where the up path's backbone feature has the UNet's widest channel count
@@ -58,7 +60,12 @@ DEFAULT_CATEGORIES = ("nudity", "violence")
 FILTER_NUDITY, FILTER_ARTIST = (2.5, 5.333), (3.5, 5.5)
 FILTER_STEPS, FILTER_GAMMA = 50, 10.0          # γ = 10 at 50 steps, scaled to the step count
 MASK_TOKEN_ID = 0                              # the released code masks a token by replacing its id with 0
-PROJECTIONS = ("paper", "released")
+# The two orders of the projection, named by what each computes (see point 3 above); the first is the default.
+RELEASED_ORDER, PAPER_ORDER = "(I-P_C)P_I", "P_I(I-P_C)"
+PROJECTIONS = (RELEASED_ORDER, PAPER_ORDER)
+# β's tokens: the released code's (attention mask 1: BOS, the prompt, EOS), or the prompt's tokens alone.
+BETA_TOKENS = ("BOS+prompt+EOS", "prompt")
+FILTERS = ("released", "paper")        # t′ = round(γ σ(2κ(10β − τ))) (the code's), or round(γ σ(β)) (the paper's)
 REATTENTION_SCALES = (0.9, 0.2)                # s1 (widest up features), s2 (next width); b1 = b2 = 1
 MAX_CUSTOM_CONCEPTS, MAX_CONCEPT_CHARS = 32, 100
 
@@ -68,9 +75,16 @@ class SafetyOptions:
     categories: tuple[str, ...] = DEFAULT_CATEGORIES
     custom_concepts: tuple[str, ...] = ()
     alpha: float = 0.01
-    projection: str = "paper"                  # "paper": (I − P_C) P_I e; "released": P_I (I − P_C) e
+    projection: str = RELEASED_ORDER           # "(I-P_C)P_I" (the released code's) or "P_I(I-P_C)" (the paper's print)
     reattention: bool = False
     concepts_as_negative: bool = False
+    beta_tokens: str = BETA_TOKENS[0]          # the filter's β over BOS + the prompt + EOS, or the prompt alone
+    filter: str = FILTERS[0]                   # the step filter's formula: the released code's or the paper's
+    # Enforced mode (STUDIO_SAFETY=enforced): selection also runs with the default concepts alone, and a token either
+    # flags is projected. Concepts of one's own can then add to what is flagged, never take away: selection is
+    # relative (a token against the mean of the others), so concepts that cover a prompt's benign words would
+    # otherwise dilute the toxic token's score below the margin.
+    enforced: bool = False
 
     def validate(self) -> None:
         unknown = [c for c in self.categories if c not in CONCEPTS]
@@ -85,8 +99,17 @@ class SafetyOptions:
             raise InputError("Choose at least one concept category or write a custom concept to suppress.")
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 <= self.alpha <= 1:
             raise InputError(f"α (the selection margin) must be between 0 and 1, not {self.alpha!r}.")
+        if self.projection in ("paper", "released"):
+            # The studio once called (I-P_C)P_I "paper" and P_I(I-P_C) "released", the other way round: an old name
+            # could mean either, so it is refused, saying what each order is now called.
+            raise InputError(f"Projection {self.projection!r} is ambiguous: say {RELEASED_ORDER!r} (the released "
+                             f"code's order, the default) or {PAPER_ORDER!r} (the order printed in the paper).")
         if self.projection not in PROJECTIONS:
             raise InputError(f"Projection order must be one of {', '.join(PROJECTIONS)}, not {self.projection!r}.")
+        if self.beta_tokens not in BETA_TOKENS:
+            raise InputError(f"β's tokens must be one of {', '.join(BETA_TOKENS)}, not {self.beta_tokens!r}.")
+        if self.filter not in FILTERS:
+            raise InputError(f"The step filter must be one of {', '.join(FILTERS)}, not {self.filter!r}.")
 
     def concepts(self) -> tuple[str, ...]:
         """Every concept to suppress, in order, each once."""
@@ -113,23 +136,37 @@ def projector(columns: torch.Tensor) -> torch.Tensor:
     return a @ torch.linalg.pinv(a.T @ a) @ a.T
 
 
-def toxicity_ratios(distances: torch.Tensor) -> torch.Tensor:
-    """d_i / mean_{j≠i} d_j for every token: token i is toxic iff the ratio is ≥ 1 + α."""
+# A distance below this (relative to the prompt's own embedding) is zero: the prompt lies in the toxic span.
+ZERO_DISTANCE = 1e-9
+RATIO_CAP = 1e6        # d_i over others that are all (near) zero: the token is all of the distance; said finitely
+
+
+def toxicity_ratios(distances: torch.Tensor, scale: float = 1.0) -> torch.Tensor | None:
+    """d_i / mean_{j≠i} d_j for every token: token i is toxic iff the ratio is ≥ 1 + α. Never NaN: a token whose
+    others are all at distance zero while it is not gets RATIO_CAP (it alone moves the prompt out of the span).
+    None when no ratio can be computed: every distance (near) zero, or any not finite. The caller then guards the
+    whole prompt (a prompt inside the toxic span is the least safe kind, not a harmless one)."""
+    zero = ZERO_DISTANCE * max(scale, 1e-30)
+    if not torch.isfinite(distances).all() or bool((distances <= zero).all()):
+        return None
     n = distances.numel()
     others = (distances.sum() - distances) / (n - 1)
-    return distances / others
+    return torch.where(others > zero, distances / others.clamp(min=zero), torch.full_like(distances, RATIO_CAP))
 
 
-def filter_steps(beta: float, kappa: float, tau: float, steps: int) -> int:
-    """t′ = round(γ · σ(2κ(10β − τ))), with γ = 10 per 50 steps."""
+def filter_steps(beta: float, kappa: float, tau: float, steps: int, formula: str = "released") -> int:
+    """The last guarded step t′, γ = 10 per 50 steps: the released code's round(γ · σ(2κ(10β − τ))), or the paper's
+    γ · sigmoid(1 − cos) with β = 1 − cos, rounded."""
     gamma = FILTER_GAMMA * steps / FILTER_STEPS
-    return int(round(gamma / (1.0 + math.exp(-2.0 * kappa * (10.0 * beta - tau)))))
+    x = beta if formula == "paper" else 2.0 * kappa * (10.0 * beta - tau)
+    return int(round(gamma / (1.0 + math.exp(-x))))
 
 
 def token_projection(p_c: torch.Tensor, p_i: torch.Tensor, order: str) -> torch.Tensor:
-    """The (D x D) map applied to a selected token's embedding (a column vector)."""
+    """The (D x D) map applied to a selected token's embedding (a column vector): (I − P_C) P_I for "(I-P_C)P_I",
+    P_I (I − P_C) for "P_I(I-P_C)"."""
     eye = torch.eye(p_c.shape[0], dtype=p_c.dtype)
-    return (eye - p_c) @ p_i if order == "paper" else p_i @ (eye - p_c)
+    return (eye - p_c) @ p_i if order == RELEASED_ORDER else p_i @ (eye - p_c)
 
 
 # ----------------------------------------------------------------------------- what the guard decided
@@ -149,6 +186,8 @@ class PromptPlan:
     projection: torch.Tensor      # (D, D) float64 on CPU
     beta: float
     t_prime: int
+    unscored: bool = False        # no ratio could be computed: every token is flagged (guarded in full)
+    by_default_concepts: tuple[int, ...] = ()   # enforced mode: positions the default concepts flagged
 
     @property
     def flagged(self) -> list[int]:
@@ -181,6 +220,10 @@ class GuardPlan:
             "custom_concepts": list(self.options.custom_concepts), "alpha": self.options.alpha,
             "projection": self.options.projection, "reattention": self.options.reattention,
             "concepts_as_negative": self.options.concepts_as_negative,
+            "beta_tokens": self.options.beta_tokens, "filter": self.options.filter, "enforced": self.options.enforced,
+            "guarded_in_full": [p.prompt for p in self.prompts.values() if p.unscored],
+            "flagged_by_default_concepts": {p.prompt: len(p.by_default_concepts) for p in self.prompts.values()
+                                            if self.options.enforced},
             "flagged_tokens": flagged, "t_prime": self.t_prime if self.active else None, "steps": self.steps,
             "guarded_steps": guarded, "guarded_steps_text": f"{guarded} of {self.steps} steps",
             "beta": {p.prompt: round(p.beta, 4) for p in self.prompts.values()},
@@ -243,7 +286,7 @@ class SafetyGuard:
         # Per prompt: its tokens (without BOS and EOS) and one row per token with that token masked, plus the
         # prompt itself. CLIP's text attention is causal, so nothing after EOS reaches the pooled output (read at
         # EOS) or the tokens' states: rows stop at EOS, and all prompts' rows run as one padded batch.
-        spans, rows = [], []
+        spans, rows, eos_at = [], [], []
         for row_ids in ids:
             end = int((row_ids == eos).nonzero()[0]) if (row_ids == eos).any() else len(row_ids) - 1
             positions = list(range(1, end))
@@ -252,43 +295,77 @@ class SafetyGuard:
                 masked[row, position] = MASK_TOKEN_ID
             spans.append(positions)
             rows.append(masked)
+            eos_at.append(end)
         length = max(r.shape[1] for r in rows)
         batch = torch.cat([torch.nn.functional.pad(r, (0, length - r.shape[1]), value=pad) for r in rows])
         ends = torch.tensor([len(positions) + 1 for positions in spans]).cumsum(0).tolist()
         pooled, states = self._encode(text_encoder, batch, states_of=[end - 1 for end in ends])
         plans = {}
-        for text, row_ids, positions, end, state in zip(texts, ids, spans, ends, states, strict=True):
-            plans[text] = self._plan_prompt(tokenizer, text, row_ids, positions, pooled[end - len(positions) - 1:end],
-                                            state, p_c, options, kappa, tau, steps)
+        for text, row_ids, positions, end, state, eos_position in zip(texts, ids, spans, ends, states, eos_at,
+                                                                      strict=True):
+            plans[text] = self._plan_prompt(tokenizer, text, row_ids, positions, eos_position,
+                                            pooled[end - len(positions) - 1:end], state, p_c, options, kappa, tau,
+                                            steps)
+        defaults = SafetyOptions()
+        if options.enforced and not (options.concepts() == defaults.concepts() and options.alpha <= defaults.alpha):
+            # (The default concepts at a margin no larger flag a superset of the defaults' own: nothing to add.)
+            plans = self._with_default_concepts(tokenizer, text_encoder, texts, plans, options, steps)
         return GuardPlan(options, steps, plans)
 
+    def _with_default_concepts(self, tokenizer, text_encoder, texts, plans, options, steps) -> dict[str, PromptPlan]:
+        """Enforced mode: the plan of the default concepts alone beside the requested one; a token either flags is
+        projected (with the requested, larger, toxic span), and each prompt keeps the later of the two t′."""
+        floor = self.plan(tokenizer, text_encoder, texts, SafetyOptions(
+            projection=options.projection, beta_tokens=options.beta_tokens, filter=options.filter), steps)
+        merged = {}
+        for text, plan in plans.items():
+            default = floor.prompts[text]
+            by_default = {t.position for t in default.tokens if t.flagged}
+            tokens = tuple(TokenScore(t.position, t.token, t.score, t.flagged or t.position in by_default,
+                                      t.ends_word) for t in plan.tokens)
+            t_prime = max(plan.t_prime, default.t_prime) if by_default else plan.t_prime
+            merged[text] = PromptPlan(text, tokens, plan.projection, plan.beta, t_prime,
+                                      plan.unscored or default.unscored, tuple(sorted(by_default)))
+        return merged
+
     @staticmethod
-    def _plan_prompt(tokenizer, prompt, ids, positions, pooled, hidden, p_c, options, kappa, tau, steps) -> PromptPlan:
+    def _plan_prompt(tokenizer, prompt, ids, positions, eos_position, pooled, hidden, p_c, options, kappa, tau,
+                     steps) -> PromptPlan:
         """One prompt's scores and projection from its masked rows' pooled embeddings (the last row: the prompt
-        itself) and the prompt's own token states."""
+        itself) and the prompt's own token states (BOS at 0, the prompt's tokens at `positions`, EOS after)."""
         if not positions:
             return PromptPlan(prompt, (), torch.eye(p_c.shape[0], dtype=torch.float64), 0.0, -1)
         without = pooled[:-1]                                 # p_\i, one row per token
         outside = torch.eye(p_c.shape[0], dtype=torch.float64) - p_c
         distances = (without @ outside.T).norm(dim=1)
+        scale = float(pooled[-1].norm())
         if len(positions) > 1:
-            ratios = toxicity_ratios(distances)
+            ratios = toxicity_ratios(distances, scale)
         else:
-            # One token: no other token to compare with; compare with the prompt as written instead (masking a
-            # toxic token moves it away from the toxic span). The released code flags nothing here (an empty mean).
-            ratios = distances / (pooled[-1] @ outside.T).norm()
+            # One token: no other token to compare with. The studio's own rule compares it with the prompt as
+            # written (masking a toxic token moves the prompt away from the toxic span). The released code projects
+            # the lone token: its mean over no other token is NaN, so its "safe" comparison (kept iff d_i <
+            # (1 + α) · mean) is False.
+            written = (pooled[-1] @ outside.T).norm()
+            ratios = distances / written if float(written) > ZERO_DISTANCE * max(scale, 1e-30) else None
+        unscored = ratios is None
+        if unscored:                  # inside the toxic span, or not computable: every token is projected
+            ratios = torch.full_like(distances, math.inf)
         p_i = projector(without.T)
         projection = token_projection(p_c, p_i, options.projection)
-        e = hidden[positions]                                 # the unmasked prompt's token embeddings
+        # β's tokens: the released code averages over its attention mask (BOS, the prompt's tokens, EOS).
+        rows = [0, *positions, eos_position] if options.beta_tokens == BETA_TOKENS[0] else positions
+        e = hidden[rows]
         cosine = torch.nn.functional.cosine_similarity(e @ projection.T, e, dim=1)
         beta = float(1.0 - cosine.mean())
         words = tokenizer.convert_ids_to_tokens(ids[positions].tolist())
         tokens = tuple(
-            TokenScore(position, word.replace("</w>", ""), float(ratio) - 1.0, bool(ratio >= 1.0 + options.alpha),
-                       word.endswith("</w>"))
+            TokenScore(position, word.replace("</w>", ""), 0.0 if unscored else float(ratio) - 1.0,
+                       bool(unscored or ratio >= 1.0 + options.alpha), word.endswith("</w>"))
             for position, word, ratio in zip(positions, words, ratios, strict=True)
         )
-        return PromptPlan(prompt, tokens, projection, beta, filter_steps(beta, kappa, tau, steps))
+        return PromptPlan(prompt, tokens, projection, beta, filter_steps(beta, kappa, tau, steps, options.filter),
+                          unscored)
 
     # ------------------------------------------------------------------------- inside the sampler
     @contextmanager

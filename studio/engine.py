@@ -7,6 +7,7 @@ the API's) live in that tab's own module under studio/tabs/.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import queue
@@ -432,7 +433,11 @@ class Engine:
                              "switched off; call again with safety=true.")
         if safety and options is not None and self.safety_enforced:
             enforced_floor(options)
-        return (options or SafetyOptions()) if safety else None
+        if not safety:
+            return None
+        # Enforced: selection also runs with the default concepts alone (SafetyOptions.enforced), so concepts of a
+        # caller's own can add to what is flagged and never dilute it.
+        return dataclasses.replace(options or SafetyOptions(), enforced=self.safety_enforced)
 
     def publish(self, result, queue_wait: float | None = None, **details) -> tuple[str, dict]:
         """Every generating tab's last step: the output check on every frame (flagged frames blurred), the MP4,

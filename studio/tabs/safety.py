@@ -7,7 +7,14 @@ from functools import partial
 import gradio as gr
 
 from pipelines.modes import REFUSED_TIMELAPSE, TIMELAPSE_MODES
-from pipelines.safety import CONCEPTS, DEFAULT_CATEGORIES, PROJECTIONS, SafetyOptions
+from pipelines.safety import (
+    BETA_TOKENS,
+    CONCEPTS,
+    DEFAULT_CATEGORIES,
+    PAPER_ORDER,
+    RELEASED_ORDER,
+    SafetyOptions,
+)
 from pipelines.timelapse import TimelapseRequest
 from studio.engine import Engine
 from studio.tabs import controls
@@ -51,9 +58,19 @@ def build(engine: Engine) -> controls.Generating:
                                       value=SafetyOptions.alpha,
                                       info="a token is projected if masking it moves the prompt this much further "
                                            "than average from the concepts")
-                    projection = gr.Radio(label="Projection order", choices=list(PROJECTIONS),
-                                          value=SafetyOptions.projection,
-                                          info="paper: (I − P_C) P_I e · released code: P_I (I − P_C) e")
+                    projection = gr.Radio(label="Projection order", value=SafetyOptions.projection,
+                                          choices=[("(I − P_C) P_I e: the released code's (default)", RELEASED_ORDER),
+                                                   ("P_I (I − P_C) e: as printed in the paper", PAPER_ORDER)],
+                                          info="the two do not commute; the published numbers come from the code's")
+                    with gr.Row():
+                        step_filter = gr.Radio(label="Step filter", value=SafetyOptions.filter,
+                                               choices=[("round(γ σ(2κ(10β − τ))): the released code's (default)",
+                                                         "released"), ("γ σ(1 − cos): the paper's", "paper")],
+                                               info="how many steps denoise with the projected prompt")
+                        beta_tokens = gr.Radio(label="β over", value=SafetyOptions.beta_tokens,
+                                               choices=[("BOS, prompt, EOS: the released code's (default)",
+                                                         BETA_TOKENS[0]), ("the prompt's tokens only", BETA_TOKENS[1])],
+                                               info="the tokens whose cosine to their projection gives β")
                     with gr.Row():
                         reattention = gr.Checkbox(label="Latent re-attention", value=SafetyOptions.reattention,
                                                   info="Fourier filter on the UNet's skip features (slower)")
@@ -88,7 +105,7 @@ def build(engine: Engine) -> controls.Generating:
                     info = gr.JSON(show_label=False)
 
         inputs = [prompt, concepts, custom, alpha, projection, reattention, as_negative, compare, num_frames, steps,
-                  guidance, seed, mode]
+                  guidance, seed, mode, beta_tokens, step_filter]
         outputs = [guarded, unguarded, tokens, summary, info]
         gr.Examples(examples=EXAMPLES, inputs=[prompt, concepts, custom],
                     example_labels=["Remove an artist's style", "Remove a character", "Nothing to remove"])

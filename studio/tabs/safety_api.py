@@ -35,6 +35,8 @@ class SafetyAPI:
         guidance: float = TimelapseRequest.guidance,
         seed: int = 0,
         mode: str = TimelapseRequest.mode,
+        beta_tokens: str = SafetyOptions.beta_tokens,
+        filter: str = SafetyOptions.filter,  # noqa: A002  (the API's name for the step filter)
         request: gr.Request = None,
         progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008  (Gradio's own idiom)
     ) -> tuple[str, str | None, list, str, dict]:
@@ -46,6 +48,7 @@ class SafetyAPI:
             options = SafetyOptions(
                 categories=tuple(concepts or ()), custom_concepts=parse_concepts(custom_concepts), alpha=alpha,
                 projection=projection, reattention=bool(reattention), concepts_as_negative=bool(concepts_as_negative),
+                beta_tokens=beta_tokens, filter=filter,
             )
             job = TimelapseRequest(
                 prompt=prompt, style=STYLE, num_frames=whole(num_frames), steps=whole(steps), guidance=guidance,
