@@ -46,17 +46,26 @@ def test_the_toxic_projector_is_symmetric_and_idempotent_and_spans_the_concepts(
     assert round(float(torch.trace(p))) == 5
 
 
-def test_in_the_papers_order_a_projected_token_has_nothing_left_in_the_toxic_span():
+def test_in_the_released_codes_order_a_projected_token_has_nothing_left_in_the_toxic_span():
+    """The released code's safe tokens are `I_m_cs @ ms @ e`, (I − P_C) P_I e: the default. The paper prints
+    P_I (I − P_C) e, which leaves a residue in the toxic span (they do not commute)."""
     g = torch.Generator().manual_seed(1)
     p_c = projector(torch.randn(16, 4, generator=g, dtype=torch.float64))
     p_i = projector(torch.randn(16, 9, generator=g, dtype=torch.float64))
     e = torch.randn(16, generator=g, dtype=torch.float64)
     eye = torch.eye(16, dtype=torch.float64)
-    paper, released = token_projection(p_c, p_i, "paper"), token_projection(p_c, p_i, "released")
-    torch.testing.assert_close(paper, (eye - p_c) @ p_i)
-    torch.testing.assert_close(released, p_i @ (eye - p_c))
-    assert float((p_c @ (paper @ e)).norm()) < 1e-10                    # (I − P_C) last: nothing in span(C)
-    assert float((p_c @ (released @ e)).norm()) > 1e-3                  # the orders differ: they do not commute
+    released, paper = token_projection(p_c, p_i, "(I-P_C)P_I"), token_projection(p_c, p_i, "P_I(I-P_C)")
+    torch.testing.assert_close(released, (eye - p_c) @ p_i)
+    torch.testing.assert_close(paper, p_i @ (eye - p_c))
+    assert SafetyOptions().projection == "(I-P_C)P_I"
+    assert float((p_c @ (released @ e)).norm()) < 1e-10                 # (I − P_C) last: nothing in span(C)
+    assert float((p_c @ (paper @ e)).norm()) > 1e-3                     # the orders differ: they do not commute
+
+
+@pytest.mark.parametrize("old", ["paper", "released"])
+def test_the_old_ambiguous_order_names_are_refused_saying_the_new_ones(old):
+    with pytest.raises(InputError, match=r"ambiguous: say '\(I-P_C\)P_I' \(the released code's order"):
+        SafetyOptions(projection=old).validate()
 
 
 # ----------------------------------------------------------------------------- selection, on a constructed encoder
@@ -369,7 +378,7 @@ def test_reattention_runs_in_the_sampler_and_changes_the_guarded_frames(timelaps
     (SafetyOptions(categories=("gore",)), "Unknown concept categories"),
     (SafetyOptions(categories=()), "Choose at least one concept"),
     (SafetyOptions(alpha=2.0), "between 0 and 1"),
-    (SafetyOptions(projection="sideways"), "Projection order must be one of paper, released"),
+    (SafetyOptions(projection="sideways"), r"Projection order must be one of \(I-P_C\)P_I, P_I\(I-P_C\)"),
     (SafetyOptions(custom_concepts=("x" * 101,)), "at most 100 characters"),
 ])
 def test_bad_guard_options_are_refused_before_any_model_work(options, message):
