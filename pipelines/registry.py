@@ -33,6 +33,7 @@ from pipelines.convert.magictime import (
 from pipelines.convert.single_file import check_single_file, header_tensors
 from pipelines.errors import WeightsError
 from pipelines.hub import SPACE, HubFile, ensure_available, hub_folder
+from pipelines.motion_norm import norm_each_frame
 
 PROFILES = ("real", "tiny")
 
@@ -244,7 +245,8 @@ class Registry:
             vae=self._vae(load, checkpoint),
             unet=Component(
                 self._key("unet-motion", checkpoint, motion, f"+{ID_ANIMATOR}/{ANIMATOR_CKPT}"),
-                _tuned(load.identity_unet, self.knobs.unet), deps=(self._unet2d(load, checkpoint), adapter, image_encoder),
+                _tuned(partial(load.identity_unet, per_frame_norm=lightning_steps is None), self.knobs.unet),
+                deps=(self._unet2d(load, checkpoint), adapter, image_encoder),
             ),
             image_encoder=image_encoder,
             image_processor=Component(f"{self.profile}|clip-image-processor", load.image_processor),
@@ -355,6 +357,7 @@ def _compose_magic_unet(unet2d, adapter, spatial: dict, temporal: dict, speed: d
 
     require_v3_motion(adapter)
     unet = UNetMotionModel.from_unet2d(unet2d, adapter)
+    norm_each_frame(unet)                 # as MagicTime's own motion modules normalise (pipelines/motion_norm.py)
     merge_lora_(unet, spatial)
     merge_lora_(unet, temporal)
     if speed is not None:
@@ -362,14 +365,19 @@ def _compose_magic_unet(unet2d, adapter, spatial: dict, temporal: dict, speed: d
     return unet
 
 
-def _compose_identity_unet(unet2d, adapter, image_encoder, animator: dict, dtype: torch.dtype):
+def _compose_identity_unet(unet2d, adapter, image_encoder, animator: dict, dtype: torch.dtype,
+                           per_frame_norm: bool = True):
     """UNetMotionModel from the RV UNet and the v2 motion adapter, with ID-Animator's face adapter: image
     projection and face keys/values through diffusers' IP-Adapter loader, the rank-128 LoRA through
     load_lora_adapter on the 2-D cross-attention layers only, then fused (it is never switched off, so
-    PEFT's extra matmuls would only cost time), and several photos averaged as the original does."""
+    PEFT's extra matmuls would only cost time), and several photos averaged as the original does.
+    `per_frame_norm`: the motion modules normalise each frame as ID-Animator's do (not for Lightning's: see
+    pipelines/motion_norm.py)."""
     from diffusers import AnimateDiffPipeline, UNetMotionModel
 
     unet = UNetMotionModel.from_unet2d(unet2d, adapter)
+    if per_frame_norm:
+        norm_each_frame(unet)
     # The loaders are pipeline methods: a throwaway pipeline around the UNet gives them a home.
     host = AnimateDiffPipeline(vae=None, text_encoder=None, tokenizer=None, unet=unet, motion_adapter=None,
                                scheduler=None, image_encoder=image_encoder)
@@ -508,9 +516,9 @@ class _RealLoaders:
 
         return CLIPImageProcessor()   # 224 px, CLIP's mean and std: what the IP-Adapter image encoder saw
 
-    def identity_unet(self, unet2d, adapter, image_encoder):
+    def identity_unet(self, unet2d, adapter, image_encoder, per_frame_norm: bool = True):
         animator = torch.load(ANIMATOR_FILE.path(), map_location="cpu", weights_only=True)
-        return _compose_identity_unet(unet2d, adapter, image_encoder, animator, self.dtype)
+        return _compose_identity_unet(unet2d, adapter, image_encoder, animator, self.dtype, per_frame_norm)
 
     def magic_unet(self, checkpoint: str, unet2d, adapter, fast: bool = False):
         from safetensors.torch import load_file
@@ -563,9 +571,9 @@ class _TinyLoaders:
     def image_processor(self):
         return tiny.image_processor()
 
-    def identity_unet(self, unet2d, adapter, image_encoder):
+    def identity_unet(self, unet2d, adapter, image_encoder, per_frame_norm: bool = True):
         animator = tiny.animator_file(unet2d, tiny.seed_of("animator"))
-        return _compose_identity_unet(unet2d, adapter, image_encoder, animator, self.dtype)
+        return _compose_identity_unet(unet2d, adapter, image_encoder, animator, self.dtype, per_frame_norm)
 
     def text_encoder(self, checkpoint: str):
         model = tiny.text_encoder(tiny.seed_of("clip", checkpoint))
