@@ -51,8 +51,9 @@ def build(engine: Engine) -> controls.Generating:
                 with gr.Accordion("Advanced", open=False):
                     negative_prompt = gr.Textbox(label="Negative prompt", value=IdentityRequest.negative_prompt,
                                                  placeholder="what the clip should avoid",
-                                                 info=f"“{id_.NEGATIVE_SUFFIX}” is always appended, "
-                                                      "as ID-Animator does")
+                                                 lines=3, info="ID-Animator's demo's own list by default (longer "
+                                                 "than CLIP's 77 tokens: CLIP reads its first part, as in the demo); "
+                                                 f"“{id_.NEGATIVE_SUFFIX}” is always appended, as ID-Animator does")
                     num_frames = gr.Slider(label="Frames", minimum=id_.MIN_FRAMES, maximum=id_.MAX_FRAMES,
                                            step=1, value=IdentityRequest.num_frames)
                     steps, guidance, seed, randomize = controls.sampler(
