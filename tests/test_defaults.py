@@ -12,6 +12,7 @@ import pytest
 from diffusers import AnimateDiffPipeline, DDIMScheduler
 from gradio_client import handle_file
 
+from pipelines.identity import AUTHORS_NEGATIVE
 from tests.conftest import ROOT
 
 PHOTO = str(ROOT / "assets" / "examples" / "astronaut.jpg")
@@ -81,7 +82,7 @@ def test_identity_defaults_are_id_animators(client, calls):
     (call,) = calls
     assert call["num_inference_steps"] == 30 and call["guidance_scale"] == 8.0 and call["num_frames"] == 16
     assert call["prompt"] == "a woman on a beach 8k uhd, high quality, medium shot"
-    assert call["negative_prompt"] == "long shots, full body"
+    assert call["negative_prompt"] == f"{AUTHORS_NEGATIVE} long shots, full body"     # ID-Animator's demo's list
     assert call["face_scales"] == {(0.8,)}
     assert_original_ddim(call)
     assert call["timesteps"][:2] == [958, 925] and call["timesteps"][-1] == 1

@@ -47,6 +47,7 @@ from pipelines.registry import (
 )
 from pipelines.timelapse import DEFAULT_NEGATIVE, DEFAULT_STYLE, TimelapsePipeline, TimelapseRequest
 from pipelines.video import to_uint8
+from tests.test_motion_norm import fold_frames_in_motion_norms
 from tests.test_real_loading import hub_cache, write_base, write_swift  # noqa: F401  (hub_cache is a fixture)
 
 STYLE = "Realistic Vision"
@@ -175,7 +176,8 @@ def _merged(weight: torch.Tensor, up: torch.Tensor, down: torch.Tensor, scale: f
 
 def expected_magic_unet(unet2d, adapter, spatial: dict, temporal_config: dict, temporal: dict) -> UNetMotionModel:
     """The composition MagicTime describes, without the repository's converters: W += 4 * up @ down for the
-    spatial LoRA (processor keys), W += alpha / r * B @ A for the temporal one (original AnimateDiff names)."""
+    spatial LoRA (processor keys), W += alpha / r * B @ A for the temporal one (original AnimateDiff names), and the
+    motion modules' norms per frame, as MagicTime's temporal transformer computes them."""
     unet = UNetMotionModel.from_unet2d(copy.deepcopy(unet2d), copy.deepcopy(adapter))
     params = dict(unet.named_parameters())
     with torch.no_grad():
@@ -191,7 +193,7 @@ def expected_magic_unet(unet2d, adapter, spatial: dict, temporal_config: dict, t
                           .replace(".attention_blocks.1", ".attn2"))
                 up = temporal[key.replace(".lora_A.", ".lora_B.")]
                 params[f"{module}.weight"].copy_(_merged(params[f"{module}.weight"], up, temporal[key], scale))
-    return unet.eval()
+    return fold_frames_in_motion_norms(unet).eval()        # MagicTime's motion modules normalise per frame
 
 
 def expected_text_encoder(clip, config: dict, weights: dict):

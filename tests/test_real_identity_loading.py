@@ -52,6 +52,7 @@ from pipelines.registry import (
 )
 from pipelines.timelapse import TimelapsePipeline, TimelapseRequest
 from pipelines.video import to_uint8
+from tests.test_motion_norm import fold_frames_in_motion_norms
 from tests.test_real_end_to_end import CHECKPOINT, STYLE, magictime, originals  # noqa: F401  (fixtures)
 from tests.test_real_loading import hub_cache, write_base  # noqa: F401  (hub_cache: magictime's fixture)
 
@@ -248,7 +249,7 @@ def reference_identity_pipe(o: IdentityOriginals) -> AnimateDiffPipeline:
     """ID-Animator on diffusers, built here without the studio's converter or composition: the motion UNet from
     diffusers' from_unet2d, each attn2's LoRA fused by hand (W + up @ down, scale 1), the face branch loaded with
     diffusers' own load_ip_adapter under the hand-written numbering, the real profile's CLIP preprocessing."""
-    unet = UNetMotionModel.from_unet2d(copy.deepcopy(o.unet2d), copy.deepcopy(o.adapter))
+    unet = fold_frames_in_motion_norms(UNetMotionModel.from_unet2d(copy.deepcopy(o.unet2d), copy.deepcopy(o.adapter)))
     face = o.animator["face_adapter"]
     with torch.no_grad():
         for index, path in TINY_ATTN2.items():
@@ -272,7 +273,7 @@ def reference_identity_pipe(o: IdentityOriginals) -> AnimateDiffPipeline:
 def test_real_identity_clip_equals_an_independent_diffusers_composition(identity_hub, ids, faces):
     """Same request, same face crop: the real profile's frames are those of diffusers' AnimateDiffPipeline with
     ID-Animator put together by hand from the same files' contents (8 frames: the comparison needs no more)."""
-    request = dataclasses.replace(REQUEST, num_frames=8, identity_strength=0.9)
+    request = dataclasses.replace(REQUEST, num_frames=8, identity_strength=0.9, negative_prompt="")
     actual = IdentityPipeline(ModelCache("cpu"), Registry("real"), NoFrameFaces())(request, faces=faces).frames
 
     pipe = reference_identity_pipe(ids)
