@@ -399,9 +399,11 @@ class Engine:
 
     def preload(self) -> None:
         """Load (and place) now what the tabs can reach: on ZeroGPU everything (`reachable`), since each GPU call
-        runs in a fork that loses what it loads; elsewhere each tab's defaults (STUDIO_PRELOAD=1). A build input
-        (a float32 2-D UNet, a motion adapter) is let go as soon as the last component built from it is: RAM then
-        holds the results and one build at a time, not every ingredient beside them."""
+        runs in a fork that loses what it loads; elsewhere each tab's defaults (STUDIO_PRELOAD=1). On ZeroGPU a build
+        input (a float32 2-D UNet, a motion adapter) is let go as soon as the last component built from it is: RAM then
+        holds the results and one build at a time, not every ingredient beside them, and nothing is built later.
+        Elsewhere the inputs stay cached (within STUDIO_RAM_BUDGET_GB), so that a mode chosen later (Fast) builds
+        from them instead of reading the files again."""
         if self.settings.zerogpu:
             groups = self.reachable()
         else:
@@ -415,7 +417,7 @@ class Engine:
             self.cache.preload(*group)
             later = {key for needed in inputs[number + 1:] for key in needed}
             for key, component in inputs[number].items():
-                if key not in later and key not in kept:
+                if self.settings.zerogpu and key not in later and key not in kept:
                     self.cache.discard(component)
 
     # ----------------------------------------------------------------- the safety guard
