@@ -307,16 +307,19 @@ class SafetyGuard:
                                             pooled[end - len(positions) - 1:end], state, p_c, options, kappa, tau,
                                             steps)
         defaults = SafetyOptions()
-        if options.enforced and not (options.concepts() == defaults.concepts() and options.alpha <= defaults.alpha):
-            # (The default concepts at a margin no larger flag a superset of the defaults' own: nothing to add.)
+        same_as_defaults = (options.concepts() == defaults.concepts() and options.alpha <= defaults.alpha
+                            and (options.beta_tokens, options.filter) == (defaults.beta_tokens, defaults.filter))
+        if options.enforced and not same_as_defaults:
+            # (The default concepts at a margin no larger, with the default filter, flag a superset of the defaults'
+            # own for as many steps: nothing to add.)
             plans = self._with_default_concepts(tokenizer, text_encoder, texts, plans, options, steps)
         return GuardPlan(options, steps, plans)
 
     def _with_default_concepts(self, tokenizer, text_encoder, texts, plans, options, steps) -> dict[str, PromptPlan]:
-        """Enforced mode: the plan of the default concepts alone beside the requested one; a token either flags is
-        projected (with the requested, larger, toxic span), and each prompt keeps the later of the two t′."""
-        floor = self.plan(tokenizer, text_encoder, texts, SafetyOptions(
-            projection=options.projection, beta_tokens=options.beta_tokens, filter=options.filter), steps)
+        """Enforced mode: the plan of the default guard (its concepts, margin, β tokens and filter) beside the
+        requested one; a token either flags is projected (with the requested, larger, toxic span), and each prompt
+        keeps the later of the two t′, so no option can shorten the guarded steps either."""
+        floor = self.plan(tokenizer, text_encoder, texts, SafetyOptions(), steps)
         merged = {}
         for text, plan in plans.items():
             default = floor.prompts[text]

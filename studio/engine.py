@@ -218,7 +218,9 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 def enforced_floor(options: SafetyOptions) -> None:
     """In enforced mode the guard may be made stricter (more concepts, a smaller α), never weaker: a call that
-    drops a default category or raises α would count as guarded while flagging less. Refused, saying why."""
+    drops a default category, raises α or projects in the order that leaves a toxic residue would count as guarded
+    while guarding less. Refused, saying why. (β's tokens and the filter formula cannot shorten the guarded steps
+    there: the plan keeps the default guard's t′ when it is later, SafetyGuard._with_default_concepts.)"""
     missing = [c for c in DEFAULT_CATEGORIES if c not in options.categories]
     if missing:
         raise InputError(f"This server enforces the safety guard (STUDIO_SAFETY=enforced): the concepts must include "
@@ -227,6 +229,10 @@ def enforced_floor(options: SafetyOptions) -> None:
         raise InputError(f"This server enforces the safety guard (STUDIO_SAFETY=enforced): α may be at most "
                          f"{SafetyOptions.alpha} (the default; a larger margin flags fewer tokens), "
                          f"not {options.alpha}.")
+    if options.projection != SafetyOptions.projection:
+        raise InputError(f"This server enforces the safety guard (STUDIO_SAFETY=enforced): the projection is "
+                         f"{SafetyOptions.projection!r}, which leaves nothing of a flagged token in the toxic span; "
+                         f"{options.projection!r} leaves a residue there.")
 
 
 class Engine:

@@ -221,3 +221,27 @@ def test_over_http_custom_concepts_never_unflag_what_the_default_concepts_flag(e
                for t in covered["safety"]["tokens"][ATTACK])
     *_, timelapse_info = enforced_client.predict(prompt=ATTACK, steps=1, num_frames=8, api_name="/timelapse")
     assert timelapse_info["safety"]["enforced"] and positions(timelapse_info) == positions(plain)
+
+
+def test_an_enforced_guard_keeps_the_default_guards_steps_whatever_the_filter_options(timelapse):
+    tok, te = encoders(timelapse)
+    guard = SafetyGuard()
+    default = guard.plan(tok, te, [ATTACK], SafetyOptions(), 25).prompts[ATTACK]
+    shorter = SafetyOptions(categories=("nudity", "violence", "artist style"), beta_tokens="prompt", filter="paper")
+    assert guard.plan(tok, te, [ATTACK], shorter, 25).prompts[ATTACK].t_prime < default.t_prime
+    strict = guard.plan(tok, te, [ATTACK], dataclasses.replace(shorter, enforced=True), 25).prompts[ATTACK]
+    assert strict.t_prime == default.t_prime and set(default.flagged) <= set(strict.flagged)
+    paper = SafetyOptions(filter="paper")                       # the default concepts, the paper's shorter filter
+    assert guard.plan(tok, te, [ATTACK], paper, 25).prompts[ATTACK].t_prime < default.t_prime
+    enforced = guard.plan(tok, te, [ATTACK], dataclasses.replace(paper, enforced=True), 25).prompts[ATTACK]
+    assert enforced.t_prime == default.t_prime
+
+
+def test_an_enforcing_server_refuses_the_projection_that_leaves_a_toxic_residue(tmp_path):
+    from pipelines.errors import InputError
+    from studio.engine import Engine
+
+    engine = Engine(tiny_settings(tmp_path / "out", safety="enforced"))
+    with pytest.raises(InputError, match=r"'P_I\(I-P_C\)' leaves a residue there"):
+        engine.safety_options(True, SafetyOptions(projection="P_I(I-P_C)"))
+    assert engine.safety_options(True, SafetyOptions(filter="paper")).enforced
