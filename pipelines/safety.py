@@ -352,8 +352,10 @@ class SafetyGuard:
             written = (pooled[-1] @ outside.T).norm()
             ratios = distances / written if float(written) > ZERO_DISTANCE * max(scale, 1e-30) else None
         unscored = ratios is None
-        if unscored:                  # inside the toxic span, or not computable: every token is projected
-            ratios = torch.full_like(distances, math.inf)
+        if unscored:      # inside the toxic span, or not computable: every token projected, its score said as 0
+            scores, flags = [0.0] * len(positions), [True] * len(positions)
+        else:
+            scores, flags = [float(r) - 1.0 for r in ratios], [bool(r >= 1.0 + options.alpha) for r in ratios]
         p_i = projector(without.T)
         projection = token_projection(p_c, p_i, options.projection)
         # β's tokens: the released code averages over its attention mask (BOS, the prompt's tokens, EOS).
@@ -363,9 +365,8 @@ class SafetyGuard:
         beta = float(1.0 - cosine.mean())
         words = tokenizer.convert_ids_to_tokens(ids[positions].tolist())
         tokens = tuple(
-            TokenScore(position, word.replace("</w>", ""), 0.0 if unscored else float(ratio) - 1.0,
-                       bool(unscored or ratio >= 1.0 + options.alpha), word.endswith("</w>"))
-            for position, word, ratio in zip(positions, words, ratios, strict=True)
+            TokenScore(position, word.replace("</w>", ""), score, flag, word.endswith("</w>"))
+            for position, word, score, flag in zip(positions, words, scores, flags, strict=True)
         )
         return PromptPlan(prompt, tokens, projection, beta, filter_steps(beta, kappa, tau, steps, options.filter),
                           unscored)

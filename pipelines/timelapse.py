@@ -158,14 +158,15 @@ class TimelapsePipeline:
         mode = request.run_mode
         tiny_decoder = mode.tiny_decoder or preview is not None
         models = self.registry.timelapse(request.style, fast=mode.fast)
-        needed = [models.tokenizer, models.text_encoder, models.vae, models.unet]
-        if not self.cache.holds(*needed, *([models.tiny_vae] if tiny_decoder else [])):
+        needed = [models.tokenizer, models.text_encoder, models.vae, models.unet,
+                  *([models.tiny_vae] if tiny_decoder else [])]
+        if not self.cache.holds(*needed):
             self.registry.ensure_available("timelapse", request.style, fast=mode.fast, tiny_decoder=tiny_decoder)
         timings: dict[str, float] = {}
 
         progress(0.0, "Loading models")
         start = time.perf_counter()
-        with self.cache.use(*needed, *([models.tiny_vae] if tiny_decoder else [])) as (tok, te, vae, unet, *tiny):
+        with self.cache.use(*needed) as (tok, te, vae, unet, *tiny):
             timings["load"] = time.perf_counter() - start
             texts = {"The prompt": request.prompt, "The negative prompt": request.negative_prompt or ""}
             texts.update({f"Keyframe {frame}": stage for frame, stage in request.keyframes.items()})

@@ -283,8 +283,7 @@ class Engine:
         line = say_estimate(seconds, str(self.cache.device), loading=models.unet not in self.cache,
                             fast_hint=not run_mode.fast)
         if self.settings.zerogpu:
-            work = seconds if seconds is not None else runs * prior_seconds(
-                int(steps), passes, int(frames), self.settings.resolution)
+            work = runs * self._generation_seconds(self._rates_key(tab, run_mode), int(steps), passes, int(frames))
             reserved, need = reservation(work, self.settings.gpu_max_s)
             joint = " It reserves" if seconds is None else " ·"     # after a sentence, or after "≈ 40 s on this GPU"
             line += (f"{joint} ≈ {reserved} s of GPU" if need <= self.settings.gpu_max_s else
@@ -302,10 +301,17 @@ class Engine:
         passes = frame_passes(job.num_frames, uses_cfg(job.guidance), bool(getattr(job, "keyframes", None)))
         if job.safety is not None and job.safety.reattention and uses_cfg(job.guidance):
             passes = passes * 3 // 2              # re-attention adds a third, unguarded branch to the batch
-        seconds = self.estimator.seconds(self._rates_key(pipeline, run_mode), job.steps, passes, job.num_frames)
-        if seconds is None:
-            seconds = prior_seconds(job.steps, passes, job.num_frames, self.settings.resolution)
-        return seconds
+        return self._generation_seconds(self._rates_key(pipeline, run_mode), job.steps, passes, job.num_frames)
+
+    def _generation_seconds(self, key: str, steps: int, passes: int, frames: int) -> float:
+        """A generating run's seconds from the rates measured under `key`, or the FLOP-based prior before any."""
+        seconds = self.estimator.seconds(key, steps, passes, frames)
+        return seconds if seconds is not None else prior_seconds(steps, passes, frames, self.settings.resolution)
+
+    @staticmethod
+    def _grounded_frames(job) -> int:
+        """Frames a segmentation grounds before tracking: its key frame only on a refinement, else the sample."""
+        return 1 if job.key_frame is not None else min(job.ground_frames, len(job.frames))
 
     def _unit_key(self, unit: str) -> str:
         s = self.settings
@@ -316,7 +322,7 @@ class Engine:
         rate = lambda unit, prior: self.estimator.rate(self._unit_key(unit)) or prior  # noqa: E731
         if job.backend == "vdit":
             return frames * rate("vdit-frame", estimates.PRIOR_VDIT_FRAME_S)
-        grounded = 1 if job.key_frame is not None else min(job.ground_frames, frames)
+        grounded = self._grounded_frames(job)
         passes = 1
         if job.reground_every:          # one more search over the clip, and a second tracking pass for a newcomer
             grounded += math.ceil(frames / job.reground_every)
@@ -330,8 +336,8 @@ class Engine:
         if job.backend == "vdit":
             self.estimator.record_rate(self._unit_key("vdit-frame"), frames, timings.get("vdit", 0.0))
             return
-        grounded = 1 if job.key_frame is not None else min(job.ground_frames, frames)
-        self.estimator.record_rate(self._unit_key("ground-frame"), grounded, timings.get("grounding", 0.0))
+        self.estimator.record_rate(self._unit_key("ground-frame"), self._grounded_frames(job),
+                                   timings.get("grounding", 0.0))
         if not job.reground_every:      # re-grounding mixes searching into propagation: not a clean figure
             self.estimator.record_rate(self._unit_key("track-frame"), frames, timings.get("propagation", 0.0))
 
@@ -339,14 +345,18 @@ class Engine:
         """The seconds of GPU a call running `jobs` reserves on ZeroGPU (`spaces.GPU(duration=...)`), computed the
         same way on every machine: ceil(margin x estimate + overhead) within floor and cap (pipelines/estimate.py).
         Off Spaces it is what the call would reserve there, reported in `info["gpu_reservation_s"]`."""
-        return reservation(sum(self.gpu_seconds(pipeline, job) for job in jobs), self.settings.gpu_max_s)[0]
+        return self._reservation(pipeline, jobs)[1]
+
+    def _reservation(self, pipeline: str, jobs) -> tuple[float, int, int]:
+        """(seconds of work, the reservation, the need) for a call running `jobs`."""
+        work = sum(self.gpu_seconds(pipeline, job) for job in jobs)
+        return (work, *reservation(work, self.settings.gpu_max_s))
 
     def reserve(self, pipeline: str, *jobs) -> int:
         """`gpu_reservation`, refusing on ZeroGPU before the GPU is asked for a call that needs more than the longest
         reservation a visitor can get (it would be refused by ZeroGPU or aborted half-way), with the numbers and the
         way out."""
-        work = sum(self.gpu_seconds(pipeline, job) for job in jobs)
-        reserved, need = reservation(work, self.settings.gpu_max_s)
+        work, reserved, need = self._reservation(pipeline, jobs)
         if need > self.settings.gpu_max_s and self.settings.zerogpu:
             fast = getattr(jobs[0], "run_mode", None)
             way_out = ("a shorter clip, fewer grounding frames or no re-grounding" if pipeline == "segmentation" else
@@ -421,9 +431,11 @@ class Engine:
         kept = {c.key for group in groups for c in group}
         for number, group in enumerate(groups):
             self.cache.preload(*group)
+            if not self.settings.zerogpu:
+                continue
             later = {key for needed in inputs[number + 1:] for key in needed}
             for key, component in inputs[number].items():
-                if self.settings.zerogpu and key not in later and key not in kept:
+                if key not in later and key not in kept:
                     self.cache.discard(component)
 
     # ----------------------------------------------------------------- the safety guard

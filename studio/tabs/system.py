@@ -60,7 +60,7 @@ def hub_sources(engine: Engine) -> str:
     for file in dict.fromkeys(files):
         served = served_from(file)
         said.append(f"{file.filename.rsplit('/', 1)[-1]} from {served}" if served else
-                    f"{file.filename.rsplit('/', 1)[-1]} not fetched yet (tried in order: "
+                    f"{file.filename.rsplit('/', 1)[-1]} not fetched yet (asked in this order: "
                     f"{', '.join(source_name(*s) for s in file.sources)})")
     return " · ".join(said)
 
