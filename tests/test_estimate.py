@@ -107,3 +107,16 @@ def test_the_tiny_decoders_runs_do_not_move_the_full_decoders_estimate(tmp_path)
     assert engine.estimate("timelapse", 8, 8, 5.0, False, mode="fast-preview")[0] == pytest.approx(9.0)
     engine.learn("timelapse", 8, 8, 5.0, False, {"denoise": 1.0, "decode": 0.8}, mode="fast")
     assert engine.estimate("timelapse", 25, 8, 8.5, False, mode="quality")[0] == pytest.approx(1.0 * 25 / 8 + 0.8)
+
+
+def test_segmentation_rates_are_kept_across_restarts_beside_the_generating_ones(tmp_path):
+    from pipelines.estimate import Estimator
+
+    path = tmp_path / "calibration.json"
+    first = Estimator(path)
+    first.record("k", 2, 8, 8, {"denoise": 1.6, "decode": 0.8})
+    first.record_rate("ground", 4, 2.0)
+    first.record_rate("ground", 4, 4.0)                    # smoothed half-way: 0.5 then 0.75 s a unit
+    again = Estimator(path)
+    assert again.rate("ground") == pytest.approx(0.75) and again.seconds("k", 2, 8, 8) == pytest.approx(2.4)
+    assert again.rate("track") is None

@@ -4,6 +4,7 @@ preloads every model a visible choice can reach, so that no GPU call loads anyth
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -304,6 +305,26 @@ def test_segmentation_reserves_from_its_measured_per_frame_rates(calibrated):
     assert calibrated.gpu_reservation("segmentation", [job]) == expected(8 * 0.2 + 100 * 0.03) == 17
     calibrated.learn_segmentation(job, {"grounding": 8 * 0.4, "propagation": 100 * 0.05})
     assert calibrated.gpu_seconds("segmentation", job) == pytest.approx(8 * 0.3 + 100 * 0.04)
+    refinement = dataclasses.replace(job, key_frame=3)               # grounds its key frame only
+    assert calibrated.gpu_seconds("segmentation", refinement) == pytest.approx(1 * 0.3 + 100 * 0.04)
+    # Re-grounding every 10 frames: 10 more grounded frames, and a second tracking pass for a newcomer.
+    regrounding = dataclasses.replace(job, reground_every=10)
+    assert calibrated.gpu_seconds("segmentation", regrounding) == pytest.approx(18 * 0.3 + 2 * 100 * 0.04)
+    vdit = dataclasses.replace(job, backend="vdit")                   # nothing measured yet: 0.5 s a frame assumed
+    assert calibrated.gpu_seconds("segmentation", vdit) == pytest.approx(100 * estimates.PRIOR_VDIT_FRAME_S)
+    calibrated.learn_segmentation(vdit, {"vdit": 100 * 0.2})
+    assert calibrated.gpu_seconds("segmentation", vdit) == pytest.approx(100 * 0.2)
+
+
+def test_reattention_reserves_for_its_third_unet_branch(calibrated):
+    from pipelines.safety import SafetyOptions
+    from pipelines.timelapse import TimelapseRequest
+
+    plain = TimelapseRequest(prompt="a cat", num_frames=16, steps=25, width=64, height=64, safety=SafetyOptions())
+    attended = dataclasses.replace(plain, safety=SafetyOptions(reattention=True))
+    decode = 16 * 0.06
+    assert calibrated.gpu_seconds("timelapse", plain) == pytest.approx(25 * 32 * 0.004 + decode)
+    assert calibrated.gpu_seconds("timelapse", attended) == pytest.approx(25 * 48 * 0.004 + decode)
 
 
 def test_the_safe_comparison_is_one_gpu_call_reserving_both_clips(tmp_path, monkeypatch):
