@@ -63,7 +63,8 @@ from diffusers.utils import logging as diffusers_logging
 from transformers import CLIPTextConfig, CLIPTextModel
 from transformers.utils import logging as transformers_logging
 
-from pipelines.registry import DDIM_CONFIG, MOTION_ADAPTER_V3
+from pipelines.sd15.models import DDIM_CONFIG
+from pipelines.timelapse.models import MOTION_ADAPTER_V3
 
 # ============================================================================ configuration
 # SD1.5's unet/config.json (stable-diffusion-v1-5, the base MagicTime and ID-Animator ship).
@@ -86,7 +87,7 @@ SD15_CLIP_TEXT = dict(
     max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
 )
 # AnimateDiff v2 (guoyww/animatediff-motion-adapter-v1-5-2, Lightning's layout) is MotionAdapter()'s defaults:
-# the same as v3 (MOTION_ADAPTER_V3, pipelines/registry.py) plus a motion module in the mid-block.
+# the same as v3 (MOTION_ADAPTER_V3, pipelines/timelapse/models.py) plus a motion module in the mid-block.
 MOTION_ADAPTER_V2 = dict(MOTION_ADAPTER_V3, use_motion_mid_block=True)
 # TAESD (madebyollin/taesd) is AutoencoderTiny()'s defaults: 64 channels, decoder blocks (3, 3, 3, 1).
 TAESD: dict = {}
@@ -110,7 +111,7 @@ SAM21_HIERA_TINY = dict(
 )
 
 # The smoke size: the same classes and block layout, channels / 8, one layer per block (a seconds-long run that
-# exercises every code path). SAM 2 there is the studio's own tiny tracker (pipelines/segmentation_models.py).
+# exercises every code path). SAM 2 there is the studio's own tiny tracker (pipelines/segmentation/models.py).
 SMOKE = dict(
     unet=dict(block_out_channels=(40, 80, 160, 160), layers_per_block=1, norm_num_groups=8, cross_attention_dim=96),
     vae=dict(block_out_channels=(16, 32, 64, 64), layers_per_block=1, norm_num_groups=8),
@@ -354,7 +355,7 @@ def generation(run: Run, name: str, layout: str, real_steps: int, guidance: floa
 
 
 def timelapse(run: Run) -> None:
-    """MagicTime as the studio runs it: v3 motion module, DDIM 25 steps, guidance 8.5 (pipelines/timelapse.py)."""
+    """MagicTime as the studio runs it: v3 motion module, DDIM 25 steps, guidance 8.5 (pipelines/timelapse/pipeline.py)."""
     generation(run, "timelapse_25step_cfg", "v3", 25, 8.5, ddim())
 
 
@@ -365,7 +366,7 @@ def timelapse_fast(run: Run) -> None:
 
 
 def identity(run: Run) -> None:
-    """The identity tab: v2 motion module, DDIM 30 steps, guidance 8 (pipelines/identity.py). ID-Animator's face
+    """The identity tab: v2 motion module, DDIM 30 steps, guidance 8 (pipelines/identity/pipeline.py). ID-Animator's face
     adapter is left out: its 16 face tokens are appended to the 77 text tokens instead, the same attention work
     without its own key/value projections (small next to the UNet)."""
     generation(run, "identity_30step_cfg", "v2", 30, 8.0, ddim(), extra_tokens=FACE_TOKENS)
@@ -409,8 +410,8 @@ def sam2_model(run: Run):
     from transformers import Sam2HieraDetConfig, Sam2VideoConfig, Sam2VideoModel, Sam2VisionConfig
 
     if run.size.smoke:
-        from pipelines.cache import ModelCache
-        from pipelines.segmentation_models import SegmentationRegistry
+        from pipelines.core.cache import ModelCache
+        from pipelines.segmentation.models import SegmentationRegistry
 
         model = ModelCache("cpu").get(SegmentationRegistry("tiny").models().tracker)
     else:
@@ -426,10 +427,10 @@ def sam2_model(run: Run):
 
 
 def sam2(run: Run) -> None:
-    """SAM 2 tracking as the studio calls it (pipelines/segmentation.py's Tracker): preprocessing to the model's
+    """SAM 2 tracking as the studio calls it (pipelines/segmentation/pipeline.py's Tracker): preprocessing to the model's
     square, one box prompt on the middle frame, propagation forward then backward over the whole video."""
-    from pipelines.segmentation import Tracker
-    from pipelines.synthetic import make_video
+    from pipelines.segmentation.pipeline import Tracker
+    from pipelines.segmentation.synthetic import make_video
 
     model = sam2_model(run)
     count = run.size.sam2_frames

@@ -37,10 +37,11 @@ import torch
 from diffusers import AnimateDiffPipeline, DDIMScheduler
 from skimage import data
 
-from pipelines.cache import ModelCache
-from pipelines.identity import IdentityPipeline, IdentityRequest
-from pipelines.registry import Registry
-from pipelines.video import to_uint8
+from pipelines.core.cache import ModelCache
+from pipelines.core.video import to_uint8
+from pipelines.identity.models import identity_models
+from pipelines.identity.pipeline import IdentityPipeline, IdentityRequest
+from pipelines.sd15.models import Registry
 
 args = harness.arguments(__doc__.splitlines()[0], steps=30, frames_help="8 to 16")
 
@@ -77,7 +78,7 @@ def timed_identity_report(frames, references):
 
 studio.identity_report = timed_identity_report
 
-models = registry.identity()
+models = identity_models(registry)
 tok, te, vae, unet, image_encoder, processor = (cache.get(c) for c in (
     models.tokenizer, models.text_encoder, models.vae, models.unet, models.image_encoder, models.image_processor))
 bare_pipe = AnimateDiffPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, motion_adapter=None,

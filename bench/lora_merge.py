@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 from diffusers import UNet2DConditionModel
 
-from pipelines.registry import _merge_image_lora
+from pipelines.sd15.lora import merge_image_lora
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--repeats", type=int, default=5)
@@ -56,7 +56,7 @@ print(f"LoRA: {sum(k.endswith('.alpha') for k in speed)} layers, rank {args.rank
 
 merged = copy.deepcopy(base)
 start = time.perf_counter()
-_merge_image_lora(merged, speed, "speed-lora")
+merge_image_lora(merged, speed, "speed-lora")
 print(f"merge (load + fuse, once): {time.perf_counter() - start:.2f} s")
 
 from diffusers import AnimateDiffPipeline  # noqa: E402

@@ -25,10 +25,11 @@ import harness
 import torch
 from diffusers import AnimateDiffPipeline, DDIMScheduler
 
-from pipelines.cache import ModelCache
-from pipelines.registry import Registry
-from pipelines.timelapse import TimelapsePipeline, TimelapseRequest
-from pipelines.video import to_uint8
+from pipelines.core.cache import ModelCache
+from pipelines.core.video import to_uint8
+from pipelines.sd15.models import Registry
+from pipelines.timelapse.models import timelapse_models
+from pipelines.timelapse.pipeline import TimelapsePipeline, TimelapseRequest
 
 args = harness.arguments(__doc__.splitlines()[0], steps=25, frames_help="8 to 16 (longer clips need keyframes)")
 
@@ -39,7 +40,7 @@ cache, registry = ModelCache("cpu"), Registry("tiny")
 request = TimelapseRequest(prompt="a rose bud opens into a full bloom", num_frames=args.frames, steps=args.steps,
                            seed=args.seed, width=64, height=64, safety=None)
 studio = TimelapsePipeline(cache, registry)
-models = registry.timelapse(request.style)
+models = timelapse_models(registry, request.style)
 tok, te, vae, unet = (cache.get(c) for c in (models.tokenizer, models.text_encoder, models.vae, models.unet))
 bare_pipe = AnimateDiffPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, motion_adapter=None,
                                 scheduler=DDIMScheduler.from_config(models.scheduler_config))

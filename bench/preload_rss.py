@@ -6,7 +6,7 @@ through the studio's own composition code (`Engine.preload`: the cache, the regi
 face adapter, the order and the build-input discards) with the real architectures of bench/gpu.py (SD1.5's UNet,
 VAE and CLIP text encoder, AnimateDiff's v3 and v2 motion adapters, OpenCLIP ViT-H/14) and random weights; the
 adapters' files (MagicTime's LoRAs, Hyper-SD's, ID-Animator's face adapter) are random too, in their real layouts,
-from pipelines/tiny.py's writers at full width. No files and no hub: what is measured is composition and holding,
+from pipelines/sd15/tiny.py's writers at full width. No files and no hub: what is measured is composition and holding,
 not reading files (mmap'd safetensors add page cache, not anonymous RSS).
 
     .venv/bin/python bench/preload_rss.py                 # as many groups as fit this machine, then the projection
@@ -36,8 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gpu as architectures  # noqa: E402  (bench/gpu.py: the full-size configs)
 import torch  # noqa: E402
 
-from pipelines import registry as registry_module  # noqa: E402
-from pipelines import tiny  # noqa: E402
+from pipelines.identity import models as identity_models_module
+from pipelines.identity import tiny as animator_tiny
+from pipelines.sd15 import tiny
+from pipelines.timelapse import models as timelapse_models_module
+from pipelines.timelapse import tiny as magictime_tiny
 
 GIB = 2**30
 VIT_H = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16, patch_size=14,
@@ -63,24 +66,13 @@ def peak() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-class FullLoaders(registry_module._TinyLoaders):
+class FullBase:
     """The tiny profile's loaders (the same composition code) with full-size architectures and random weights."""
 
     def clip_text(self, checkpoint: str):
         from transformers import CLIPTextConfig, CLIPTextModel
 
         return CLIPTextModel(CLIPTextConfig(**architectures.SD15_CLIP_TEXT)).to(self.dtype).eval()
-
-    def text_encoder(self, checkpoint: str):
-        from transformers import CLIPTextConfig, CLIPTextModel
-
-        from pipelines.convert.lora import merge_lora_
-        from pipelines.convert.magictime import SwiftLoraConfig, clip_text_module_name, swift_lora_deltas
-
-        model = CLIPTextModel(CLIPTextConfig(**architectures.SD15_CLIP_TEXT))
-        config, weights = tiny.text_encoder_lora_files(model, 1)
-        merge_lora_(model, swift_lora_deltas(SwiftLoraConfig.from_dict(config), weights, rename=clip_text_module_name))
-        return model.to(self.dtype).eval()
 
     def vae(self, checkpoint: str):
         from diffusers import AutoencoderKL
@@ -92,15 +84,31 @@ class FullLoaders(registry_module._TinyLoaders):
 
         return UNet2DConditionModel(**architectures.SD15_UNET).eval()
 
+
+class FullTimelapseLoaders(FullBase, timelapse_models_module.TinyTimelapseLoaders):
+    def text_encoder(self, checkpoint: str):
+        from transformers import CLIPTextConfig, CLIPTextModel
+
+        from pipelines.sd15.lora import merge_lora_
+        from pipelines.sd15.single_file import clip_text_module_name
+        from pipelines.timelapse.convert import SwiftLoraConfig, swift_lora_deltas
+
+        model = CLIPTextModel(CLIPTextConfig(**architectures.SD15_CLIP_TEXT))
+        config, weights = magictime_tiny.text_encoder_lora_files(model, 1)
+        merge_lora_(model, swift_lora_deltas(SwiftLoraConfig.from_dict(config), weights, rename=clip_text_module_name))
+        return model.to(self.dtype).eval()
+
     def motion_adapter(self):
         from diffusers import MotionAdapter
 
-        return MotionAdapter(**registry_module.MOTION_ADAPTER_V3).eval()
+        return MotionAdapter(**timelapse_models_module.MOTION_ADAPTER_V3).eval()
 
+
+class FullIdentityLoaders(FullBase, identity_models_module.TinyIdentityLoaders):
     def motion_adapter_v2(self):
         from diffusers import MotionAdapter
 
-        return MotionAdapter(**registry_module.MOTION_ADAPTER_V2_LAYOUT).eval()
+        return MotionAdapter(**identity_models_module.MOTION_ADAPTER_V2_LAYOUT).eval()
 
     def motion_adapter_lightning(self, steps: int):
         return self.motion_adapter_v2()
@@ -116,8 +124,10 @@ def full_size_engine():
     from studio.settings import Settings
 
     # ID-Animator's face adapter at its real widths: 16 face tokens from ViT-H's 1280-wide tokens into SD1.5's 768.
-    tiny.IMAGE_ENCODER_WIDTH, tiny.RESAMPLER_QUERIES, tiny.CROSS_ATTENTION_DIM = 1280, 16, 768
-    registry_module._TinyLoaders = FullLoaders          # the tiny profile's keys and code paths, full-size models
+    tiny.IMAGE_ENCODER_WIDTH, animator_tiny.RESAMPLER_QUERIES, tiny.CROSS_ATTENTION_DIM = 1280, 16, 768
+    # the tiny profile's keys and code paths, full-size models
+    timelapse_models_module.TinyTimelapseLoaders = FullTimelapseLoaders
+    identity_models_module.TinyIdentityLoaders = FullIdentityLoaders
     settings = Settings(profile="tiny", device="cpu", dtype="float16", vae_dtype="float16", zerogpu=True, vdit=False,
                         output_dir=Path("/tmp/preload-rss"), calibration_path=Path("/tmp/preload-rss/c.json"))
     return Engine(settings)
@@ -133,8 +143,8 @@ def meta_sizes():
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     with init_empty_weights():
         unet = count(UNet2DConditionModel(**architectures.SD15_UNET))
-        v3, v2 = (count(MotionAdapter(**layout)) for layout in (registry_module.MOTION_ADAPTER_V3,
-                                                                registry_module.MOTION_ADAPTER_V2_LAYOUT))
+        v3, v2 = (count(MotionAdapter(**layout)) for layout in (timelapse_models_module.MOTION_ADAPTER_V3,
+                                                                identity_models_module.MOTION_ADAPTER_V2_LAYOUT))
         kinds = {"clip-text": 2 * count(CLIPTextModel(CLIPTextConfig(**architectures.SD15_CLIP_TEXT))),
                  "vae": 2 * count(AutoencoderKL(**architectures.SD15_VAE)), "taesd": 2 * count(AutoencoderTiny()),
                  "clip-vision": 2 * count(CLIPVisionModelWithProjection(CLIPVisionConfig(**VIT_H))),

@@ -25,9 +25,9 @@ import harness
 import numpy as np
 import torch
 
-from pipelines.cache import ModelCache
-from pipelines.registry import Registry
-from pipelines.timelapse import TimelapsePipeline, TimelapseRequest
+from pipelines.core.cache import ModelCache
+from pipelines.sd15.models import Registry
+from pipelines.timelapse.pipeline import TimelapsePipeline, TimelapseRequest
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--repeats", type=int, default=7)

@@ -1,7 +1,7 @@
 """SAM 2 tracking in the studio against a bare transformers SAM 2 run: same masks, speed, memory per frame.
 
 Both use the SAME tiny Sam2VideoModel (one ModelCache, tiny profile), the same synthetic video
-(pipelines/synthetic.py, exact masks), the same box prompt on a mid-video key frame (the target's exact box), the
+(pipelines/segmentation/synthetic.py, exact masks), the same box prompt on a mid-video key frame (the target's exact box), the
 same preprocessing (pipelines.segmentation.preprocess) and a Sam2VideoInferenceSession built with the same arguments.
 The studio is `Tracker(model, frames).run({1: (key, box)}, (), key)`: it prunes state as it goes. The bare run
 is written out below as transformers documents it: box as two points labelled 2 and 3, `model(..., frame_idx=key)`,
@@ -38,10 +38,10 @@ import torch
 import torch.nn.functional as F
 from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoInferenceSession
 
-from pipelines.cache import ModelCache
-from pipelines.segmentation import KEEP_NEAR, Tracker, preprocess
-from pipelines.segmentation_models import SegmentationRegistry
-from pipelines.synthetic import make_video
+from pipelines.core.cache import ModelCache
+from pipelines.segmentation.models import SegmentationRegistry
+from pipelines.segmentation.pipeline import KEEP_NEAR, Tracker, preprocess
+from pipelines.segmentation.synthetic import make_video
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--repeats", type=int, default=7, help="timed runs of each, after one warm-up each")

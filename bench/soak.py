@@ -123,7 +123,7 @@ def client_loop(number: int, url: str, args, deadline: float, records: list, pro
     from gradio_client import Client
     from gradio_client.exceptions import AppError
 
-    from pipelines.video import read_video
+    from pipelines.core.video import read_video
 
     folder = ROOT_TMP / "client" / str(number)
     try:
@@ -222,8 +222,8 @@ def main() -> int:
         print(f"malloc arenas capped at {args.arenas}: {limit_malloc_arenas(args.arenas)}")
     rss_start, threads_start = rss_mib(), proc_status("Threads")
 
-    from pipelines.synthetic import make_video
-    from pipelines.video import write_mp4
+    from pipelines.core.video import write_mp4
+    from pipelines.segmentation.synthetic import make_video
     from studio.demo import build_demo, launch_kwargs
     from studio.engine import Engine
     from studio.settings import Settings

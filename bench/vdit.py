@@ -29,7 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import torch
 
-from pipelines import tiny, vdit
+from pipelines.sd15 import tiny
+from pipelines.segmentation.vdit import model as vdit
+from pipelines.segmentation.vdit import tiny as vdit_tiny
 
 # reference/vdit.md section 7, per frame at 368 x 640 (TFLOP)
 FLOP_VAE, FLOP_UNET, FLOP_CLIP = 1.00, 1.18, 0.34
@@ -65,7 +67,7 @@ def full_size_models(short_side: int, dtype: torch.dtype) -> vdit.VDITModels:
     models = [m.to(dtype).eval() for m in (unet, vae, text, vision, roberta)]
     return vdit.VDITModels(
         unet=models[0], vae=models[1], text_encoder=models[2], tokenizer=tiny.tokenizer(), vision=models[3],
-        vision_processor=CLIPImageProcessorPil(), roberta=models[4], roberta_tokenizer=tiny.roberta_tokenizer(),
+        vision_processor=CLIPImageProcessorPil(), roberta=models[4], roberta_tokenizer=vdit_tiny.roberta_tokenizer(),
         trained=vdit.VDIT().eval(), short_side=short_side)
 
 
@@ -83,7 +85,7 @@ def main() -> None:
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     start = time.perf_counter()
     if args.size == "tiny":
-        models = tiny.vdit_models()
+        models = vdit_tiny.vdit_models()
     else:
         models = full_size_models(128 if args.size == "reduced" else vdit.SHORT_SIDE, dtype)
     for name in ("unet", "vae", "text_encoder", "vision", "roberta"):

@@ -37,8 +37,9 @@ def serve() -> None:
 
 def tab_files(tabs: list[str]) -> list:
     """Every hub file the tabs' defaults need, each once (the two generating tabs share Realistic Vision)."""
-    from pipelines.registry import Registry
-    from pipelines.segmentation_models import DEFAULT_GROUNDER, DEFAULT_TRACKER, SegmentationRegistry
+    from pipelines.identity.models import identity_downloads
+    from pipelines.segmentation.models import DEFAULT_GROUNDER, DEFAULT_TRACKER, SegmentationRegistry
+    from pipelines.timelapse.models import timelapse_downloads
 
     # The segmentation tab's defaults (other grounders and tracker sizes download when first chosen).
     def files_of(tab: str) -> list:
@@ -46,7 +47,7 @@ def tab_files(tabs: list[str]) -> list:
             return SegmentationRegistry("real").downloads(DEFAULT_GROUNDER, DEFAULT_TRACKER)
         if tab == "vdit":
             return SegmentationRegistry.vdit_downloads()
-        return Registry("real").downloads(tab)
+        return {"timelapse": timelapse_downloads, "identity": identity_downloads}[tab]()
 
     files = [f for tab in tabs for f in files_of(tab)]
     return list(dict.fromkeys(files))
@@ -75,8 +76,8 @@ def sizes(tabs: list[str]) -> int:
 def download(tabs: list[str]) -> int:
     """Fetch every hub file the tabs need into the Hugging Face cache (tqdm progress per file).
     Files already cached are not fetched again, so this also checks that a copied cache is complete."""
-    from pipelines.errors import WeightsError
-    from pipelines.hub import IncompleteWeightsError, served_from
+    from pipelines.core.errors import WeightsError
+    from pipelines.core.hub import IncompleteWeightsError, served_from
 
     files = tab_files(tabs)
     for number, file in enumerate(files, start=1):

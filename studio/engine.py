@@ -23,28 +23,34 @@ from typing import Any
 import gradio as gr
 import torch
 
-from pipelines import estimate as estimates
-from pipelines import output_check
-from pipelines.cache import ModelCache
-from pipelines.common import uses_cfg
-from pipelines.errors import Cancelled, InputError, StudioError
-from pipelines.estimate import Estimator, frame_passes, prior_seconds, reservation
-from pipelines.estimate import say as say_estimate
-from pipelines.faces import FaceAnalyzer
-from pipelines.identity import IdentityPipeline
-from pipelines.modes import IDENTITY_MODES, TIMELAPSE_MODES
-from pipelines.output_check import FrameChecker
-from pipelines.registry import LIGHTNING_STEPS, STYLES, Registry
-from pipelines.safety import DEFAULT_CATEGORIES, SafetyGuard, SafetyOptions
-from pipelines.segmentation import SegmentationPipeline
-from pipelines.segmentation_models import GROUNDERS, TRACKERS, SegmentationRegistry
-from pipelines.timelapse import (
-    DEFAULT_STYLE,
-    TimelapsePipeline,
-)
-from pipelines.video import write_mp4
+from pipelines.core import estimate as estimates
+from pipelines.core.cache import ModelCache
+from pipelines.core.errors import Cancelled, InputError, StudioError
+from pipelines.core.estimate import Estimator, prior_seconds, reservation
+from pipelines.core.estimate import say as say_estimate
+from pipelines.core.video import write_mp4
+from pipelines.identity import pipeline as identity_pipeline
+from pipelines.identity.faces import FaceAnalyzer
+from pipelines.identity.models import LIGHTNING_STEPS, identity_models
+from pipelines.identity.pipeline import IdentityPipeline
+from pipelines.safety import output_check
+from pipelines.safety.guard import DEFAULT_CATEGORIES, SafetyGuard, SafetyOptions
+from pipelines.safety.output_check import FrameChecker
+from pipelines.sd15.models import STYLES, Registry
+from pipelines.sd15.modes import IDENTITY_MODES, TIMELAPSE_MODES
+from pipelines.sd15.sampling import uses_cfg
+from pipelines.segmentation.models import GROUNDERS, TRACKERS, SegmentationRegistry
+from pipelines.segmentation.pipeline import SegmentationPipeline
+from pipelines.timelapse import pipeline as timelapse_pipeline
+from pipelines.timelapse.models import timelapse_models
+from pipelines.timelapse.pipeline import DEFAULT_STYLE, TimelapsePipeline
 from studio.memory import give_back_free_memory
 from studio.settings import Settings
+
+# Each generating method's work formula: frames through the UNet per denoising step (the time estimate multiplies it
+# by this device's measured seconds per frame-pass; pipelines/core/estimate.py knows no method). The Safe generation
+# tab runs the time-lapse pipeline.
+FRAME_PASSES = {"timelapse": timelapse_pipeline.frame_passes, "identity": identity_pipeline.frame_passes}
 
 try:  # ZeroGPU: attaches a GPU for the duration of a call; a no-op everywhere else.
     import spaces
@@ -271,12 +277,12 @@ class Engine:
         try:
             modes = TIMELAPSE_MODES if tab == "timelapse" else IDENTITY_MODES
             run_mode = modes[mode]
-            passes = frame_passes(int(frames), uses_cfg(float(guidance)), sliding)
+            passes = FRAME_PASSES[tab](int(frames), uses_cfg(float(guidance)), sliding)
             seconds = self.estimator.seconds(self._rates_key(tab, run_mode), int(steps), passes, int(frames))
             if tab == "timelapse":
-                models = self.registry.timelapse(style, fast=run_mode.fast)
+                models = timelapse_models(self.registry, style, fast=run_mode.fast)
             else:
-                models = self.registry.identity(int(steps) if run_mode.fast else None)
+                models = identity_models(self.registry, int(steps) if run_mode.fast else None)
         except (TypeError, ValueError, KeyError):
             return None, ""
         seconds = None if seconds is None else seconds * runs
@@ -294,11 +300,12 @@ class Engine:
     # ----------------------------------------------------------------- ZeroGPU: reservations and the real device
     def gpu_seconds(self, pipeline: str, job) -> float:
         """This device's estimate of `job`'s GPU work in seconds, loading apart: the rates its earlier runs measured
-        (the same the estimate line uses), or before any, the FLOP-based prior (pipelines/estimate.py)."""
+        (the same the estimate line uses), or before any, the FLOP-based prior (pipelines/core/estimate.py)."""
         if pipeline == "segmentation":
             return self._segmentation_seconds(job)
         run_mode = job.run_mode
-        passes = frame_passes(job.num_frames, uses_cfg(job.guidance), bool(getattr(job, "keyframes", None)))
+        sliding = bool(getattr(job, "keyframes", None))
+        passes = FRAME_PASSES[pipeline](job.num_frames, uses_cfg(job.guidance), sliding)
         if job.safety is not None and job.safety.reattention and uses_cfg(job.guidance):
             passes = passes * 3 // 2              # re-attention adds a third, unguarded branch to the batch
         return self._generation_seconds(self._rates_key(pipeline, run_mode), job.steps, passes, job.num_frames)
@@ -343,7 +350,7 @@ class Engine:
 
     def gpu_reservation(self, pipeline: str, jobs: list) -> int:
         """The seconds of GPU a call running `jobs` reserves on ZeroGPU (`spaces.GPU(duration=...)`), computed the
-        same way on every machine: ceil(margin x estimate + overhead) within floor and cap (pipelines/estimate.py).
+        same way on every machine: ceil(margin x estimate + overhead) within floor and cap (pipelines/core/estimate.py).
         Off Spaces it is what the call would reserve there, reported in `info["gpu_reservation_s"]`."""
         return self._reservation(pipeline, jobs)[1]
 
@@ -388,7 +395,7 @@ class Engine:
     def learn(self, tab: str, steps: int, frames: int, guidance: float, sliding: bool, timings: dict,
               mode: str = "quality") -> None:
         """A finished run's timings refine the rates the next estimate uses."""
-        passes = frame_passes(frames, uses_cfg(guidance), sliding)
+        passes = FRAME_PASSES[tab](frames, uses_cfg(guidance), sliding)
         run_mode = (TIMELAPSE_MODES if tab == "timelapse" else IDENTITY_MODES)[mode]
         self.estimator.record(self._rates_key(tab, run_mode), steps, passes, frames, timings)
 
@@ -398,11 +405,11 @@ class Engine:
         offered. On ZeroGPU all of them are preloaded: a GPU worker keeps nothing it loads."""
         groups = []
         for steps in (None, *LIGHTNING_STEPS):
-            m = self.registry.identity(steps)
+            m = identity_models(self.registry, steps)
             groups.append((m.tokenizer, m.text_encoder, m.vae, m.unet, m.image_encoder, m.image_processor))
         for style in STYLES:
             for fast in (False, True):
-                m = self.registry.timelapse(style, fast=fast)
+                m = timelapse_models(self.registry, style, fast=fast)
                 groups.append((m.tokenizer, m.text_encoder, m.vae, m.unet, m.tiny_vae))
         segmentation = self.pipelines["segmentation"].registry
         for grounder in GROUNDERS:
@@ -423,7 +430,7 @@ class Engine:
         if self.settings.zerogpu:
             groups = self.reachable()
         else:
-            t, i = self.registry.timelapse(DEFAULT_STYLE), self.registry.identity()
+            t, i = timelapse_models(self.registry, DEFAULT_STYLE), identity_models(self.registry)
             m = self.pipelines["segmentation"].registry.models()
             groups = [(t.tokenizer, t.text_encoder, t.vae, t.unet), (i.text_encoder, i.unet, i.image_encoder,
                       i.image_processor), (m.grounder, m.grounder_processor, m.tracker)]

@@ -7,7 +7,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines.registry import COMPILE_MODES, DTYPES, PROFILES, Knobs
+from pipelines.sd15.knobs import COMPILE_MODES, DTYPES, PROFILES, Knobs
 
 DEFAULT_OUTPUT_DIR = Path(tempfile.gettempdir()) / "video-studio"
 SAFETY_MODES = ("on", "enforced")
@@ -45,9 +45,9 @@ class Settings:
     # the 40th visitor wait half an hour; 16 waiting calls of ~30 s each is about the longest wait worth keeping.
     queue_size: int = 16
     max_upload_mb: int = 200              # a 60 s 1080p clip at a generous bitrate is ~100 MB; photos far less
-    # This machine's measured speed (pipelines/estimate.py), kept across restarts; not in output_dir (cleaned hourly).
+    # This machine's measured speed (pipelines/core/estimate.py), kept across restarts; not in output_dir (cleaned hourly).
     calibration_path: Path = field(default_factory=lambda: DEFAULT_CALIBRATION)
-    knobs: Knobs = field(default_factory=Knobs)   # channels-last, torch.compile, VAE tiling (pipelines/registry.py)
+    knobs: Knobs = field(default_factory=Knobs)   # channels-last, torch.compile, VAE tiling (pipelines/sd15/knobs.py)
     vae_dtype: str | None = None          # the VAEs' own dtype (None: `dtype`)
     # Hugging Face Spaces ZeroGPU (SPACES_ZERO_GPU): every GPU call runs in a forked worker that keeps nothing it
     # loads, so everything a visible choice can reach is preloaded, and each call reserves GPU time (studio/engine.py).

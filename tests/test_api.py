@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from gradio_client.exceptions import AppError
 
-from pipelines.video import read_video
+from pipelines.core.video import read_video
 
 
 def frames_of(result) -> np.ndarray:
@@ -84,7 +84,7 @@ def test_system_endpoint_reports_the_cache(client):
 def test_stop_interrupts_the_running_call_of_that_session_only(server):
     from types import SimpleNamespace
 
-    from pipelines.errors import Cancelled
+    from pipelines.core.errors import Cancelled
     from studio.engine import _STOP_FLAGS
 
     engine, _ = server
@@ -104,7 +104,7 @@ def test_the_gpu_call_takes_only_picklable_arguments(server):
 
     import gradio as gr
 
-    from pipelines.timelapse import TimelapseRequest
+    from pipelines.timelapse.pipeline import TimelapseRequest
     from studio.engine import Reporter, run_on_gpu
 
     engine, _ = server

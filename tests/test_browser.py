@@ -94,9 +94,9 @@ FINISHED_JS = "(id) => (document.querySelector(id)?.innerText || '').includes('T
 def _slow_steps(monkeypatch, seconds: float) -> list[int]:
     """Make each time-lapse denoising step take `seconds` (tiny-profile steps take milliseconds). Returns a list
     the step count of every time-lapse call the server starts is appended to."""
-    import pipelines.timelapse
+    import pipelines.timelapse.pipeline
 
-    real_reporter = pipelines.timelapse.step_reporter
+    real_reporter = pipelines.timelapse.pipeline.step_reporter
     started: list[int] = []
 
     def slow_reporter(progress, steps, preview=None):
@@ -108,7 +108,7 @@ def _slow_steps(monkeypatch, seconds: float) -> list[int]:
             return report(*args)
         return on_step_end
 
-    monkeypatch.setattr(pipelines.timelapse, "step_reporter", slow_reporter)
+    monkeypatch.setattr(pipelines.timelapse.pipeline, "step_reporter", slow_reporter)
     return started
 
 
@@ -287,7 +287,7 @@ def test_blurred_frames_offer_another_seed(page, server):
     request with a new seed; after a clean clip it goes away again."""
     import numpy as np
 
-    from pipelines.output_check import FrameChecker
+    from pipelines.safety.output_check import FrameChecker
 
     engine, _ = server
     real_checker = engine.checker

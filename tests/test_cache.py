@@ -8,13 +8,14 @@ import time
 import pytest
 import torch
 
-from pipelines import tiny
-from pipelines.cache import Component, ModelCache, module_nbytes
-from pipelines.registry import Registry
+from pipelines.core import tiny as core_tiny
+from pipelines.core.cache import Component, ModelCache, module_nbytes
+from pipelines.sd15.models import Registry
+from pipelines.timelapse.models import timelapse_models
 
 
 def linear(seed: int, size: int = 64) -> torch.nn.Linear:
-    return tiny.build(torch.nn.Linear, seed, in_features=size, out_features=size)   # weights depend on seed only
+    return core_tiny.build(torch.nn.Linear, seed, in_features=size, out_features=size)   # weights depend on seed only
 
 
 def counted(key: str, seed: int, calls: list, delay: float = 0.0) -> Component:
@@ -31,7 +32,7 @@ LAYER_BYTES = module_nbytes(linear(0))
 
 def test_two_pipelines_asking_for_the_same_component_share_one_object():
     cache = ModelCache("cpu")
-    first, second = Registry("tiny").timelapse("ToonYou"), Registry("tiny").timelapse("ToonYou")
+    first, second = timelapse_models(Registry("tiny"), "ToonYou"), timelapse_models(Registry("tiny"), "ToonYou")
     assert first.text_encoder is not second.text_encoder      # two separate descriptions ...
     with cache.use(first.text_encoder, first.tokenizer) as (te1, tok1):
         pass
@@ -44,7 +45,7 @@ def test_two_pipelines_asking_for_the_same_component_share_one_object():
 
 def test_components_that_differ_get_their_own_entries():
     cache = ModelCache("cpu")
-    toon, real = Registry("tiny").timelapse("ToonYou"), Registry("tiny").timelapse("Realistic Vision")
+    toon, real = timelapse_models(Registry("tiny"), "ToonYou"), timelapse_models(Registry("tiny"), "Realistic Vision")
     assert toon.tokenizer == real.tokenizer and toon.unet != real.unet
     with cache.use(toon.unet, real.unet) as (a, b):
         assert a is not b

@@ -21,8 +21,8 @@ from peft.tuners.tuners_utils import BaseTunerLayer  # noqa: E402
 from PIL import Image  # noqa: E402
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection  # noqa: E402
 
-from pipelines import tiny  # noqa: E402
-from pipelines.convert.id_animator import (  # noqa: E402
+from pipelines.core import tiny as core_tiny
+from pipelines.identity.convert import (
     attn2_names,
     diffusers_ip_adapter_indices,
     identity_lora_state_dict,
@@ -30,7 +30,8 @@ from pipelines.convert.id_animator import (  # noqa: E402
     load_face_adapter,
     split_animator_checkpoint,
 )
-from pipelines.convert.lora import ConversionError  # noqa: E402
+from pipelines.sd15 import tiny
+from pipelines.sd15.lora import ConversionError
 
 UNET_SEED = 11
 RANK = 4
@@ -114,7 +115,7 @@ def tiny_pipe() -> AnimateDiffPipeline:
     motion_unet = UNetMotionModel.from_unet2d(tiny.unet2d(UNET_SEED), tiny.motion_adapter(12))
     config = CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=IMAGE_HIDDEN, intermediate_size=24,
                               num_attention_heads=2, num_hidden_layers=2, projection_dim=16)
-    image_encoder = tiny.build(CLIPVisionModelWithProjection, 13, config=config)
+    image_encoder = core_tiny.build(CLIPVisionModelWithProjection, 13, config=config)
     return AnimateDiffPipeline(
         vae=tiny.vae(14), text_encoder=tiny.text_encoder(15), tokenizer=tiny.tokenizer(), unet=motion_unet,
         motion_adapter=None, scheduler=DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="linear",

@@ -19,10 +19,10 @@ from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel  # no
 from torch.testing import assert_close  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
 
-from pipelines.convert.lora import ConversionError, LoraDelta, merge_lora_  # noqa: E402
-from pipelines.convert.magictime import (  # noqa: E402
+from pipelines.sd15.lora import ConversionError, LoraDelta, merge_lora_
+from pipelines.sd15.single_file import clip_text_state_dict_from_single_file
+from pipelines.timelapse.convert import (
     SwiftLoraConfig,
-    clip_text_state_dict_from_single_file,
     motion_adapter_state_dict,
     spatial_lora_deltas,
     temporal_lora_deltas,

@@ -12,7 +12,7 @@ import pytest
 from diffusers import AnimateDiffPipeline, DDIMScheduler
 from gradio_client import handle_file
 
-from pipelines.identity import AUTHORS_NEGATIVE
+from pipelines.identity.pipeline import AUTHORS_NEGATIVE
 from tests.conftest import ROOT
 
 PHOTO = str(ROOT / "assets" / "examples" / "astronaut.jpg")
@@ -103,7 +103,7 @@ def test_identity_appends_the_negative_suffix_to_what_the_user_writes(client, ca
 def test_the_page_and_choosing_quality_again_give_the_originals_steps_and_guidance(client, tab, steps, guidance):
     """The sliders as the page first shows them, and what picking "Quality" again puts back into them
     (controls.follow_mode reads the mode's defaults): the originals' numbers both times."""
-    from pipelines.modes import IDENTITY_MODES, TIMELAPSE_MODES
+    from pipelines.sd15.modes import IDENTITY_MODES, TIMELAPSE_MODES
 
     quality = (TIMELAPSE_MODES if tab == "timelapse" else IDENTITY_MODES)["quality"]
     assert (quality.default_steps, quality.default_guidance) == (steps, guidance)

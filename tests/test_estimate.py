@@ -7,7 +7,10 @@ import json
 
 import pytest
 
-from pipelines.estimate import Estimator, Rates, frame_passes, say
+from pipelines.core.estimate import Estimator, Rates, say
+from pipelines.identity import pipeline as identity_pipeline
+from pipelines.timelapse import pipeline as timelapse_pipeline
+from pipelines.timelapse.pipeline import frame_passes
 from studio.engine import Engine
 from studio.tabs.timelapse_api import TimelapseAPI
 from tests.conftest import tiny_settings
@@ -20,6 +23,23 @@ from tests.conftest import tiny_settings
 ])
 def test_frame_passes_count_every_window_and_guidance(frames, guided, sliding, passes):
     assert frame_passes(frames, guided, sliding) == passes
+
+
+def test_the_engine_estimates_each_tab_with_its_methods_own_formula(tmp_path):
+    """The estimator knows no method: the engine passes in each method's frame-passes. The identity tab's clip is one
+    window of the motion module (no FreeNoise, whatever `sliding` says); the time-lapse's 24 frames are 3 windows."""
+    from studio import engine as engine_module
+
+    assert engine_module.FRAME_PASSES == {"timelapse": timelapse_pipeline.frame_passes,
+                                          "identity": identity_pipeline.frame_passes}
+    assert identity_pipeline.frame_passes(16, True, True) == 32 and identity_pipeline.frame_passes(12, False) == 12
+    engine = Engine(tiny_settings(tmp_path / "out"))
+    for tab in ("timelapse", "identity"):          # 10 steps x 32 frame-passes in 3.2 s: 0.01 s a frame-pass
+        engine.learn(tab, 10, 16, 7.5, False, {"denoise": 3.2, "decode": 0.0})
+    assert engine.estimate("identity", 10, 16, 7.5, sliding=True)[0] == pytest.approx(3.2)
+    assert engine.estimate("timelapse", 10, 16, 7.5, sliding=True)[0] == pytest.approx(3.2)      # one window
+    assert engine.estimate("timelapse", 10, 24, 7.5, sliding=True)[0] == pytest.approx(9.6)      # three windows
+    assert engine.estimate("timelapse", 10, 16, 1.0, sliding=False)[0] == pytest.approx(1.6)     # no guidance
 
 
 def test_an_estimate_is_the_measured_rates_times_the_work():
@@ -87,7 +107,7 @@ def test_rates_are_kept_per_machine_setting(tmp_path):
 def test_the_duration_zerogpu_calls_with_is_the_engines_reservation(tmp_path):
     """spaces.GPU calls `duration` with the GPU function's own arguments: each GPU function's is the engine's
     reservation for its requests (the formula itself: tests/test_spaces.py)."""
-    from pipelines.timelapse import TimelapseRequest
+    from pipelines.timelapse.pipeline import TimelapseRequest
     from studio.engine import _reserve, _reserve_all
 
     engine = Engine(tiny_settings(tmp_path / "out"))
@@ -110,7 +130,7 @@ def test_the_tiny_decoders_runs_do_not_move_the_full_decoders_estimate(tmp_path)
 
 
 def test_segmentation_rates_are_kept_across_restarts_beside_the_generating_ones(tmp_path):
-    from pipelines.estimate import Estimator
+    from pipelines.core.estimate import Estimator
 
     path = tmp_path / "calibration.json"
     first = Estimator(path)

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.errors import InputError
-from pipelines.metrics import video_scores
-from pipelines.synthetic import make_video
-from studio import evaluate
+from pipelines.core.errors import InputError
+from pipelines.segmentation.metrics import video_scores
+from pipelines.segmentation.synthetic import make_video
+from studio.evaluate import cli
+from studio.evaluate import segmentation as segmentation_eval
 
 SIZE = (48, 64)
 
@@ -30,12 +31,12 @@ def write_palette(folder: Path, labels: np.ndarray) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for k, label in enumerate(labels.astype(np.uint8)):
         image = Image.frombytes("P", label.shape[::-1], label.tobytes())
-        image.putpalette(evaluate.davis_palette())
+        image.putpalette(segmentation_eval.davis_palette())
         image.save(folder / f"{k:05d}.png")
 
 
 def run(capsys, *argv: str) -> tuple[int, list[str], str]:
-    code = evaluate.main(["segmentation", *argv])
+    code = cli.main(["segmentation", *argv])
     captured = capsys.readouterr()
     return code, captured.out.strip().splitlines(), captured.err
 
@@ -47,7 +48,7 @@ def row(lines: list[str], name: str) -> list[str]:
 @pytest.fixture
 def davis(tmp_path) -> tuple[Path, Path, dict]:
     """gt/ and pred/ with two videos: "exact" predicted perfectly, "shifted" 3 px to the right. Returns the
-    expected scores, computed with pipelines.metrics directly."""
+    expected scores, computed with pipelines.segmentation.metrics directly."""
     gt, pred, expected = tmp_path / "gt", tmp_path / "pred", {}
     for name, seed, shift in (("exact", 0, 0), ("shifted", 1, 3)):
         truth = make_video(frames=5, size=SIZE, seed=seed).masks["target"]
@@ -130,16 +131,16 @@ def dataset(tmp_path) -> tuple[Path, dict]:
 
 
 def fake_segmenter(monkeypatch, answer) -> list[tuple]:
-    """Stands in for pipelines.segmentation (another engineer's), recording each call."""
+    """Stands in for pipelines.segmentation.pipeline (another engineer's), recording each call."""
     calls = []
 
     def segment_frames(frames, expression, profile):
         calls.append((frames.shape, frames.dtype, expression, profile))
         return answer(frames, expression)
 
-    module = types.ModuleType("pipelines.segmentation")
+    module = types.ModuleType("pipelines.segmentation.pipeline")
     module.segment_frames = segment_frames
-    monkeypatch.setitem(sys.modules, "pipelines.segmentation", module)
+    monkeypatch.setitem(sys.modules, "pipelines.segmentation.pipeline", module)
     return calls
 
 
@@ -210,7 +211,7 @@ def write_meta_dataset(data: Path, meta_file: Path, expressions: dict[str, tuple
     (data / "Annotations" / "v").mkdir(parents=True)
     for name, label in zip(names, labels.astype(np.uint8), strict=True):
         image = Image.frombytes("P", label.shape[::-1], label.tobytes())
-        image.putpalette(evaluate.davis_palette())
+        image.putpalette(segmentation_eval.davis_palette())
         image.save(data / "Annotations" / "v" / f"{name}.png")
     meta_file.parent.mkdir(parents=True, exist_ok=True)
     meta_file.write_text(json.dumps({"videos": {"v": {

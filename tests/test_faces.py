@@ -16,9 +16,9 @@ from PIL import Image
 from skimage import data
 from skimage.transform import SimilarityTransform
 
-from pipelines import faces as faces_module
-from pipelines.errors import InputError, WeightsError
-from pipelines.faces import (
+from pipelines.core.errors import InputError, WeightsError
+from pipelines.identity import faces as faces_module
+from pipelines.identity.faces import (
     ARCFACE_TEMPLATE_112,
     MAX_PHOTO_PIXELS,
     FaceAnalyzer,
@@ -176,7 +176,7 @@ def test_of_two_faces_the_largest_is_used_with_a_note(analyzer, astronaut, face)
 
 
 def test_models_load_lazily_and_calls_from_threads_agree(analyzer, astronaut, face):
-    code = "import sys, pipelines.faces as f; assert f._MODELS is None and 'dlib' not in sys.modules"
+    code = "import sys, pipelines.identity.faces as f; assert f._MODELS is None and 'dlib' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(analyzer.frame_embedding, [astronaut] * 4))

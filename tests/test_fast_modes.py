@@ -13,24 +13,25 @@ import torch
 from diffusers import DDIMScheduler, EulerDiscreteScheduler, UNetMotionModel
 from gradio_client import handle_file
 
-from pipelines import tiny
-from pipelines.cache import ModelCache
-from pipelines.common import animatediff, decode_frames, decode_with
-from pipelines.convert.lora import merge_lora_
-from pipelines.convert.magictime import SwiftLoraConfig, animatediff_module_name, swift_lora_deltas
-from pipelines.errors import InputError, WeightsError
-from pipelines.identity import IdentityPipeline, IdentityRequest
-from pipelines.registry import (
-    HYPER_SD_LORA,
+from pipelines.core.cache import ModelCache
+from pipelines.core.errors import InputError, WeightsError
+from pipelines.core.video import to_uint8
+from pipelines.identity.models import (
     LIGHTNING,
-    TAESD,
-    Registry,
-    _compose_magic_unet,
-    _merge_image_lora,
+    ensure_identity_available,
+    identity_downloads,
+    identity_models,
     lightning_file,
 )
-from pipelines.timelapse import TimelapsePipeline, TimelapseRequest
-from pipelines.video import to_uint8
+from pipelines.identity.pipeline import IdentityPipeline, IdentityRequest
+from pipelines.sd15 import tiny
+from pipelines.sd15.lora import merge_image_lora, merge_lora_
+from pipelines.sd15.models import TAESD, Registry
+from pipelines.sd15.sampling import animatediff, decode_frames, decode_with
+from pipelines.timelapse import tiny as magictime_tiny
+from pipelines.timelapse.convert import SwiftLoraConfig, animatediff_module_name, swift_lora_deltas
+from pipelines.timelapse.models import HYPER_SD_LORA, compose_magic_unet, timelapse_downloads, timelapse_models
+from pipelines.timelapse.pipeline import TimelapsePipeline, TimelapseRequest
 from tests.conftest import ROOT
 from tests.test_defaults import calls  # noqa: F401  (the AnimateDiffPipeline spy fixture)
 
@@ -60,50 +61,50 @@ def test_a_fast_mode_refuses_what_it_was_not_made_for_naming_its_numbers(request
 
 def test_each_fast_path_is_its_own_cache_entry_naming_its_files():
     registry = Registry("tiny")
-    quality, fast = registry.timelapse("ToonYou"), registry.timelapse("ToonYou", fast=True)
+    quality, fast = timelapse_models(registry, "ToonYou"), timelapse_models(registry, "ToonYou", fast=True)
     assert fast.unet.key == quality.unet.key.replace("|float32", f"|+ByteDance/Hyper-SD/{HYPER_SD_LORA}|float32")
     assert fast.unet.deps == quality.unet.deps                     # one 2-D UNet, one v3 motion adapter, shared
-    lightning = {steps: registry.identity(steps).unet for steps in (4, 8)}
-    assert len({registry.identity().unet.key, lightning[4].key, lightning[8].key}) == 3
+    lightning = {steps: identity_models(registry, steps).unet for steps in (4, 8)}
+    assert len({identity_models(registry).unet.key, lightning[4].key, lightning[8].key}) == 3
     assert f"{LIGHTNING}/{lightning_file(4)}" in lightning[4].key
-    assert registry.identity(4).image_encoder.key == registry.identity().image_encoder.key
-    assert TAESD in quality.tiny_vae.key and quality.tiny_vae == registry.identity().tiny_vae
+    assert identity_models(registry, 4).image_encoder.key == identity_models(registry).image_encoder.key
+    assert TAESD in quality.tiny_vae.key and quality.tiny_vae == identity_models(registry).tiny_vae
     with pytest.raises(ValueError, match="4, 8"):
-        registry.identity(6)
+        identity_models(registry, 6)
 
 
 def test_downloads_list_each_modes_files_and_a_fast_call_names_the_missing_one(monkeypatch, tmp_path):
     from huggingface_hub import constants
 
-    from pipelines.hub import MissingWeightsError
+    from pipelines.core.hub import MissingWeightsError
 
     registry = Registry("real")
     names = lambda files: {f"{f.repo_id}/{f.filename}" for f in files}  # noqa: E731
-    everything = names(registry.downloads("identity"))
+    everything = names(identity_downloads())
     assert {f"{LIGHTNING}/{lightning_file(4)}", f"{LIGHTNING}/{lightning_file(8)}",
             f"{TAESD}/diffusion_pytorch_model.safetensors"} <= everything
-    quality = names(registry.downloads("identity", fast=False, tiny_decoder=False))
+    quality = names(identity_downloads(fast=False, tiny_decoder=False))
     assert not any(LIGHTNING in n or TAESD in n for n in quality)
     assert "guoyww/animatediff-motion-adapter-v1-5-2/config.json" in quality
-    fast = names(registry.downloads("identity", fast=True, steps=4, tiny_decoder=False))
+    fast = names(identity_downloads(fast=True, steps=4, tiny_decoder=False))
     assert f"{LIGHTNING}/{lightning_file(4)}" in fast and f"{LIGHTNING}/{lightning_file(8)}" not in fast
     assert not any("guoyww" in n for n in fast)                  # Lightning replaces v2's motion module
-    assert f"ByteDance/Hyper-SD/{HYPER_SD_LORA}" in names(registry.downloads("timelapse", fast=True))
+    assert f"ByteDance/Hyper-SD/{HYPER_SD_LORA}" in names(timelapse_downloads(fast=True))
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     with pytest.raises(MissingWeightsError, match="AnimateDiff-Lightning"):
-        registry.ensure_available("identity", fast=True, steps=4)
+        ensure_identity_available(registry, fast=True, steps=4)
 
 
 # ----------------------------------------------------------------- the time-lapse keeps v3
 def test_a_v2_layout_motion_module_is_refused_for_the_time_lapse_though_its_lora_would_load_silently():
     unet2d = tiny.unet2d(1)
     v3, v2 = tiny.motion_adapter(2), tiny.motion_adapter(2, mid_block=True)
-    config, weights = tiny.temporal_lora_files(UNetMotionModel.from_unet2d(unet2d, v3), seed=4)
+    config, weights = magictime_tiny.temporal_lora_files(UNetMotionModel.from_unet2d(unet2d, v3), seed=4)
     temporal = swift_lora_deltas(SwiftLoraConfig.from_dict(config), weights, rename=animatediff_module_name)
     merge_lora_(UNetMotionModel.from_unet2d(unet2d, v2), temporal)   # the trap: every layer fits, no error
     with pytest.raises(WeightsError, match="AnimateDiff v2's layout"):
-        _compose_magic_unet(unet2d, v2, {}, temporal)
+        compose_magic_unet(unet2d, v2, {}, temporal)
 
 
 def test_the_speed_lora_merges_into_image_layers_only_with_kohya_scaling():
@@ -111,7 +112,7 @@ def test_the_speed_lora_merges_into_image_layers_only_with_kohya_scaling():
     plain = UNetMotionModel.from_unet2d(unet2d, tiny.motion_adapter(2))
     before = {k: v.clone() for k, v in plain.state_dict().items()}
     speed = tiny.kohya_lora_file(unet2d, seed=5)
-    _merge_image_lora(plain, speed, HYPER_SD_LORA)
+    merge_image_lora(plain, speed, HYPER_SD_LORA)
     after = plain.state_dict()
     layer = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_v"
     key = "lora_unet_" + layer.replace(".", "_")
@@ -132,9 +133,9 @@ def test_a_speed_lora_that_does_not_fit_is_refused_before_the_unet_changes():
     key = next(k for k in speed if k.endswith(".lora_down.weight")).removesuffix(".lora_down.weight")
     wrong = {**speed, **{k.replace(key, "lora_unet_nowhere_block_to_q"): v for k, v in speed.items() if key in k}}
     with pytest.raises(WeightsError, match="does not fit this UNet"):
-        _merge_image_lora(unet, wrong, HYPER_SD_LORA)
+        merge_image_lora(unet, wrong, HYPER_SD_LORA)
     with pytest.raises(WeightsError, match="not only the UNet"):
-        _merge_image_lora(UNetMotionModel.from_unet2d(unet2d, tiny.motion_adapter(2)),
+        merge_image_lora(UNetMotionModel.from_unet2d(unet2d, tiny.motion_adapter(2)),
                           {**speed, "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight":
                            torch.zeros(2, 64), "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight":
                            torch.zeros(64, 2)}, HYPER_SD_LORA)
@@ -175,7 +176,7 @@ def test_same_seed_same_fast_clip_and_fast_differs_from_quality(cache):
 
 
 def test_fast_preview_decodes_with_the_tiny_decoder(cache, monkeypatch):
-    import pipelines.timelapse as timelapse
+    import pipelines.timelapse.pipeline as timelapse
 
     decoders, original = [], timelapse.decode_frames
     def spy(pipe, latents, chunk, vae=None):
@@ -188,13 +189,13 @@ def test_fast_preview_decodes_with_the_tiny_decoder(cache, monkeypatch):
     for mode in ("fast", "fast-preview"):
         pipeline(TimelapseRequest("ice melting", mode=mode, steps=8, guidance=5.0, **SMALL))
     assert decoders[0] is None
-    with cache.use(registry.timelapse("Realistic Vision").tiny_vae) as (taesd,):
+    with cache.use(timelapse_models(registry, "Realistic Vision").tiny_vae) as (taesd,):
         assert decoders[1] is taesd
 
 
 def test_decoding_without_a_pipeline_matches_diffusers_decode_latents():
     vae, taesd = tiny.vae(1), tiny.tiny_vae(2)
-    pipe = animatediff(vae, None, None, None, Registry("tiny").timelapse("ToonYou").scheduler_config)
+    pipe = animatediff(vae, None, None, None, timelapse_models(Registry("tiny"), "ToonYou").scheduler_config)
     latents = torch.randn(1, 4, 5, 8, 8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():                 # diffusers' own path: decode_latents, then its video processor
         video = pipe.decode_latents(latents, decode_chunk_size=2)
@@ -223,7 +224,7 @@ def test_the_live_preview_shows_the_clip_early_and_never_changes_it(cache):
 
 
 def test_the_preview_is_the_predicted_clean_clip_not_the_noisy_latents(cache, monkeypatch):
-    import pipelines.common as common
+    import pipelines.sd15.sampling as common
 
     decoded, steps = [], []
     decode, step = common.decode_with, DDIMScheduler.step
@@ -297,7 +298,7 @@ def test_real_lightning_and_taesd_loaders_read_their_hub_layouts(monkeypatch, tm
     from huggingface_hub import constants
     from safetensors.torch import save_file
 
-    import pipelines.registry as registry
+    import pipelines.identity.models as registry
     from tests.test_real_identity_loading import snapshot
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
@@ -306,17 +307,17 @@ def test_real_lightning_and_taesd_loaders_read_their_hub_layouts(monkeypatch, tm
     monkeypatch.setattr(registry, "MOTION_ADAPTER_V2_LAYOUT", {k: layout[k] for k in registry.MOTION_ADAPTER_V2_LAYOUT})
     written = tiny.motion_adapter(7, mid_block=True)
     save_file(written.state_dict(), snapshot(LIGHTNING) / lightning_file(4))
-    loaded = registry._RealLoaders(torch.float32).motion_adapter_lightning(4)
+    loaded = registry.RealIdentityLoaders(torch.float32).motion_adapter_lightning(4)
     assert loaded.state_dict().keys() == written.state_dict().keys()
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in written.state_dict().items())
     save_file(tiny.motion_adapter(7).state_dict(), snapshot(LIGHTNING) / lightning_file(8))   # v3: no mid-block
     with pytest.raises(WeightsError, match=f"{lightning_file(8)} is not an AnimateDiff-Lightning motion adapter"):
-        registry._RealLoaders(torch.float32).motion_adapter_lightning(8)
+        registry.RealIdentityLoaders(torch.float32).motion_adapter_lightning(8)
 
     taesd = tiny.tiny_vae(3)
     taesd.save_pretrained(snapshot(TAESD))             # config.json + diffusion_pytorch_model.safetensors
     assert {p.name for p in snapshot(TAESD).iterdir()} == {"config.json", "diffusion_pytorch_model.safetensors"}
-    loaded = registry._RealLoaders(torch.float32).tiny_vae()
+    loaded = registry.RealIdentityLoaders(torch.float32).tiny_vae()
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in taesd.state_dict().items())
 
 
@@ -324,16 +325,17 @@ def test_real_fast_magic_unet_reads_hyper_sds_file_and_merges_it_after_magictime
     from huggingface_hub import constants
     from safetensors.torch import save_file
 
-    from pipelines.convert.magictime import spatial_lora_deltas
-    from pipelines.registry import HYPER_SD, SPATIAL_LORA, STYLES, TEMPORAL_LORA, _RealLoaders
+    from pipelines.sd15.models import STYLES
+    from pipelines.timelapse.convert import spatial_lora_deltas
+    from pipelines.timelapse.models import HYPER_SD, SPATIAL_LORA, TEMPORAL_LORA, RealTimelapseLoaders
     from tests.test_real_identity_loading import snapshot
     from tests.test_real_loading import write_swift
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     unet2d, adapter = tiny.unet2d(1), tiny.motion_adapter(2)
     probe = UNetMotionModel.from_unet2d(unet2d, adapter)
-    spatial = tiny.spatial_lora_file(probe, seed=3)
-    config, weights = tiny.temporal_lora_files(probe, seed=4)
+    spatial = magictime_tiny.spatial_lora_file(probe, seed=3)
+    config, weights = magictime_tiny.temporal_lora_files(probe, seed=4)
     magictime = snapshot("BestWishYsh/MagicTime")
     (magictime / SPATIAL_LORA).parent.mkdir(parents=True)
     torch.save(spatial, magictime / SPATIAL_LORA)
@@ -341,10 +343,10 @@ def test_real_fast_magic_unet_reads_hyper_sds_file_and_merges_it_after_magictime
     speed = tiny.kohya_lora_file(unet2d, seed=5)
     save_file(speed, snapshot(HYPER_SD) / HYPER_SD_LORA)
 
-    fast = _RealLoaders(torch.float32).magic_unet(STYLES["ToonYou"], unet2d, adapter, fast=True)
+    fast = RealTimelapseLoaders(torch.float32).magic_unet(STYLES["ToonYou"], unet2d, adapter, fast=True)
     temporal = swift_lora_deltas(SwiftLoraConfig.from_dict(config), weights, rename=animatediff_module_name)
-    expected = _compose_magic_unet(unet2d, adapter, spatial_lora_deltas(spatial), temporal, speed)
-    quality = _RealLoaders(torch.float32).magic_unet(STYLES["ToonYou"], unet2d, adapter)
+    expected = compose_magic_unet(unet2d, adapter, spatial_lora_deltas(spatial), temporal, speed)
+    quality = RealTimelapseLoaders(torch.float32).magic_unet(STYLES["ToonYou"], unet2d, adapter)
     for name, value in expected.state_dict().items():
         assert torch.equal(fast.state_dict()[name], value), name
     assert any(not torch.equal(fast.state_dict()[n], v) for n, v in quality.state_dict().items())
@@ -352,11 +354,11 @@ def test_real_fast_magic_unet_reads_hyper_sds_file_and_merges_it_after_magictime
 
 # ----------------------------------------------------------------- GPU knobs
 def test_knobs_set_up_the_unet_and_vae_as_asked():
-    from pipelines.registry import Knobs
+    from pipelines.sd15.knobs import Knobs
 
     registry = Registry("tiny", knobs=Knobs(channels_last=True, vae_tiling=True))
     cache = ModelCache("cpu")
-    models = registry.timelapse("ToonYou")
+    models = timelapse_models(registry, "ToonYou")
     with cache.use(models.unet, models.vae) as (unet, vae):
         conv = unet.conv_in.weight
         assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
@@ -368,7 +370,7 @@ def test_knobs_set_up_the_unet_and_vae_as_asked():
 
 
 def test_the_identity_unet_attends_with_sdpa_too(cache):
-    models = Registry("tiny").identity(4)
+    models = identity_models(Registry("tiny"), 4)
     with cache.use(models.unet) as (unet,):
         assert {type(p).__name__ for p in unet.attn_processors.values()} <= {"AttnProcessor2_0",
                                                                              "IPAdapterAttnProcessor2_0"}
@@ -376,7 +378,7 @@ def test_the_identity_unet_attends_with_sdpa_too(cache):
 
 # ----------------------------------------------------------------- the timing breakdown, on every tab
 def test_every_tab_reports_where_its_seconds_went(client, tmp_path):
-    from pipelines.video import write_mp4
+    from pipelines.core.video import write_mp4
 
     generating = {"load", "text_encoding", "denoise", "denoise_per_step", "decode", "safety_check", "encode_mp4"}
     *_, info = client.predict(prompt="ice melting", num_frames=8, steps=2, api_name="/timelapse")
@@ -397,7 +399,7 @@ def test_bf16_on_a_cpu_runs_every_generating_path_with_the_vae_in_fp32():
     """The real profile's default on a CPU with bf16 instructions (studio/settings.py): UNets and text encoders in
     bf16, the VAE and TAESD in fp32. Every path runs: guard, keyframes, the face adapter, fast modes, the preview."""
     registry, cache = Registry("tiny", "bfloat16", vae_dtype="float32"), ModelCache("cpu")
-    models = registry.timelapse("ToonYou")
+    models = timelapse_models(registry, "ToonYou")
     with cache.use(models.unet, models.vae, models.tiny_vae) as (unet, vae, taesd):
         assert (unet.dtype, vae.dtype, taesd.dtype) == (torch.bfloat16, torch.float32, torch.float32)
     small = dict(width=64, height=64, num_frames=8)
@@ -417,14 +419,14 @@ def test_bf16_on_a_cpu_runs_every_generating_path_with_the_vae_in_fp32():
 def test_the_compile_knob_compiles_the_unets_and_leaves_the_rest():
     """STUDIO_COMPILE=torch: the motion UNets go through torch.compile when they load (the compile itself happens
     on their first call, minutes on this CPU: not run here); VAEs and encoders are left as they are."""
-    from pipelines.registry import Knobs
+    from pipelines.sd15.knobs import Knobs
 
     registry, cache = Registry("tiny", knobs=Knobs(compile="torch")), ModelCache("cpu")
-    models = registry.identity(4)
+    models = identity_models(registry, 4)
     with cache.use(models.unet, models.vae, models.text_encoder) as (unet, vae, text):
         assert unet._compiled_call_impl is not None
         assert vae._compiled_call_impl is None and text._compiled_call_impl is None
-    plain = Registry("tiny").timelapse("ToonYou")
+    plain = timelapse_models(Registry("tiny"), "ToonYou")
     with cache.use(plain.unet) as (unet,):
         assert unet._compiled_call_impl is None
 
@@ -434,7 +436,7 @@ def test_the_preview_budget_shows_step_one_then_only_what_fits_and_never_the_las
     budget's share of the time so far; never after the last step (the final decode follows)."""
     from types import SimpleNamespace
 
-    from pipelines.common import LivePreview
+    from pipelines.sd15.sampling import LivePreview
 
     def run(budget: float, steps: int = 5) -> list[int]:
         pipe = SimpleNamespace(scheduler=SimpleNamespace(step=lambda *a, **k: SimpleNamespace(

@@ -17,8 +17,8 @@ import pytest
 import torch
 from gradio_client import Client, handle_file
 
-from pipelines.synthetic import make_video
-from pipelines.video import read_video, write_mp4
+from pipelines.core.video import read_video, write_mp4
+from pipelines.segmentation.synthetic import make_video
 from studio.engine import STOPPED, Engine
 from studio.tabs.identity_api import IdentityAPI
 from studio.tabs.safety_api import SafetyAPI
@@ -206,10 +206,10 @@ def small_server(tmp_path_factory):
 def test_a_full_queue_answers_busy_at_once_and_the_studio_serves_after(small_server, monkeypatch, tmp_path):
     from gradio_client.utils import QueueError
 
-    import pipelines.timelapse
+    import pipelines.timelapse.pipeline
 
     engine, url = small_server
-    real = pipelines.timelapse.step_reporter
+    real = pipelines.timelapse.pipeline.step_reporter
     started = threading.Event()
 
     def slow(progress, steps, preview=None):     # each step 0.2 s: the first call holds the GPU queue ~2 s
@@ -221,7 +221,7 @@ def test_a_full_queue_answers_busy_at_once_and_the_studio_serves_after(small_ser
             return report(*args)
         return on_step_end
 
-    monkeypatch.setattr(pipelines.timelapse, "step_reporter", slow)
+    monkeypatch.setattr(pipelines.timelapse.pipeline, "step_reporter", slow)
     clients = [Client(url, verbose=False, download_files=str(tmp_path / str(i))) for i in range(3)]
     running = clients[0].submit(prompt="ice", num_frames=8, steps=10, api_name="/timelapse")
     assert started.wait(60)
@@ -231,7 +231,7 @@ def test_a_full_queue_answers_busy_at_once_and_the_studio_serves_after(small_ser
         clients[2].predict(prompt="ice", num_frames=8, steps=1, api_name="/timelapse")
     assert running.result(timeout=120)[0].endswith(".mp4")
     assert waiting.result(timeout=120)[0].endswith(".mp4")
-    monkeypatch.setattr(pipelines.timelapse, "step_reporter", real)
+    monkeypatch.setattr(pipelines.timelapse.pipeline, "step_reporter", real)
     assert clients[2].predict(prompt="ice", num_frames=8, steps=1, api_name="/timelapse")[0].endswith(".mp4")
 
 

@@ -12,10 +12,12 @@ import torch
 from huggingface_hub import constants
 from safetensors.torch import save_file
 
-import pipelines.hub as hub
-from pipelines.errors import WeightsError
-from pipelines.hub import HubFile, IncompleteWeightsError, check_complete
-from pipelines.registry import MAGICTIME, STYLES
+import pipelines.core.hub as hub
+from pipelines.core.errors import WeightsError
+from pipelines.core.hub import HubFile, IncompleteWeightsError, check_complete
+from pipelines.identity.models import identity_downloads
+from pipelines.sd15.models import MAGICTIME, STYLES
+from pipelines.timelapse.models import timelapse_downloads
 
 REPO, NAME = MAGICTIME, STYLES["ToonYou"]
 
@@ -115,11 +117,10 @@ def test_a_download_that_fails_names_the_repository_the_file_and_the_command(sna
 def test_the_download_command_fetches_an_incomplete_file_again(snapshot, monkeypatch, capsys):
     """`python -m studio download` over a cache with one cut file: that file is fetched again (force), the
     rest are left alone, and the command succeeds."""
-    from pipelines.registry import Registry
     from studio.__main__ import main
     from tests.test_real_loading import write_complete
 
-    files = Registry("real").downloads("timelapse")
+    files = timelapse_downloads()
     for file in files:
         write_complete(snapshot / file.filename)
     whole = (snapshot / NAME).read_bytes()
@@ -191,14 +192,13 @@ def test_the_spaces_front_matter_preloads_exactly_what_the_tabs_download():
     download on someone's first click instead (or fail), a file too many wastes the build. Only files a model
     repository is known to hold belong there (preload_from_hub takes model repositories): the rest (animator.ckpt,
     with the ID-Animator Space as its second source) the studio's own preload fetches at start-up."""
-    from pipelines.registry import Registry
-    from pipelines.segmentation_models import DEFAULT_GROUNDER, DEFAULT_TRACKER, SegmentationRegistry
+    from pipelines.segmentation.models import DEFAULT_GROUNDER, DEFAULT_TRACKER, SegmentationRegistry
     from tests.test_spaces import front_matter
 
     front = front_matter()
     preloaded = {(line.split(" ", 1)[0], name) for line in front["preload_from_hub"]
                  for name in line.split(" ", 1)[1].split(",")}
-    files = [*Registry("real").downloads("timelapse"), *Registry("real").downloads("identity"),
+    files = [*timelapse_downloads(), *identity_downloads(),
              *SegmentationRegistry("real").downloads(DEFAULT_GROUNDER, DEFAULT_TRACKER)]
     assert preloaded == {(f.repo_id, f.filename) for f in files if f.preloadable}
     assert ("ID-Animator/ID-Animator", "animator.ckpt") not in preloaded

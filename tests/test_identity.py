@@ -14,13 +14,14 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 from skimage import data
 
-from pipelines import tiny
-from pipelines.cache import ModelCache
-from pipelines.errors import InputError
-from pipelines.faces import FaceAnalyzer
-from pipelines.identity import IdentityPipeline, IdentityRequest
-from pipelines.registry import Registry
-from pipelines.video import read_video, to_uint8, write_mp4
+from pipelines.core.cache import ModelCache
+from pipelines.core.errors import InputError
+from pipelines.core.video import read_video, to_uint8, write_mp4
+from pipelines.identity.faces import FaceAnalyzer
+from pipelines.identity.models import identity_models
+from pipelines.identity.pipeline import IdentityPipeline, IdentityRequest
+from pipelines.sd15 import tiny
+from pipelines.sd15.models import Registry
 from tests.conftest import ROOT
 
 ASTRONAUT = data.astronaut()
@@ -56,7 +57,7 @@ def test_same_seed_same_frames_and_the_identity_reaches_the_model(pipeline):
 
 def test_several_photos_average_the_projected_face_tokens(pipeline):
     """ID-Animator's identity mixing: the mean of each photo's face tokens, not their concatenation."""
-    models = pipeline.registry.identity()
+    models = identity_models(pipeline.registry)
     faces = pipeline.reference_faces((ASTRONAUT, np.ascontiguousarray(ASTRONAUT[:, ::-1])))
     with pipeline.cache.use(models.unet, models.image_encoder, models.image_processor) as (unet, encoder, processor):
         embeds = pipeline._face_embeds(encoder, processor, faces.crops, guided=True)   # (2, photos, tokens, width)
@@ -69,7 +70,7 @@ def test_several_photos_average_the_projected_face_tokens(pipeline):
 
 def _bare_pipe(pipeline, **components) -> AnimateDiffPipeline:
     """diffusers' own AnimateDiffPipeline around the cached identity components, for reference computations."""
-    models = pipeline.registry.identity()
+    models = identity_models(pipeline.registry)
     names = ("tokenizer", "text_encoder", "vae", "unet", "image_encoder", "image_processor")
     tok, te, vae, unet, encoder, processor = (pipeline.cache.get(getattr(models, n)) for n in names)
     pipe = AnimateDiffPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, motion_adapter=None,
@@ -185,8 +186,8 @@ def test_identity_calls_leave_no_trace_on_the_time_lapse_tab(client, tmp_path):
     fresh = subprocess.run(
         [sys.executable, "-c", (
             "import os, sys; os.environ['HF_HUB_OFFLINE'] = '1'; sys.path.insert(0, '.');"
-            "from pipelines.cache import ModelCache; from pipelines.registry import Registry;"
-            "from pipelines.timelapse import TimelapsePipeline, TimelapseRequest;"
+            "from pipelines.core.cache import ModelCache; from pipelines.sd15.models import Registry;"
+            "from pipelines.timelapse.pipeline import TimelapsePipeline, TimelapseRequest;"
             "f = TimelapsePipeline(ModelCache('cpu'), Registry('tiny'))(TimelapseRequest("
             "prompt='ice melting', steps=2, seed=9, width=64, height=64)).frames;"
             "sys.stdout.buffer.write(f.tobytes())")],

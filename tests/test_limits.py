@@ -6,7 +6,7 @@ import pytest
 from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 
-from pipelines.common import excerpt
+from pipelines.core.checks import excerpt
 from tests.conftest import ROOT
 
 PHOTO = str(ROOT / "assets" / "examples" / "astronaut.jpg")

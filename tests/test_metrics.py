@@ -1,11 +1,11 @@
-"""DAVIS J and F (pipelines/metrics.py) against values worked out by hand."""
+"""DAVIS J and F (pipelines/segmentation/metrics.py) against values worked out by hand."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipelines.metrics import boundary, default_tolerance, disk, f_measure, jaccard, video_scores
+from pipelines.segmentation.metrics import boundary, default_tolerance, disk, f_measure, jaccard, video_scores
 
 
 def square(shape=(96, 128), top=40, left=40, side=10) -> np.ndarray:

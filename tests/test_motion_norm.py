@@ -11,19 +11,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipelines.cache import ModelCache
-from pipelines.motion_norm import PerFrameGroupNorm, norm_each_frame
-from pipelines.registry import Registry
+from pipelines.core.cache import ModelCache
+from pipelines.identity.models import identity_models
+from pipelines.sd15.models import Registry
+from pipelines.sd15.motion_norm import PerFrameGroupNorm, norm_each_frame
+from pipelines.timelapse.models import timelapse_models
 
 
 @pytest.fixture(scope="module")
 def composed():
     cache, registry = ModelCache("cpu"), Registry("tiny")
     return {
-        "magictime": cache.get(registry.timelapse("Realistic Vision").unet),
-        "magictime-fast": cache.get(registry.timelapse("ToonYou", fast=True).unet),
-        "id-animator": cache.get(registry.identity().unet),
-        "lightning": cache.get(registry.identity(4).unet),
+        "magictime": cache.get(timelapse_models(registry, "Realistic Vision").unet),
+        "magictime-fast": cache.get(timelapse_models(registry, "ToonYou", fast=True).unet),
+        "id-animator": cache.get(identity_models(registry).unet),
+        "lightning": cache.get(identity_models(registry, 4).unet),
     }
 
 
@@ -125,7 +127,7 @@ def test_the_whole_unet_differs_from_cross_frame_statistics_on_drifting_latents(
 
 
 def test_id_animators_demo_negative_prompt_is_the_default_and_its_length_is_said_once():
-    from pipelines.identity import AUTHORS_NEGATIVE, NEGATIVE_SUFFIX, IdentityPipeline, IdentityRequest
+    from pipelines.identity.pipeline import AUTHORS_NEGATIVE, NEGATIVE_SUFFIX, IdentityPipeline, IdentityRequest
 
     assert IdentityRequest.negative_prompt == AUTHORS_NEGATIVE
     assert AUTHORS_NEGATIVE.startswith("(deformed iris, deformed pupils, semi-realistic, cgi, 3d, render, sketch, "

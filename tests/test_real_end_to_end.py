@@ -11,7 +11,7 @@
 The files are written from tiny in-memory models, so the loaded components can be compared with what went
 in: weight for weight, and frame for frame against diffusers' AnimateDiffPipeline run on the same modules.
 The one thing the repository does not take from files is the motion adapter's architecture
-(`registry.MOTION_ADAPTER_V3`, full size); the tests point it at the tiny adapter's config.
+(`timelapse_models_module.MOTION_ADAPTER_V3`, full size); the tests point it at the tiny adapter's config.
 """
 
 from __future__ import annotations
@@ -29,24 +29,19 @@ from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter, UNetMot
 from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
 from safetensors.torch import save_file
 
-from pipelines import registry, tiny
-from pipelines.cache import ModelCache
-from pipelines.convert.lora import ConversionError
-from pipelines.convert.magictime import motion_adapter_state_dict
-from pipelines.convert.single_file import harmless_reason
-from pipelines.errors import WeightsError
-from pipelines.registry import (
-    DDIM_CONFIG,
-    MOTION_MODULE,
-    SPATIAL_LORA,
-    STYLES,
-    TEMPORAL_LORA,
-    TEXT_ENCODER_LORA,
-    Registry,
-    _RealLoaders,
-)
-from pipelines.timelapse import DEFAULT_NEGATIVE, DEFAULT_STYLE, TimelapsePipeline, TimelapseRequest
-from pipelines.video import to_uint8
+from pipelines.core import tiny as core_tiny
+from pipelines.core.cache import ModelCache
+from pipelines.core.errors import WeightsError
+from pipelines.core.video import to_uint8
+from pipelines.sd15 import tiny
+from pipelines.sd15.lora import ConversionError
+from pipelines.sd15.models import DDIM_CONFIG, STYLES, RealLoaders, Registry
+from pipelines.sd15.single_file import harmless_reason
+from pipelines.timelapse import models as timelapse_models_module
+from pipelines.timelapse import tiny as magictime_tiny
+from pipelines.timelapse.convert import motion_adapter_state_dict
+from pipelines.timelapse.models import MOTION_MODULE, SPATIAL_LORA, TEMPORAL_LORA, TEXT_ENCODER_LORA, timelapse_models
+from pipelines.timelapse.pipeline import DEFAULT_NEGATIVE, DEFAULT_STYLE, TimelapsePipeline, TimelapseRequest
 from tests.test_motion_norm import fold_frames_in_motion_norms
 from tests.test_real_loading import hub_cache, write_base, write_swift  # noqa: F401  (hub_cache is a fixture)
 
@@ -231,7 +226,7 @@ class Originals:
 
 @pytest.fixture(scope="module")
 def originals() -> Originals:
-    seed = lambda name: tiny.seed_of("end-to-end", name)  # noqa: E731
+    seed = lambda name: core_tiny.seed_of("end-to-end", name)  # noqa: E731
     unet2d, vae, clip = tiny.unet2d(seed("unet")), tiny.vae(seed("vae")), tiny.text_encoder(seed("clip"))
     adapter = tiny.motion_adapter(seed("motion"))
     adapter_config = {k: v for k, v in adapter.config.items() if not k.startswith("_")}
@@ -249,13 +244,13 @@ def originals() -> Originals:
     single_file = {k: v.detach().clone().contiguous() for k, v in single_file.items()}
 
     probe = UNetMotionModel.from_unet2d(unet2d, adapter)   # lays out the adapters' keys
-    temporal_config, temporal = tiny.temporal_lora_files(probe, seed("temporal-lora"))
-    text_config, text = tiny.text_encoder_lora_files(clip, seed("text-lora"))
+    temporal_config, temporal = magictime_tiny.temporal_lora_files(probe, seed("temporal-lora"))
+    text_config, text = magictime_tiny.text_encoder_lora_files(clip, seed("text-lora"))
     return Originals(
         unet2d=unet2d.eval(), vae=vae.eval(), clip=clip.eval(), adapter=adapter.eval(), adapter_config=adapter_config,
         single_file=single_file,
         motion_module={k: v.detach().clone() for k, v in motion_adapter_to_original(adapter.state_dict()).items()},
-        spatial=tiny.spatial_lora_file(probe, seed("spatial-lora")),
+        spatial=magictime_tiny.spatial_lora_file(probe, seed("spatial-lora")),
         temporal_config=temporal_config, temporal=temporal, text_config=text_config, text=text,
     )
 
@@ -275,7 +270,7 @@ def write_magictime(snapshot: Path, o: Originals) -> None:
 @pytest.fixture
 def magictime(hub_cache, originals, monkeypatch) -> Path:
     """A complete MagicTime cache; the motion adapter's architecture is the tiny one's."""
-    monkeypatch.setattr(registry, "MOTION_ADAPTER_V3", originals.adapter_config)
+    monkeypatch.setattr(timelapse_models_module, "MOTION_ADAPTER_V3", originals.adapter_config)
     write_magictime(hub_cache, originals)
     return hub_cache
 
@@ -337,12 +332,12 @@ def _plain(config) -> dict:
 
 def test_real_components_equal_the_originals_with_magictime_adapters(magictime, originals):
     o = originals
-    loaders = _RealLoaders(torch.float32)
+    loaders = RealLoaders(torch.float32)
     unet2d = loaders.unet2d(CHECKPOINT)                  # from_single_file, LDM layout
     _assert_same_weights(unet2d, o.unet2d)
     assert _plain(unet2d.config) == _plain(o.unet2d.config)      # the tiny config.json from the SD1.5 folder
 
-    models = Registry("real").timelapse(STYLE)
+    models = timelapse_models(Registry("real"), STYLE)
     cache = ModelCache("cpu")
     tokenizer, text_encoder, vae, unet = (cache.get(c) for c in
                                           (models.tokenizer, models.text_encoder, models.vae, models.unet))

@@ -32,26 +32,29 @@ from safetensors.torch import save_file
 from skimage import data
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from pipelines import hub as hub_module
-from pipelines import tiny
-from pipelines.cache import ModelCache
-from pipelines.faces import FaceAnalyzer
-from pipelines.hub import MissingWeightsError
-from pipelines.identity import IdentityPipeline, IdentityRequest
-from pipelines.registry import (
+from pipelines.core import hub as hub_module
+from pipelines.core import tiny as core_tiny
+from pipelines.core.cache import ModelCache
+from pipelines.core.hub import MissingWeightsError
+from pipelines.core.video import to_uint8
+from pipelines.identity import tiny as animator_tiny
+from pipelines.identity.faces import FaceAnalyzer
+from pipelines.identity.models import (
     ANIMATOR_CKPT,
     ID_ANIMATOR,
     IDENTITY_CHECKPOINT,
     IMAGE_ENCODER_FILES,
     IP_ADAPTER,
-    MAGICTIME,
     MOTION_ADAPTER_V2,
     MOTION_ADAPTER_V2_FILES,
-    Registry,
-    _RealLoaders,
+    identity_downloads,
+    identity_models,
 )
-from pipelines.timelapse import TimelapsePipeline, TimelapseRequest
-from pipelines.video import to_uint8
+from pipelines.identity.pipeline import IdentityPipeline, IdentityRequest
+from pipelines.sd15 import tiny
+from pipelines.sd15.models import MAGICTIME, RealLoaders, Registry
+from pipelines.timelapse.models import timelapse_models
+from pipelines.timelapse.pipeline import TimelapsePipeline, TimelapseRequest
 from tests.test_motion_norm import fold_frames_in_motion_norms
 from tests.test_real_end_to_end import CHECKPOINT, STYLE, magictime, originals  # noqa: F401  (fixtures)
 from tests.test_real_loading import hub_cache, write_base  # noqa: F401  (hub_cache: magictime's fixture)
@@ -110,10 +113,10 @@ def cached_files() -> set[tuple[str, str]]:
 # ----------------------------------------------------------------- the modules the files are written from
 def image_encoder(seed: int) -> CLIPVisionModelWithProjection:
     """tiny.image_encoder at the real input size: the real profile's processor is CLIP's own (224 px), as the
-    IP-Adapter encoder folder ships no preprocessor config; the width is the one tiny.animator_file reads."""
+    IP-Adapter encoder folder ships no preprocessor config; the width is the one animator_tiny.animator_file reads."""
     config = CLIPVisionConfig(image_size=224, patch_size=32, hidden_size=tiny.IMAGE_ENCODER_WIDTH,
                               intermediate_size=24, num_attention_heads=2, num_hidden_layers=2, projection_dim=16)
-    return tiny.build(CLIPVisionModelWithProjection, seed, config=config).eval()
+    return core_tiny.build(CLIPVisionModelWithProjection, seed, config=config).eval()
 
 
 @dataclass
@@ -129,11 +132,11 @@ class IdentityOriginals:
 
 @pytest.fixture(scope="module")
 def ids(originals) -> IdentityOriginals:
-    seed = lambda name: tiny.seed_of("identity-real", name)  # noqa: E731
+    seed = lambda name: core_tiny.seed_of("identity-real", name)  # noqa: E731
     return IdentityOriginals(
         unet2d=originals.unet2d, vae=originals.vae, clip=originals.clip, single_file=originals.single_file,
         adapter=tiny.motion_adapter(seed("motion-v2")).eval(), image_encoder=image_encoder(seed("image-encoder")),
-        animator=tiny.animator_file(originals.unet2d, seed("animator")),
+        animator=animator_tiny.animator_file(originals.unet2d, seed("animator")),
     )
 
 
@@ -206,7 +209,7 @@ def test_real_profile_makes_an_identity_clip_offline(identity_hub, monkeypatch):
 # ----------------------------------------------------------------- 2: the components are the originals
 def test_real_identity_components_equal_the_files_contents(identity_hub, ids):
     o = ids
-    models = Registry("real").identity()
+    models = identity_models(Registry("real"))
     cache = ModelCache("cpu")
     unet, encoder, te, vae = (cache.get(c) for c in (models.unet, models.image_encoder, models.text_encoder,
                                                      models.vae))
@@ -292,7 +295,7 @@ def test_real_identity_clip_equals_an_independent_diffusers_composition(identity
 def test_the_rv_unet2d_is_shared_with_the_timelapse_tab_and_loads_once(magictime, ids, originals, faces,
                                                                         monkeypatch):
     real = Registry("real")
-    timelapse, identity = real.timelapse(STYLE), real.identity()
+    timelapse, identity = timelapse_models(real, STYLE), identity_models(real)
     assert CHECKPOINT == IDENTITY_CHECKPOINT
     timelapse_unet2d, identity_unet2d = timelapse.unet.deps[0], identity.unet.deps[0]
     assert timelapse_unet2d.key == identity_unet2d.key == f"real|unet2d|{CHECKPOINT}|float32"
@@ -300,8 +303,8 @@ def test_the_rv_unet2d_is_shared_with_the_timelapse_tab_and_loads_once(magictime
 
     write_identity_repos(ids, magictime=False)      # next to the complete MagicTime repository
     reads = []
-    real_unet2d = _RealLoaders.unet2d
-    monkeypatch.setattr(_RealLoaders, "unet2d", lambda self, checkpoint: reads.append(checkpoint)
+    real_unet2d = RealLoaders.unet2d
+    monkeypatch.setattr(RealLoaders, "unet2d", lambda self, checkpoint: reads.append(checkpoint)
                         or real_unet2d(self, checkpoint))
     cache = ModelCache("cpu")
     TimelapsePipeline(cache, real)(TimelapseRequest(prompt="ice melting", width=64, height=64, steps=1))
@@ -364,14 +367,14 @@ def test_downloads_list_exactly_the_files_the_identity_loaders_read(identity_hub
     asked = []
     resolve = hub_module.HubFile.path
     monkeypatch.setattr(hub_module.HubFile, "path", lambda f: asked.append((f.repo_id, f.filename)) or resolve(f))
-    models = Registry("real").identity()
+    models = identity_models(Registry("real"))
     cache = ModelCache("cpu")
     for component in (models.tokenizer, models.text_encoder, models.vae, models.unet, models.image_encoder,
                       models.image_processor):
         cache.get(component)
     assert attempts == []
 
-    downloads = Registry("real").downloads("identity", fast=False, tiny_decoder=False)   # the quality mode's
+    downloads = identity_downloads(fast=False, tiny_decoder=False)   # the quality mode's
     listed = [(f.repo_id, f.filename) for f in downloads]
     assert len(listed) == len(set(listed))
     assert set(listed) == cached_files()       # the minimal cache the loaders ran on above

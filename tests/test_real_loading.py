@@ -13,25 +13,25 @@ import torch
 from huggingface_hub import constants
 from safetensors.torch import save_file
 
-from pipelines import tiny
-from pipelines.cache import ModelCache
-from pipelines.errors import WeightsError
-from pipelines.hub import MissingWeightsError
-from pipelines.registry import (
-    BASE,
-    MAGICTIME,
+from pipelines.core.cache import ModelCache
+from pipelines.core.errors import WeightsError
+from pipelines.core.hub import MissingWeightsError
+from pipelines.sd15 import tiny
+from pipelines.sd15.models import BASE, MAGICTIME, STYLES, Registry
+from pipelines.timelapse import tiny as magictime_tiny
+from pipelines.timelapse.models import (
     MOTION_MODULE,
     SPATIAL_LORA,
-    STYLES,
     TEMPORAL_LORA,
     TEXT_ENCODER_LORA,
-    Registry,
-    _RealLoaders,
+    RealTimelapseLoaders,
+    timelapse_downloads,
+    timelapse_models,
 )
-from pipelines.timelapse import TimelapsePipeline, TimelapseRequest
+from pipelines.timelapse.pipeline import TimelapsePipeline, TimelapseRequest
 from studio.engine import Engine
-from studio.tabs.timelapse_api import TimelapseAPI
 from studio.settings import Settings
+from studio.tabs.timelapse_api import TimelapseAPI
 
 CHECKPOINT = STYLES["ToonYou"]
 
@@ -109,7 +109,7 @@ def test_unreachable_hub_fails_within_seconds(hub_cache, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")   # nothing listens there
     start = time.monotonic()
     with pytest.raises(MissingWeightsError, match="cannot be reached"):
-        Registry("real").timelapse("Realistic Vision").tokenizer.load()
+        timelapse_models(Registry("real"), "Realistic Vision").tokenizer.load()
     assert time.monotonic() - start < 10
 
 
@@ -121,14 +121,14 @@ def test_the_generate_click_gets_the_message_as_a_gradio_error(hub_cache, tmp_pa
 
 
 def test_downloads_name_magictime_files_as_the_reference_lays_them_out():
-    files = {f.filename for f in Registry("real").downloads("timelapse")}
+    files = {f.filename for f in timelapse_downloads()}
     assert {MOTION_MODULE, SPATIAL_LORA, *STYLES.values()} <= files
     for folder in (TEMPORAL_LORA, TEXT_ENCODER_LORA):
         assert f"{folder}/default/adapter_config.json" in files and f"{folder}/default/adapter_model.bin" in files
     assert f"{BASE}/tokenizer/vocab.json" in files
-    quality = Registry("real").downloads("timelapse", fast=False, tiny_decoder=False)
+    quality = timelapse_downloads(fast=False, tiny_decoder=False)
     assert all(f.repo_id == MAGICTIME for f in quality)
-    extra = {(f.repo_id, f.filename) for f in Registry("real").downloads("timelapse")} - {
+    extra = {(f.repo_id, f.filename) for f in timelapse_downloads()} - {
         (f.repo_id, f.filename) for f in quality}
     assert extra == {("ByteDance/Hyper-SD", "Hyper-SD15-8steps-CFG-lora.safetensors"),
                      ("madebyollin/taesd", "config.json"), ("madebyollin/taesd", "diffusion_pytorch_model.safetensors")}
@@ -138,7 +138,7 @@ def test_downloads_name_magictime_files_as_the_reference_lays_them_out():
 def test_tokenizer_that_loads_empty_is_an_error(hub_cache):
     write_base(hub_cache, vocab={"<|startoftext|>": 0, "<|endoftext|>": 1})
     with pytest.raises(WeightsError, match="loaded empty"):
-        _RealLoaders(torch.float32).tokenizer()
+        RealTimelapseLoaders(torch.float32).tokenizer()
 
 
 def test_real_tokenizer_and_text_encoder_with_magictime_lora(hub_cache):
@@ -158,7 +158,7 @@ def test_real_tokenizer_and_text_encoder_with_magictime_lora(hub_cache):
                                                  "use_rslora": False, "swift_type": "LORA"},
                 {f"{target}.lora_A.default.weight": down, f"{target}.lora_B.default.weight": up})
 
-    loaders = _RealLoaders(torch.float32)
+    loaders = RealTimelapseLoaders(torch.float32)
     assert len(loaders.tokenizer()) == len(tiny.tokenizer())
     merged = dict(loaders.text_encoder(CHECKPOINT).named_parameters())
     original = dict(clip.named_parameters())
@@ -173,14 +173,14 @@ def test_real_magic_unet_merges_spatial_4x_and_temporal_lora(hub_cache):
 
     unet2d, adapter = tiny.unet2d(1), tiny.motion_adapter(2)
     plain = UNetMotionModel.from_unet2d(unet2d, adapter)
-    spatial = tiny.spatial_lora_file(plain, seed=3)
+    spatial = magictime_tiny.spatial_lora_file(plain, seed=3)
     (hub_cache / SPATIAL_LORA).parent.mkdir(parents=True)
     torch.save(spatial, hub_cache / SPATIAL_LORA)
-    config, weights = tiny.temporal_lora_files(plain, seed=4)
+    config, weights = magictime_tiny.temporal_lora_files(plain, seed=4)
     config = {**config, "r": tiny.LORA_RANK, "lora_alpha": 3.0, "use_rslora": True}
     write_swift(hub_cache / TEMPORAL_LORA, config, weights)
 
-    merged = dict(_RealLoaders(torch.float32).magic_unet(CHECKPOINT, unet2d, adapter).named_parameters())
+    merged = dict(RealTimelapseLoaders(torch.float32).magic_unet(CHECKPOINT, unet2d, adapter).named_parameters())
     before = dict(plain.named_parameters())
     block = "down_blocks.0.attentions.0.transformer_blocks.0.attn2"
     expected = before[f"{block}.to_out.0.weight"] + 4.0 * (
@@ -201,10 +201,10 @@ def test_download_checks_the_cache_and_names_what_is_missing(hub_cache, capsys):
     assert "Base_Model/stable-diffusion-v1-5/tokenizer/merges.txt" in capsys.readouterr().err
     from tests.test_real_identity_loading import snapshot
 
-    for file in Registry("real").downloads("timelapse"):       # a complete (copied) cache for one tab
+    for file in timelapse_downloads():       # a complete (copied) cache for one tab
         write_complete(snapshot(file.repo_id) / file.filename)
     capsys.readouterr()
     assert main(["download", "--tab", "timelapse"]) == 0
-    assert f"All {len(Registry('real').downloads('timelapse'))} files" in capsys.readouterr().out
+    assert f"All {len(timelapse_downloads())} files" in capsys.readouterr().out
     assert main(["download"]) == 1                             # every tab: the identity tab's files are missing
     assert "ID-Animator/ID-Animator" in capsys.readouterr().err

@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.cache import ModelCache
-from pipelines.hub import MissingWeightsError
-from pipelines.segmentation import SegmentationPipeline, SegmentationRequest
-from pipelines.segmentation_models import (
+from pipelines.core.cache import ModelCache
+from pipelines.core.hub import MissingWeightsError
+from pipelines.segmentation.models import (
     DEFAULT_GROUNDER,
     DEFAULT_TRACKER,
     GROUNDER_FILES,
@@ -25,7 +24,8 @@ from pipelines.segmentation_models import (
     _tiny_grounder_processor,
     _tiny_tracker,
 )
-from pipelines.synthetic import make_video
+from pipelines.segmentation.pipeline import SegmentationPipeline, SegmentationRequest
+from pipelines.segmentation.synthetic import make_video
 from tests.test_real_identity_loading import block_network, cached_files, hub, snapshot  # noqa: F401  (hub: fixture)
 
 

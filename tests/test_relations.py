@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.errors import InputError
-from pipelines.relations import Candidate, Query, parse_expression, resolve
+from pipelines.core.errors import InputError
+from pipelines.segmentation.relations import Candidate, Query, parse_expression, resolve
 
 
 @pytest.mark.parametrize("expression, expected", [

@@ -17,9 +17,9 @@ import pytest
 from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 
-from pipelines.common import MAX_TEXT_CHARS
-from pipelines.synthetic import make_video
-from pipelines.video import write_mp4
+from pipelines.core.checks import MAX_TEXT_CHARS
+from pipelines.core.video import write_mp4
+from pipelines.segmentation.synthetic import make_video
 from tests.conftest import ROOT
 
 PHOTO = ROOT / "assets" / "examples" / "astronaut.jpg"

@@ -12,13 +12,11 @@ import pytest
 import torch
 from skimage import data
 
-from pipelines import safety as safety_module
-from pipelines import tiny
-from pipelines.cache import ModelCache
-from pipelines.errors import InputError
-from pipelines.identity import IdentityPipeline, IdentityRequest
-from pipelines.registry import Registry
-from pipelines.safety import (
+from pipelines.core.cache import ModelCache
+from pipelines.core.errors import InputError
+from pipelines.identity.pipeline import IdentityPipeline, IdentityRequest
+from pipelines.safety import guard as safety_module
+from pipelines.safety.guard import (
     CONCEPTS,
     SafetyGuard,
     SafetyOptions,
@@ -27,7 +25,10 @@ from pipelines.safety import (
     reattend,
     token_projection,
 )
-from pipelines.timelapse import TimelapsePipeline, TimelapseRequest
+from pipelines.sd15 import sampling, tiny
+from pipelines.sd15.models import Registry
+from pipelines.timelapse.models import timelapse_models
+from pipelines.timelapse.pipeline import TimelapsePipeline, TimelapseRequest
 
 DATA = Path(__file__).parents[1].parent / "shared" / "data"
 SIZE = dict(width=64, height=64)
@@ -162,10 +163,9 @@ def timelapse() -> TimelapsePipeline:
 def watch_unet(monkeypatch, pipeline) -> list:
     """What the UNet receives each call: (timestep, encoder_hidden_states). Registered on the cached UNet after
     the guard's own hook, so it sees what the guard hands over."""
-    seen, unet = [], pipeline.cache.get(pipeline.registry.timelapse("Realistic Vision").unet)
-    from pipelines import common
+    seen, unet = [], pipeline.cache.get(timelapse_models(pipeline.registry, "Realistic Vision").unet)
 
-    original = common.animatediff
+    original = sampling.animatediff
 
     def animatediff(*args, **kwargs):
         pipe = original(*args, **kwargs)
@@ -182,7 +182,7 @@ def watch_unet(monkeypatch, pipeline) -> list:
         pipe.__class__ = type("Watched", (pipe.__class__,), {"__call__": call})
         return pipe
 
-    monkeypatch.setattr("pipelines.timelapse.animatediff", animatediff)
+    monkeypatch.setattr("pipelines.timelapse.pipeline.animatediff", animatediff)
     return seen
 
 
@@ -219,7 +219,7 @@ def test_a_projected_token_reaches_the_unet_as_the_hand_projection(timelapse, mo
     plain = seen[0][1][8:]
     seen.clear()
     result = timelapse(request)
-    models = timelapse.registry.timelapse("Realistic Vision")
+    models = timelapse_models(timelapse.registry, "Realistic Vision")
     tok, te = (timelapse.cache.get(c) for c in (models.tokenizer, models.text_encoder))
     plan = timelapse.guard.plan(tok, te, [UNSAFE], SafetyOptions(), 2).prompts[UNSAFE]
     flagged = plan.flagged
@@ -242,7 +242,7 @@ def test_keyframe_stages_are_each_guarded_through_freenoise(timelapse, monkeypat
     result = timelapse(request)
     guarded = [e for _, e in seen]
 
-    models = timelapse.registry.timelapse("Realistic Vision")
+    models = timelapse_models(timelapse.registry, "Realistic Vision")
     tok, te = (timelapse.cache.get(c) for c in (models.tokenizer, models.text_encoder))
     plans = timelapse.guard.plan(tok, te, [lake, war], SafetyOptions(), 2).prompts
     assert plans[war].flagged and "a bloody war" in result.safety["beta"]
@@ -369,7 +369,7 @@ def test_reattention_runs_in_the_sampler_and_changes_the_guarded_frames(timelaps
     assert not np.array_equal(attended.frames, plain.frames)
     # Three branches (uncond, safe, unguarded) on every guarded step; the tiny UNet is 8 wide throughout: s1 only.
     assert calls and set(calls) == {(3, 0.9)}
-    unet = timelapse.cache.get(timelapse.registry.timelapse("Realistic Vision").unet)
+    unet = timelapse.cache.get(timelapse_models(timelapse.registry, "Realistic Vision").unet)
     assert not getattr(unet.up_blocks[0], "s1", None)              # FreeU switched off again after the call
 
 
@@ -391,7 +391,7 @@ def test_bad_guard_options_are_refused_before_any_model_work(options, message):
 @pytest.mark.skipif(not (DATA / "coco-benign-1000.csv").exists(), reason="shared/data is not beside the checkout")
 def test_the_thousand_benign_coco_prompts_go_through_selection_and_projection(timelapse):
     prompts = [row["prompt"] for row in csv.DictReader((DATA / "coco-benign-1000.csv").open())]
-    models = timelapse.registry.timelapse("Realistic Vision")
+    models = timelapse_models(timelapse.registry, "Realistic Vision")
     tok, te = (timelapse.cache.get(c) for c in (models.tokenizer, models.text_encoder))
     guard, seen = SafetyGuard(), 0
     for start in range(0, len(prompts), 100):

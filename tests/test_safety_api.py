@@ -11,10 +11,10 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from skimage import data
 
-from pipelines.errors import InputError
-from pipelines.output_check import FLAG_THRESHOLD, FrameChecker, blur_frames
-from pipelines.safety import SafetyOptions
-from pipelines.video import read_video
+from pipelines.core.errors import InputError
+from pipelines.core.video import read_video
+from pipelines.safety.guard import SafetyOptions
+from pipelines.safety.output_check import FLAG_THRESHOLD, FrameChecker, blur_frames
 from studio.engine import Engine, enforced_floor
 from studio.tabs.identity_api import IdentityAPI
 from studio.tabs.timelapse_api import TimelapseAPI
@@ -182,7 +182,7 @@ def test_the_open_nsfw_model_scores_a_real_photo_as_safe_in_one_batch():
 
 def test_a_frame_is_flagged_from_0_8_on():
     """Open-NSFW's own guidance: above 0.8 is unsafe. The threshold, written out here, is inclusive."""
-    from pipelines.output_check import Verdict
+    from pipelines.safety.output_check import Verdict
 
     assert Verdict((0.79, 0.8, 0.95, 0.2), threshold=FLAG_THRESHOLD).flagged == [1, 2]
     assert FLAG_THRESHOLD == 0.8 and FrameChecker().threshold == 0.8

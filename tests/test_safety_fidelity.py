@@ -1,4 +1,4 @@
-"""SAFREE as the released code computes it, each point written out here independently of pipelines/safety.py: the
+"""SAFREE as the released code computes it, each point written out here independently of pipelines/safety/guard.py: the
 concept phrases, the mask id, what P_I spans, β's tokens and normalisation, both filter formulas, the keyframe t′,
 a pipeline run whose t′ lies strictly between 0 and γ, nothing installed for a benign call, prompts whose scores
 cannot be computed, and an enforced guard that custom concepts cannot weaken (in process and over HTTP)."""
@@ -13,11 +13,12 @@ import pytest
 import torch
 from gradio_client import Client
 
-from pipelines import tiny
-from pipelines.cache import ModelCache
-from pipelines.registry import Registry
-from pipelines.safety import CONCEPTS, GuardPlan, PromptPlan, SafetyGuard, SafetyOptions, filter_steps
-from pipelines.timelapse import TimelapsePipeline, TimelapseRequest
+from pipelines.core.cache import ModelCache
+from pipelines.safety.guard import CONCEPTS, GuardPlan, PromptPlan, SafetyGuard, SafetyOptions, filter_steps
+from pipelines.sd15 import sampling, tiny
+from pipelines.sd15.models import Registry
+from pipelines.timelapse.models import timelapse_models
+from pipelines.timelapse.pipeline import TimelapsePipeline, TimelapseRequest
 from tests.conftest import launched, tiny_settings
 from tests.test_safety import LinearEncoder, basis
 
@@ -32,7 +33,7 @@ def timelapse() -> TimelapsePipeline:
 
 
 def encoders(timelapse):
-    models = timelapse.registry.timelapse("Realistic Vision")
+    models = timelapse_models(timelapse.registry, "Realistic Vision")
     return timelapse.cache.get(models.tokenizer), timelapse.cache.get(models.text_encoder)
 
 
@@ -143,10 +144,9 @@ def test_a_run_whose_t_prime_lies_between_0_and_gamma_guards_exactly_its_first_t
 
 
 def test_a_benign_call_installs_no_wrapper_and_no_hook(timelapse, monkeypatch):
-    from pipelines import common
 
     seen = []
-    original = common.animatediff
+    original = sampling.animatediff
 
     def animatediff(*args, **kwargs):
         pipe = original(*args, **kwargs)
@@ -160,7 +160,7 @@ def test_a_benign_call_installs_no_wrapper_and_no_hook(timelapse, monkeypatch):
         pipe.__class__ = type("Watched", (pipe.__class__,), {"__call__": call})
         return pipe
 
-    monkeypatch.setattr("pipelines.timelapse.animatediff", animatediff)
+    monkeypatch.setattr("pipelines.timelapse.pipeline.animatediff", animatediff)
     benign = timelapse(TimelapseRequest(prompt="ice melting", steps=2, num_frames=8, **SIZE,
                                         safety=SafetyOptions(alpha=1.0)))
     assert benign.safety["flagged_tokens"] == [] and seen[-1] == (False, 0, 0)
@@ -238,7 +238,7 @@ def test_an_enforced_guard_keeps_the_default_guards_steps_whatever_the_filter_op
 
 
 def test_an_enforcing_server_refuses_the_projection_that_leaves_a_toxic_residue(tmp_path):
-    from pipelines.errors import InputError
+    from pipelines.core.errors import InputError
     from studio.engine import Engine
 
     engine = Engine(tiny_settings(tmp_path / "out", safety="enforced"))

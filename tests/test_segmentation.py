@@ -18,11 +18,12 @@ from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from pipelines import mask_export
-from pipelines.cache import ModelCache
-from pipelines.errors import InputError
-from pipelines.relations import Candidate, parse_expression
-from pipelines.segmentation import (
+from pipelines.core.cache import ModelCache
+from pipelines.core.errors import InputError
+from pipelines.core.video import read_video, write_mp4
+from pipelines.segmentation import mask_export
+from pipelines.segmentation.models import GROUNDERS, TRACKERS, SegmentationRegistry
+from pipelines.segmentation.pipeline import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     KEEP_NEAR,
@@ -35,9 +36,8 @@ from pipelines.segmentation import (
     preprocess,
     sample_frames,
 )
-from pipelines.segmentation_models import GROUNDERS, TRACKERS, SegmentationRegistry
-from pipelines.synthetic import make_video
-from pipelines.video import read_video, write_mp4
+from pipelines.segmentation.relations import Candidate, parse_expression
+from pipelines.segmentation.synthetic import make_video
 
 LOW = dict(box_threshold=0.05, text_threshold=0.05)   # the tiny grounder's random scores
 
@@ -168,7 +168,7 @@ def test_several_objects_get_their_own_ids(pipeline, video):
 
 
 def test_regrounding_adds_objects_that_enter_late_with_new_ids(pipeline, video, monkeypatch):
-    from pipelines import segmentation
+    from pipelines.segmentation import pipeline as segmentation
 
     def ground(model, processor, frame, phrase, box_threshold, text_threshold):
         index = next(i for i in range(16) if np.array_equal(video.frames[i], frame))
@@ -218,8 +218,8 @@ def test_segment_endpoint_gives_an_h264_overlay_and_masks_for_every_frame(client
     """The overlay has the input's frame count, size and frame rate; the zip and the COCO RLE hold, for every object
     and every frame, the masks the pipeline makes of the same decoded clip; the area plot's data are those masks'
     areas; info["fps"] is the input's frame rate."""
-    from pipelines.segmentation import MAX_FRAMES, MAX_PIXELS, MAX_SECONDS
-    from pipelines.video import read_clip
+    from pipelines.core.video import read_clip
+    from pipelines.segmentation.pipeline import MAX_FRAMES, MAX_PIXELS, MAX_SECONDS
 
     path = write_mp4(video.frames, tmp_path / "clip.mp4", fps=12)
     overlay, key_image, archive, rle, plot, explanation, info = client.predict(
@@ -353,7 +353,7 @@ def test_bad_clicks_are_refused_naming_the_problem(client, video, tmp_path):
 
 def test_stop_ends_tracking_and_the_next_call_runs(pipeline, video):
     """Stop raises from the progress report at the next frame; the cache stays usable and the next call completes."""
-    from pipelines.errors import Cancelled
+    from pipelines.core.errors import Cancelled
 
     seen = []
 
@@ -386,8 +386,8 @@ def test_stop_during_grounding_ends_the_call_before_anything_is_tracked(pipeline
     made, and the models are unlocked."""
     import threading
 
-    from pipelines import segmentation
-    from pipelines.errors import Cancelled
+    from pipelines.core.errors import Cancelled
+    from pipelines.segmentation import pipeline as segmentation
     from studio.engine import _STOP_FLAGS, Reporter
 
     stop, grounded, trackers, shown = threading.Event(), [], [], []
@@ -423,8 +423,8 @@ def test_stop_during_grounding_ends_the_call_before_anything_is_tracked(pipeline
 
 def test_stop_during_regrounding_ends_the_call_between_frames(pipeline, video, monkeypatch):
     """Re-grounding (objects that enter late) reports per frame too: Stop there ends the call at the next frame."""
-    from pipelines import segmentation
-    from pipelines.errors import Cancelled
+    from pipelines.core.errors import Cancelled
+    from pipelines.segmentation import pipeline as segmentation
 
     calls, shown = [], []
 
@@ -467,7 +467,7 @@ def test_each_grounder_runs_end_to_end_on_the_tiny_profile(pipeline, video, grou
 
 
 def test_grounder_and_tracker_hub_ids_and_classes_are_pinned():
-    from pipelines.segmentation_models import (
+    from pipelines.segmentation.models import (
         DEFAULT_GROUNDER,
         DEFAULT_TRACKER,
         GROUNDER_CLASSES,

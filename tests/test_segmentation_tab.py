@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from pipelines.video import write_mp4
+from pipelines.core.video import write_mp4
 from studio.tabs.segmentation import add_click, show_frame
 
 

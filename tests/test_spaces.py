@@ -19,8 +19,10 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from pipelines import estimate as estimates
-from pipelines.cache import Component, ModelCache
+from pipelines.core import estimate as estimates
+from pipelines.core.cache import Component, ModelCache
+from pipelines.identity.models import identity_models
+from pipelines.timelapse.models import timelapse_models
 from tests.conftest import ROOT, tiny_settings
 
 # The colours and the ZeroGPU Python versions of the Spaces configuration reference / spaces-zerogpu.md.
@@ -78,7 +80,7 @@ def fake_hub(monkeypatch, tmp_path):
     import httpx2
     from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
 
-    import pipelines.hub as hub
+    import pipelines.core.hub as hub
     from tests.test_real_loading import write_complete
 
     holds: dict[tuple[str, str], set[str]] = {}
@@ -107,8 +109,8 @@ def fake_hub(monkeypatch, tmp_path):
 
 
 def test_animator_ckpt_comes_from_the_space_when_the_model_repository_does_not_hold_it(fake_hub, tmp_path):
-    from pipelines.hub import served_from
-    from pipelines.registry import ANIMATOR_FILE
+    from pipelines.core.hub import served_from
+    from pipelines.identity.models import ANIMATOR_FILE
     from studio.engine import Engine
     from studio.tabs import system
 
@@ -126,8 +128,8 @@ def test_animator_ckpt_comes_from_the_space_when_the_model_repository_does_not_h
 
 
 def test_the_model_repository_is_asked_first_and_serves_when_it_has_the_file(fake_hub, tmp_path):
-    from pipelines.hub import served_from
-    from pipelines.registry import ANIMATOR_FILE
+    from pipelines.core.hub import served_from
+    from pipelines.identity.models import ANIMATOR_FILE
 
     fake_hub.holds[("model", "ID-Animator/ID-Animator")] = {"animator.ckpt"}
     fake_hub.holds[("space", "ID-Animator/ID-Animator")] = {"animator.ckpt"}
@@ -137,9 +139,9 @@ def test_the_model_repository_is_asked_first_and_serves_when_it_has_the_file(fak
 
 
 def test_a_failed_transfer_is_not_a_reason_to_ask_the_next_source(fake_hub, monkeypatch):
-    import pipelines.hub as hub
-    from pipelines.errors import WeightsError
-    from pipelines.registry import ANIMATOR_FILE
+    import pipelines.core.hub as hub
+    from pipelines.core.errors import WeightsError
+    from pipelines.identity.models import ANIMATOR_FILE
 
     real = hub.hf_hub_download
 
@@ -155,16 +157,16 @@ def test_a_failed_transfer_is_not_a_reason_to_ask_the_next_source(fake_hub, monk
 
 
 def test_no_source_holding_the_file_is_said_with_every_source(fake_hub):
-    from pipelines.errors import WeightsError
-    from pipelines.registry import ANIMATOR_FILE
+    from pipelines.core.errors import WeightsError
+    from pipelines.identity.models import ANIMATOR_FILE
 
     with pytest.raises(WeightsError, match="ID-Animator/ID-Animator, spaces/ID-Animator/ID-Animator answered"):
         ANIMATOR_FILE.path()
 
 
 def test_the_download_command_and_the_missing_weights_message_name_both_sources(fake_hub, monkeypatch, capsys):
-    import pipelines.hub as hub
-    from pipelines.registry import ANIMATOR_FILE
+    import pipelines.core.hub as hub
+    from pipelines.identity.models import ANIMATOR_FILE
     from studio.__main__ import download
 
     for file in (f for f in __import__("studio.__main__", fromlist=["tab_files"]).tab_files(["identity"])):
@@ -185,7 +187,7 @@ def test_a_blob_pruned_after_packing_reads_as_missing_from_the_hub_cache(tmp_pat
     huggingface_hub then calls the file missing, which is why a call first asks the model cache (next test)."""
     from huggingface_hub import constants
 
-    from pipelines.hub import HubFile
+    from pipelines.core.hub import HubFile
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     repo = tmp_path / "models--org--model"
@@ -201,7 +203,7 @@ def test_a_blob_pruned_after_packing_reads_as_missing_from_the_hub_cache(tmp_pat
 
 
 def test_a_preloaded_model_is_not_declared_missing_once_its_files_are_gone(tmp_path, monkeypatch):
-    from pipelines.hub import MissingWeightsError
+    from pipelines.core.hub import MissingWeightsError
     from studio.engine import Engine
     from studio.tabs.timelapse_api import TimelapseAPI
 
@@ -223,7 +225,7 @@ def test_a_preloaded_model_is_not_declared_missing_once_its_files_are_gone(tmp_p
 def write_rates(path: Path, step_pass_s: float, decode_frame_s: float, other_frame_s: float, engine) -> None:
     keys = {engine._rates_key(tab, mode) for tab, modes in (("timelapse", "TIMELAPSE_MODES"),
                                                             ("identity", "IDENTITY_MODES"))
-            for mode in getattr(__import__("pipelines.modes", fromlist=[modes]), modes).values()}
+            for mode in getattr(__import__("pipelines.sd15.modes", fromlist=[modes]), modes).values()}
     rates = {k: {"step_pass_s": step_pass_s, "decode_frame_s": decode_frame_s, "other_frame_s": other_frame_s,
                  "runs": 1} for k in keys}
     rates["per_unit"] = {engine._unit_key("ground-frame"): 0.2, engine._unit_key("track-frame"): 0.03}
@@ -246,8 +248,8 @@ def calibrated(tmp_path):
 
 
 def test_each_tabs_default_reserves_what_its_calibrated_rates_give(calibrated):
-    from pipelines.identity import IdentityRequest
-    from pipelines.timelapse import TimelapseRequest
+    from pipelines.identity.pipeline import IdentityRequest
+    from pipelines.timelapse.pipeline import TimelapseRequest
 
     engine = calibrated
     timelapse = TimelapseRequest(prompt="ice melting", width=64, height=64)              # 16 frames, 25 steps, CFG
@@ -261,8 +263,8 @@ def test_each_tabs_default_reserves_what_its_calibrated_rates_give(calibrated):
 
 def test_the_longest_time_lapse_is_refused_before_the_gpu_is_asked_with_the_way_out(calibrated, monkeypatch):
     import studio.engine as engine_module
-    from pipelines.errors import InputError
-    from pipelines.timelapse import TimelapseRequest
+    from pipelines.core.errors import InputError
+    from pipelines.timelapse.pipeline import TimelapseRequest
     from studio.tabs.timelapse_api import TimelapseAPI
 
     stages = {0: "a bud", 63: "a rose"}
@@ -278,7 +280,7 @@ def test_the_longest_time_lapse_is_refused_before_the_gpu_is_asked_with_the_way_
 
 
 def test_off_spaces_the_same_figure_is_reported_and_nothing_is_refused(tmp_path):
-    from pipelines.timelapse import TimelapseRequest
+    from pipelines.timelapse.pipeline import TimelapseRequest
     from studio.engine import Engine
 
     settings = tiny_settings(tmp_path / "out")
@@ -299,7 +301,7 @@ def test_the_prior_is_the_references_flop_count_at_the_stated_throughput():
 def test_segmentation_reserves_from_its_measured_per_frame_rates(calibrated):
     import numpy as np
 
-    from pipelines.segmentation import SegmentationRequest
+    from pipelines.segmentation.pipeline import SegmentationRequest
 
     job = SegmentationRequest(frames=np.zeros((100, 8, 8, 3), np.uint8), expression="the dog", fps=10)
     assert calibrated.gpu_reservation("segmentation", [job]) == expected(8 * 0.2 + 100 * 0.03) == 17
@@ -317,8 +319,8 @@ def test_segmentation_reserves_from_its_measured_per_frame_rates(calibrated):
 
 
 def test_reattention_reserves_for_its_third_unet_branch(calibrated):
-    from pipelines.safety import SafetyOptions
-    from pipelines.timelapse import TimelapseRequest
+    from pipelines.safety.guard import SafetyOptions
+    from pipelines.timelapse.pipeline import TimelapseRequest
 
     plain = TimelapseRequest(prompt="a cat", num_frames=16, steps=25, width=64, height=64, safety=SafetyOptions())
     attended = dataclasses.replace(plain, safety=SafetyOptions(reattention=True))
@@ -370,7 +372,7 @@ def test_the_budget_comes_from_the_real_device_inside_the_gpu_worker(tmp_path, m
 
 
 def test_every_gpu_call_sizes_the_cache_for_its_device_before_it_runs(tmp_path, monkeypatch):
-    from pipelines.timelapse import TimelapseRequest
+    from pipelines.timelapse.pipeline import TimelapseRequest
     from studio.engine import Engine, Reporter, run_on_gpu
 
     engine = Engine(tiny_settings(tmp_path / "out"))
@@ -435,18 +437,18 @@ def test_a_fork_while_another_thread_holds_the_cache_can_still_use_it():
 # ----------------------------------------------------------------- start-up: everything reachable, preloaded
 def reachable_keys(engine) -> set[str]:
     """What the UI's choices can reach, enumerated from the choices themselves (not from Engine.reachable)."""
-    from pipelines.modes import IDENTITY_MODES, TIMELAPSE_MODES
-    from pipelines.registry import STYLES
-    from pipelines.segmentation_models import GROUNDERS, TRACKERS
+    from pipelines.sd15.models import STYLES
+    from pipelines.sd15.modes import IDENTITY_MODES, TIMELAPSE_MODES
+    from pipelines.segmentation.models import GROUNDERS, TRACKERS
 
     keys = set()
     for style in STYLES:
         for mode in TIMELAPSE_MODES.values():
-            m = engine.registry.timelapse(style, fast=mode.fast)
+            m = timelapse_models(engine.registry, style, fast=mode.fast)
             keys |= {m.tokenizer.key, m.text_encoder.key, m.vae.key, m.unet.key, m.tiny_vae.key}
     for mode in IDENTITY_MODES.values():
         for steps in mode.steps if mode.fast else (None,):
-            m = engine.registry.identity(steps)
+            m = identity_models(engine.registry, steps)
             keys |= {c.key for c in (m.tokenizer, m.text_encoder, m.vae, m.unet, m.image_encoder, m.image_processor)}
     registry = engine.pipelines["segmentation"].registry
     for grounder in GROUNDERS:
@@ -458,11 +460,11 @@ def reachable_keys(engine) -> set[str]:
 
 def test_every_tab_mode_style_and_example_runs_with_nothing_loaded_inside_the_gpu_call(tmp_path, monkeypatch):
     import studio.engine as engine_module
-    from pipelines.modes import IDENTITY_MODES, TIMELAPSE_MODES
-    from pipelines.registry import STYLES
-    from pipelines.segmentation_models import GROUNDERS, TRACKERS
-    from pipelines.synthetic import make_video
-    from pipelines.video import write_mp4
+    from pipelines.core.video import write_mp4
+    from pipelines.sd15.models import STYLES
+    from pipelines.sd15.modes import IDENTITY_MODES, TIMELAPSE_MODES
+    from pipelines.segmentation.models import GROUNDERS, TRACKERS
+    from pipelines.segmentation.synthetic import make_video
     from studio.engine import Engine
     from studio.tabs import identity, timelapse
     from studio.tabs.identity_api import IdentityAPI
@@ -553,11 +555,11 @@ def test_the_preload_rss_bench_projects_the_whole_preload_without_building_it():
 def test_every_generating_and_segmenting_call_reports_the_reservation_it_asks_for(calibrated, tmp_path):
     import numpy as np
 
-    from pipelines.identity import IdentityRequest
-    from pipelines.segmentation import SegmentationRequest
-    from pipelines.synthetic import make_video
-    from pipelines.timelapse import TimelapseRequest
-    from pipelines.video import read_clip, write_mp4
+    from pipelines.core.video import read_clip, write_mp4
+    from pipelines.identity.pipeline import IdentityRequest
+    from pipelines.segmentation.pipeline import SegmentationRequest
+    from pipelines.segmentation.synthetic import make_video
+    from pipelines.timelapse.pipeline import TimelapseRequest
     from studio.tabs.identity_api import IdentityAPI
     from studio.tabs.segmentation_api import SegmentationAPI
     from studio.tabs.timelapse_api import TimelapseAPI

@@ -1,4 +1,4 @@
-"""Synthetic referring-segmentation videos (pipelines/synthetic.py): exact masks, a distractor, an occlusion."""
+"""Synthetic referring-segmentation videos (pipelines/segmentation/synthetic.py): exact masks, a distractor, an occlusion."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipelines.synthetic import make_video
+from pipelines.segmentation.synthetic import make_video
 
 NAMES = {"target", "distractor", "occluder", "newcomer"}
 

@@ -7,12 +7,12 @@ import time
 import numpy as np
 import pytest
 
-from pipelines.cache import ModelCache
-from pipelines.common import clip_overflow
-from pipelines.errors import Cancelled, InputError
-from pipelines.registry import Registry
-from pipelines.timelapse import TimelapsePipeline, TimelapseRequest, parse_keyframes
-from pipelines.tiny import tokenizer as tiny_tokenizer
+from pipelines.core.cache import ModelCache
+from pipelines.core.errors import Cancelled, InputError
+from pipelines.sd15.models import Registry
+from pipelines.sd15.sampling import clip_overflow
+from pipelines.sd15.tiny import tokenizer as tiny_tokenizer
+from pipelines.timelapse.pipeline import TimelapsePipeline, TimelapseRequest, parse_keyframes
 
 SIZE = dict(width=64, height=64)
 
@@ -135,7 +135,7 @@ def test_bad_requests_are_refused_before_any_model_work(fields, message):
 def test_timings_split_text_encoding_from_denoising_per_step(pipeline, monkeypatch):
     """The info's breakdown: text encoding timed on its own (every encode_prompt call, FreeNoise's too),
     denoising is the rest of the sampling call, and the per-step figure is denoising over the steps."""
-    import pipelines.common as common
+    import pipelines.sd15.sampling as common
 
     calls = []
     real_encode = common.AnimateDiffPipeline.encode_prompt

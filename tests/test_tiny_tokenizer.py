@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from pipelines import tiny
-from pipelines.common import clip_overflow
-from pipelines.identity import NEGATIVE_SUFFIX, PROMPT_SUFFIX
-from pipelines.safety import CONCEPTS
+from pipelines.identity.pipeline import NEGATIVE_SUFFIX, PROMPT_SUFFIX
+from pipelines.safety.guard import CONCEPTS
+from pipelines.sd15 import tiny
+from pipelines.sd15.sampling import clip_overflow
 from tests.conftest import ROOT
 
 TOKENIZER = tiny.tokenizer()

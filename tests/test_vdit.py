@@ -9,7 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipelines import vdit
+from pipelines.sd15 import tiny
+from pipelines.segmentation.vdit import model as vdit
+from pipelines.segmentation.vdit import tiny as vdit_tiny
 
 TINY = vdit.VDITConfig(d_model=32, num_queries=3, layers=2, heads=4, points=2, ffn=64, text_hidden=24,
                        unet_text=48, vision_hidden=40, cross_heads=4, cross_head_dim=8, cross_ffn=20,
@@ -317,7 +319,7 @@ def repository_checkpoint(model: vdit.VDIT, aliases: bool = True) -> dict[str, t
 
 def test_a_checkpoint_in_the_repositorys_layout_loads_every_trained_weight():
     source, target = seeded(vdit.VDIT(TINY), seed=7), vdit.VDIT(TINY)
-    from pipelines.convert.vdit import vdit_state_dict
+    from pipelines.segmentation.vdit.convert import vdit_state_dict
 
     for aliases in (True, False):
         state = vdit_state_dict({"model": repository_checkpoint(source, aliases)}, target)
@@ -327,8 +329,8 @@ def test_a_checkpoint_in_the_repositorys_layout_loads_every_trained_weight():
 
 
 def test_a_checkpoint_that_does_not_fit_names_every_key():
-    from pipelines.convert.lora import ConversionError
-    from pipelines.convert.vdit import vdit_state_dict
+    from pipelines.sd15.lora import ConversionError
+    from pipelines.segmentation.vdit.convert import vdit_state_dict
 
     model = seeded(vdit.VDIT(TINY))
     checkpoint = repository_checkpoint(model)
@@ -373,9 +375,8 @@ def test_clips_images_are_truncated_not_rounded_and_captions_normalised():
 def test_a_clip_is_segmented_end_to_end_deterministically_by_seed_in_chunks():
     import numpy as np
 
-    from pipelines import tiny
 
-    models = tiny.vdit_models()
+    models = vdit_tiny.vdit_models()
     frames = np.random.default_rng(0).integers(0, 256, (5, 72, 96, 3), dtype=np.uint8)
     run = lambda chunk, seed: vdit.segment_clip(models, frames, "the dog on the left", chunk=chunk,  # noqa: E731
                                                 generator=torch.Generator().manual_seed(seed))
@@ -394,7 +395,7 @@ def test_the_segment_endpoint_runs_vdit_with_the_same_outputs_and_its_scores(cli
     import numpy as np
     from gradio_client import handle_file
 
-    from pipelines.video import read_video, write_mp4
+    from pipelines.core.video import read_video, write_mp4
 
     frames = np.random.default_rng(2).integers(0, 256, (6, 48, 64, 3), dtype=np.uint8)
     path = write_mp4(frames, tmp_path / "clip.mp4", fps=8)
@@ -415,7 +416,7 @@ def test_vdit_refuses_clicks_and_unknown_backends_clearly(client, tmp_path):
     import numpy as np
     from gradio_client import handle_file
 
-    from pipelines.video import write_mp4
+    from pipelines.core.video import write_mp4
 
     path = write_mp4(np.zeros((4, 48, 64, 3), np.uint8), tmp_path / "clip.mp4", fps=8)
     with pytest.raises(Exception, match="VD-IT takes no refinement clicks"):
@@ -426,7 +427,7 @@ def test_vdit_refuses_clicks_and_unknown_backends_clearly(client, tmp_path):
 
 
 def test_vdit_downloads_name_every_hub_file_it_reads():
-    from pipelines.segmentation_models import CLIP_H, MODELSCOPE, ROBERTA, VDIT_REPO, SegmentationRegistry
+    from pipelines.segmentation.models import CLIP_H, MODELSCOPE, ROBERTA, VDIT_REPO, SegmentationRegistry
 
     files = {(f.repo_id, f.filename) for f in SegmentationRegistry("real").vdit_downloads()}
     assert {repo for repo, _ in files} == {VDIT_REPO, MODELSCOPE, CLIP_H, ROBERTA}
@@ -473,7 +474,7 @@ def test_the_released_configuration_has_the_checkpoints_30_04_m_trained_paramete
 def test_the_real_loader_reads_the_checkpoint_file_from_the_hub_layout(monkeypatch, tmp_path):
     from huggingface_hub import constants
 
-    from pipelines.segmentation_models import VDIT_CHECKPOINT, VDIT_REPO, _vdit_trained
+    from pipelines.segmentation.models import VDIT_CHECKPOINT, VDIT_REPO, _vdit_trained
     from tests.test_real_identity_loading import snapshot
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
@@ -539,9 +540,8 @@ def test_box_refinement_adds_the_2d_reference_to_xy_first_then_the_whole_box():
 def test_the_texts_are_tokenised_as_the_original_does(monkeypatch):
     import numpy as np
 
-    from pipelines import tiny
 
-    models = tiny.vdit_models()
+    models = vdit_tiny.vdit_models()
     seen = {}
     roberta, clip = models.roberta_tokenizer, models.tokenizer
     models.roberta_tokenizer = lambda texts, **kw: seen.setdefault("roberta", (texts, kw)) and roberta(texts, **kw)
@@ -557,8 +557,8 @@ def test_the_texts_are_tokenised_as_the_original_does(monkeypatch):
 
 
 def test_frozen_keys_in_the_checkpoint_must_be_the_stock_models_own():
-    from pipelines.convert.lora import ConversionError
-    from pipelines.convert.vdit import vdit_state_dict
+    from pipelines.sd15.lora import ConversionError
+    from pipelines.segmentation.vdit.convert import vdit_state_dict
 
     model = seeded(vdit.VDIT(TINY))
     checkpoint = repository_checkpoint(model)
@@ -573,8 +573,7 @@ def test_the_frozen_keys_come_from_the_stock_models_built_from_the_hub_configs(m
     from huggingface_hub import constants
     from transformers import CLIPConfig
 
-    from pipelines import tiny
-    from pipelines.segmentation_models import (
+    from pipelines.segmentation.models import (
         CLIP_H,
         MODELSCOPE,
         ROBERTA,
@@ -587,7 +586,7 @@ def test_the_frozen_keys_come_from_the_stock_models_built_from_the_hub_configs(m
     from tests.test_real_loading import write_complete
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    models = tiny.vdit_models()
+    models = vdit_tiny.vdit_models()
     folder = snapshot(MODELSCOPE)
     models.unet.save_config(folder / "unet")
     models.vae.save_config(folder / "vae")
@@ -617,8 +616,8 @@ def test_the_frozen_keys_come_from_the_stock_models_built_from_the_hub_configs(m
 def test_the_checkpoint_is_found_rather_than_assumed(monkeypatch, tmp_path):
     from huggingface_hub import constants
 
-    from pipelines.errors import WeightsError
-    from pipelines.segmentation_models import VDIT_CHECKPOINT, VDIT_REPO, vdit_checkpoint
+    from pipelines.core.errors import WeightsError
+    from pipelines.segmentation.models import VDIT_CHECKPOINT, VDIT_REPO, vdit_checkpoint
     from tests.test_real_identity_loading import snapshot
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
@@ -640,14 +639,13 @@ def test_the_real_loaders_read_modelscope_clip_h_and_roberta_from_their_hub_layo
     from huggingface_hub import constants
     from transformers import CLIPConfig, CLIPModel
 
-    from pipelines import tiny
-    from pipelines.cache import ModelCache
-    from pipelines.segmentation_models import CLIP_H, MODELSCOPE, ROBERTA, SegmentationRegistry
+    from pipelines.core.cache import ModelCache
+    from pipelines.segmentation.models import CLIP_H, MODELSCOPE, ROBERTA, SegmentationRegistry
     from tests.test_real_identity_loading import snapshot
     from tests.test_real_loading import write_clip_tokenizer
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    models = tiny.vdit_models()
+    models = vdit_tiny.vdit_models()
     folder = snapshot(MODELSCOPE)
     models.unet.save_pretrained(folder / "unet", variant="fp16")
     models.vae.save_pretrained(folder / "vae", variant="fp16")
@@ -663,7 +661,7 @@ def test_the_real_loaders_read_modelscope_clip_h_and_roberta_from_their_hub_layo
     # What roberta-base's repository has: vocab.json, merges.txt and tokenizer.json (no tokenizer_config.json).
     models.roberta_tokenizer.save_pretrained(tmp_path / "roberta-tok")
     (snapshot(ROBERTA) / "tokenizer.json").write_bytes((tmp_path / "roberta-tok" / "tokenizer.json").read_bytes())
-    (snapshot(ROBERTA) / "vocab.json").write_text(json.dumps(tiny._roberta_vocab()))
+    (snapshot(ROBERTA) / "vocab.json").write_text(json.dumps(vdit_tiny._roberta_vocab()))
     (snapshot(ROBERTA) / "merges.txt").write_text("#version: 0.2\n")
 
     parts = SegmentationRegistry("real").vdit()

@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipelines import tiny, vdit
-from pipelines.convert.vdit import vdit_state_dict
+from pipelines.segmentation.vdit import model as vdit
+from pipelines.segmentation.vdit import tiny as vdit_tiny
+from pipelines.segmentation.vdit.convert import vdit_state_dict
 
 
 # ----------------------------------------------------------------- the authors' trained keys
@@ -131,7 +132,7 @@ def test_a_pixel_whose_probability_is_between_0_4_and_0_5_is_not_in_the_mask():
 @pytest.fixture(scope="module")
 def wired():
     """What segment_clip hands each model, recorded on a tiny clip whose resized frame is not a multiple of 16."""
-    models = tiny.vdit_models()
+    models = vdit_tiny.vdit_models()
     frames = np.random.default_rng(0).integers(0, 256, (3, 60, 84, 3), dtype=np.uint8)
     seen = {}
     originals = {name: getattr(vdit, name) for name in ("unet_taps", "vae_tap", "dynamic_masks")}
@@ -228,9 +229,9 @@ def test_memory_maps_are_fused_bicubically_and_offsets_use_the_unpadded_size(wir
 
 
 def test_the_whole_video_can_be_read_in_one_pass_or_in_chunks(monkeypatch):
-    from pipelines.cache import ModelCache
-    from pipelines.segmentation import SegmentationPipeline, SegmentationRequest
-    from pipelines.segmentation_models import SegmentationRegistry
+    from pipelines.core.cache import ModelCache
+    from pipelines.segmentation.models import SegmentationRegistry
+    from pipelines.segmentation.pipeline import SegmentationPipeline, SegmentationRequest
 
     chunks = []
     real = vdit.segment_clip

@@ -96,8 +96,8 @@ reserved: list[int] = []
 original_reserve = engine.reserve
 engine.reserve = lambda *a: reserved.append(original_reserve(*a)) or reserved[-1]
 
-from pipelines.synthetic import make_video  # noqa: E402
-from pipelines.video import write_mp4  # noqa: E402
+from pipelines.core.video import write_mp4
+from pipelines.segmentation.synthetic import make_video
 
 photo = str(ROOT / "assets" / "examples" / "astronaut.jpg")
 clip = str(write_mp4(make_video(frames=8, size=(64, 64)).frames, OUT / "clip.mp4", fps=8))

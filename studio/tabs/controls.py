@@ -7,8 +7,8 @@ from typing import NamedTuple
 
 import gradio as gr
 
-from pipelines.common import MAX_GUIDANCE, MAX_SEED, MAX_STEPS, MIN_GUIDANCE
-from pipelines.modes import refusal
+from pipelines.core.checks import MAX_GUIDANCE, MAX_SEED, MAX_STEPS, MIN_GUIDANCE
+from pipelines.sd15.modes import refusal
 
 
 class Generating(NamedTuple):
@@ -32,7 +32,7 @@ def sampler(tab: str, steps: int, guidance: float) -> tuple[gr.Slider, gr.Slider
 
 
 def mode_choice(modes: dict, elem_id: str, refused: dict[str, str] | None = None) -> gr.Radio:
-    """Quality / Fast / Fast preview: what runs is said under the choice (pipelines/modes.py). A fast path the tab
+    """Quality / Fast / Fast preview: what runs is said under the choice (pipelines/sd15/modes.py). A fast path the tab
     refuses (`refused`: name -> why) gets its reason, where Gradio would only list the choices."""
     info = " · ".join(f"{m.label}: {m.hint or m.what}" for m in modes.values())
     radio = gr.Radio(label="Mode", choices=[(m.label, m.name) for m in modes.values()], value="quality",
@@ -156,7 +156,7 @@ def name_bad_values(demo: gr.Blocks) -> None:
     make something of it: a Textbox turns 12 or ["a"] into the text "12" or "['a']", a Checkbox reads "yes" as
     true, a whole-number Number rounds 1.5 to 2. Its own messages (a slider's range, a choice not in the list)
     pass through."""
-    from pipelines.common import excerpt
+    from pipelines.core.checks import excerpt
 
     for block in demo.blocks.values():
         if not isinstance(block, gr.components.Component) or getattr(block, "_studio_checked", False):
@@ -215,7 +215,7 @@ def _named_data_model(model, name: str, expects: str):
     A subclass with the same fields and schema turns that validation error into the same named message."""
     import pydantic
 
-    from pipelines.common import excerpt
+    from pipelines.core.checks import excerpt
 
     def model_validate(cls, obj, *args, **kwargs):
         try:

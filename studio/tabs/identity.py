@@ -7,9 +7,9 @@ from pathlib import Path
 
 import gradio as gr
 
-from pipelines import identity as id_
-from pipelines.identity import IdentityRequest
-from pipelines.modes import IDENTITY_MODES
+from pipelines.identity import pipeline as id_
+from pipelines.identity.pipeline import IdentityRequest
+from pipelines.sd15.modes import IDENTITY_MODES
 from studio.engine import Engine
 from studio.tabs import controls
 from studio.tabs.identity_api import IdentityAPI, estimate_line

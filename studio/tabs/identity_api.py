@@ -12,11 +12,11 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from pipelines import identity as id_
-from pipelines import output_check
-from pipelines.errors import InputError, StudioError
-from pipelines.faces import load_photo
-from pipelines.identity import IdentityPipeline, IdentityRequest
+from pipelines.core.errors import InputError, StudioError
+from pipelines.identity import pipeline as id_
+from pipelines.identity.faces import load_photo
+from pipelines.identity.pipeline import IdentityPipeline, IdentityRequest
+from pipelines.safety import output_check
 from studio.engine import Engine, previews, queue_wait_seconds, summary_markdown, user_errors, whole
 
 

@@ -6,8 +6,7 @@ from functools import partial
 
 import gradio as gr
 
-from pipelines.modes import REFUSED_TIMELAPSE, TIMELAPSE_MODES
-from pipelines.safety import (
+from pipelines.safety.guard import (
     BETA_TOKENS,
     CONCEPTS,
     DEFAULT_CATEGORIES,
@@ -15,7 +14,8 @@ from pipelines.safety import (
     RELEASED_ORDER,
     SafetyOptions,
 )
-from pipelines.timelapse import TimelapseRequest
+from pipelines.sd15.modes import REFUSED_TIMELAPSE, TIMELAPSE_MODES
+from pipelines.timelapse.pipeline import TimelapseRequest
 from studio.engine import Engine
 from studio.tabs import controls
 from studio.tabs.safety_api import DEFAULT_FRAMES, SafetyAPI, estimate_line

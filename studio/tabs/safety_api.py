@@ -8,8 +8,8 @@ import time
 
 import gradio as gr
 
-from pipelines.safety import DEFAULT_CATEGORIES, SafetyOptions, parse_concepts
-from pipelines.timelapse import TimelapseRequest
+from pipelines.safety.guard import DEFAULT_CATEGORIES, SafetyOptions, parse_concepts
+from pipelines.timelapse.pipeline import TimelapseRequest
 from studio.engine import Engine, queue_wait_seconds, run_all_on_gpu, safety_line, summary_markdown, user_errors, whole
 
 DEFAULT_FRAMES = 8            # a short clip: the point is the comparison, twice the work when compared

@@ -7,10 +7,10 @@ from functools import lru_cache
 
 import gradio as gr
 
-from pipelines import mask_export
-from pipelines.segmentation import MAX_FRAMES, MAX_SECONDS, SegmentationRequest
-from pipelines.segmentation_models import DEFAULT_GROUNDER, DEFAULT_TRACKER, GROUNDERS, TRACKERS
-from pipelines.video import read_video
+from pipelines.core.video import read_video
+from pipelines.segmentation import mask_export
+from pipelines.segmentation.models import DEFAULT_GROUNDER, DEFAULT_TRACKER, GROUNDERS, TRACKERS
+from pipelines.segmentation.pipeline import MAX_FRAMES, MAX_SECONDS, SegmentationRequest
 from studio.engine import VDIT_OFF, Engine
 from studio.tabs import controls
 from studio.tabs.segmentation_api import SegmentationAPI, clicks_markdown

@@ -10,9 +10,11 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from pipelines import mask_export
-from pipelines.errors import InputError
-from pipelines.segmentation import (
+from pipelines.core.errors import InputError
+from pipelines.core.video import read_clip, write_mp4
+from pipelines.segmentation import mask_export
+from pipelines.segmentation.models import DEFAULT_GROUNDER, DEFAULT_TRACKER, VDIT_LICENCE
+from pipelines.segmentation.pipeline import (
     MAX_FRAMES,
     MAX_PIXELS,
     MAX_SECONDS,
@@ -20,8 +22,6 @@ from pipelines.segmentation import (
     SegmentationRequest,
     SegmentationResult,
 )
-from pipelines.segmentation_models import DEFAULT_GROUNDER, DEFAULT_TRACKER, VDIT_LICENCE
-from pipelines.video import read_clip, write_mp4
 from studio.engine import VDIT_OFF, Engine, queue_wait_seconds, run_on_gpu, user_errors, whole
 
 MAX_CLICKS = 64

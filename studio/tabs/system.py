@@ -53,9 +53,11 @@ def hub_sources(engine: Engine) -> str:
     spaces/ID-Animator/ID-Animator", or the order they will be tried in before it was fetched."""
     if engine.settings.profile != "real":
         return ""
-    from pipelines.hub import served_from, source_name
+    from pipelines.core.hub import served_from, source_name
+    from pipelines.identity.models import identity_downloads
+    from pipelines.timelapse.models import timelapse_downloads
 
-    files = [f for tab in ("timelapse", "identity") for f in engine.registry.downloads(tab) if f.fallbacks]
+    files = [f for f in (*timelapse_downloads(), *identity_downloads()) if f.fallbacks]
     said = []
     for file in dict.fromkeys(files):
         served = served_from(file)

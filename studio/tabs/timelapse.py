@@ -7,9 +7,9 @@ from pathlib import Path
 
 import gradio as gr
 
-from pipelines.modes import REFUSED_TIMELAPSE, TIMELAPSE_MODES
-from pipelines.registry import STYLES
-from pipelines.timelapse import CONTEXT_FRAMES, MAX_FRAMES, MIN_FRAMES, TimelapseRequest
+from pipelines.sd15.models import STYLES
+from pipelines.sd15.modes import REFUSED_TIMELAPSE, TIMELAPSE_MODES
+from pipelines.timelapse.pipeline import CONTEXT_FRAMES, MAX_FRAMES, MIN_FRAMES, TimelapseRequest
 from studio.engine import Engine
 from studio.tabs import controls
 from studio.tabs.timelapse_api import TimelapseAPI

@@ -9,7 +9,7 @@ from contextlib import closing
 
 import gradio as gr
 
-from pipelines.timelapse import FPS, TimelapseRequest, parse_keyframes
+from pipelines.timelapse.pipeline import FPS, TimelapseRequest, parse_keyframes
 from studio.engine import Engine, previews, queue_wait_seconds, summary_markdown, user_errors, whole
 
 

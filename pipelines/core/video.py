@@ -1,0 +1,106 @@
+"""Video in and out. One writer for the whole studio: H.264 / yuv420p MP4 that every browser plays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+
+
+def to_uint8(frames: np.ndarray) -> np.ndarray:
+    """(T, H, W, 3) floats in [0, 1] -> uint8, rounding as image libraries do."""
+    if frames.dtype == np.uint8:
+        return frames
+    return (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def write_mp4(frames: np.ndarray, path: str | Path, fps: int = 8, crf: int = 18) -> Path:
+    """Write (T, H, W, 3) uint8 frames as H.264 (yuv420p, +faststart) at `fps`.
+
+    The encoder runs as an ffmpeg subprocess (imageio-ffmpeg's bundled binary) rather than in-process
+    through PyAV: in a process that has just run torch, in-process libx264 produced a different
+    bitstream for the same frames now and then (stale memory read somewhere in the encode path), and
+    same seed => same file is a promise the studio makes. A fresh process costs ~50 ms.
+
+    yuv420p halves chroma resolution, so odd sizes are padded by one edge pixel (repeated) rather than
+    refused: the picture keeps every source pixel.
+    """
+    import imageio_ffmpeg
+
+    frames = to_uint8(np.asarray(frames))
+    if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
+        raise ValueError(f"expected frames shaped (T, H, W, 3), got {frames.shape}")
+    pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
+    if pad_h or pad_w:
+        frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    path = Path(path)
+    writer = imageio_ffmpeg.write_frames(
+        str(path), (frames.shape[2], frames.shape[1]), fps=fps, codec="libx264", pix_fmt_in="rgb24",
+        pix_fmt_out="yuv420p", macro_block_size=1, ffmpeg_log_level="error",
+        output_params=["-crf", str(crf), "-preset", "medium", "-movflags", "+faststart"],
+    )
+    writer.send(None)  # start ffmpeg
+    try:
+        for frame in frames:
+            writer.send(np.ascontiguousarray(frame))
+    finally:
+        writer.close()
+    return path
+
+
+def read_video(path: str | Path) -> tuple[np.ndarray, float, str]:
+    """(frames (T, H, W, 3) uint8, fps, codec name) of a video file."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(stream)])
+        return frames, float(stream.average_rate), stream.codec_context.name
+
+
+def read_clip(path: str | Path, max_frames: int, max_seconds: float, max_pixels: int) -> tuple[np.ndarray, float]:
+    """(frames (T, H, W, 3) uint8, fps) of an uploaded video, refused with a message a person can act on when it
+    is not a video, has no video stream or no frame, or is over the caps (checked on the header before decoding,
+    and again while decoding: headers can lie)."""
+    from pipelines.core.errors import InputError
+
+    name = Path(path).name
+    try:
+        container = av.open(str(path))
+    except Exception as error:   # PyAV raises several kinds for files that are not media
+        raise InputError(f"{name} is not a video we can read ({type(error).__name__}).") from None
+    with container:
+        if not container.streams.video:
+            kinds = ", ".join(sorted({s.type for s in container.streams})) or "nothing"
+            raise InputError(f"{name} has no video stream (it holds {kinds}): upload a video file.")
+        if container.format.name == "image2" or container.format.name.endswith("_pipe"):
+            # FFmpeg reads a photo as a one-frame "video"; a person who uploads one has picked the wrong file.
+            raise InputError(f"{name} is a still image ({container.streams.video[0].codec_context.name}), not a "
+                             "video: upload a video clip.")
+        stream = container.streams.video[0]
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if width * height > max_pixels:
+            raise InputError(f"{name} is {width}×{height}; the studio takes videos up to {max_pixels / 1e6:.1f} "
+                             "megapixels a frame (1080p). Downscale it first.")
+        seconds = float(stream.duration * stream.time_base) if stream.duration else (
+            container.duration / av.time_base if container.duration else None)
+        if seconds is not None and seconds > max_seconds:
+            raise InputError(f"{name} is {seconds:.0f} s long; the studio segments at most {max_seconds:.0f} s. "
+                             "Trim it first.")
+        fps = float(stream.average_rate or 8)
+        frames = []
+        try:
+            for frame in container.decode(stream):
+                if len(frames) == max_frames:
+                    raise InputError(f"{name} has more than {max_frames} frames; the studio segments at most "
+                                     f"{max_frames}. Trim it or lower its frame rate.")
+                frames.append(frame.to_ndarray(format="rgb24"))
+        except InputError:
+            raise
+        except Exception as error:
+            if not frames:
+                raise InputError(f"{name} could not be decoded ({type(error).__name__}): the file may be "
+                                 "corrupt.") from None
+            # a truncated file: keep what decoded
+    if not frames:
+        raise InputError(f"{name} has no frames we can decode.")
+    return np.stack(frames), fps
