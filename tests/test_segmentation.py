@@ -36,7 +36,7 @@ from pipelines.segmentation.pipeline import (
     preprocess,
     sample_frames,
 )
-from pipelines.segmentation.relations import Candidate, parse_expression
+from pipelines.segmentation.relations import Candidate, iou, parse_expression
 from pipelines.segmentation.synthetic import make_video
 
 LOW = dict(box_threshold=0.05, text_threshold=0.05)   # the tiny grounder's random scores
@@ -151,8 +151,10 @@ def test_the_key_frame_is_the_best_resolved_frame_not_frame_0():
         5: [Candidate((12, 10, 22, 20), 0.8), Candidate((50, 10, 60, 20), 0.4)],   # the leftmost scores 0.8
         9: [],
     }
-    frame, choice = key_frame(query, boxes, 128, 96)
+    frame, choice, agreement = key_frame(query, boxes, 128, 96)
     assert frame == 5 and choice.chosen == (0,) and "frame 5" in choice.reason
+    # frame 0's 0.3 box is under half its best (no candidate): it sees 1 dog, frame 5 sees 2; the tie goes to 2
+    assert agreement.count == 2 and agreement.frames == [5] and "disagree on how many dogs" in agreement.notes[0]
     with pytest.raises(InputError, match="No “dog” found in the 2 frame"):
         key_frame(query, {0: [], 3: []}, 128, 96)
     with pytest.raises(InputError, match="Only 1 dog found on frame 0"):
@@ -165,6 +167,48 @@ def test_several_objects_get_their_own_ids(pipeline, video):
     x = [c.box[0] + c.box[2] for c in result.chosen]
     assert x == sorted(x)                                                     # ids left to right
     assert len({mask_export.colour(i) for i in result.object_ids}) == 2
+
+
+def box_of_mask(mask) -> tuple[float, ...]:
+    ys, xs = np.nonzero(mask)
+    return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
+
+
+def test_an_occluded_target_on_some_frames_does_not_hand_its_words_to_another_object(pipeline, video, monkeypatch):
+    """A grounder like the real one: both red discs, labelled, except on the frames where the occluder hides the
+    left (target) disc, where it finds the right one alone and scores it best of all. "The red disc on the left" on
+    those frames is the right disc: the key frame must come from the frames that agree (both discs seen), and the
+    target be tracked; the explanation says the frames disagreed."""
+    from pipelines.segmentation import pipeline as segmentation
+
+    hidden = set(video.occluded_frames)
+    assert hidden & set(segmentation.sample_frames(16, 8)) == {2, 4}
+
+    def ground(model, processor, frame, phrase, box_threshold, text_threshold):
+        index = next(i for i in range(16) if np.array_equal(video.frames[i], frame))
+        found = [Candidate(box_of_mask(video.masks["distractor"][index]), 0.95 if index in hidden else 0.6, "disc")]
+        if index not in hidden:
+            found.append(Candidate(box_of_mask(video.masks["target"][index]), 0.7, "red disc"))
+        return found
+
+    def run(self, prompts, clicks, key):      # exact masks of whichever disc each prompt's box is on
+        names = ("target", "distractor")
+        return {i: video.masks[max(names, key=lambda n: iou(box, box_of_mask(video.masks[n][frame])))]
+                for i, (frame, box) in prompts.items()}
+
+    monkeypatch.setattr(segmentation, "ground", ground)
+    monkeypatch.setattr(segmentation.Tracker, "run", run)
+    result = pipeline(SegmentationRequest(frames=video.frames, expression="the red disc on the left"))
+    assert result.key_frame not in hidden and result.object_ids == [1]
+    assert np.array_equal(result.masks[0], video.masks["target"])
+    assert any("disagree on how many red discs" in w and "1 on frames 2, 4" in w for w in result.warnings)
+    assert result.disagree
+
+
+def test_words_the_rules_do_not_read_are_refused_by_a_grounder_that_reads_phrases_only(pipeline, video):
+    with pytest.raises(InputError, match="did not understand “closest to the camera” in “the disc closest to the "
+                                         "camera”"):
+        pipeline(SegmentationRequest(frames=video.frames, expression="the disc closest to the camera", **LOW))
 
 
 def test_regrounding_adds_objects_that_enter_late_with_new_ids(pipeline, video, monkeypatch):
@@ -184,7 +228,7 @@ def test_regrounding_adds_objects_that_enter_late_with_new_ids(pipeline, video, 
     monkeypatch.setattr(segmentation, "ground", ground)
     monkeypatch.setattr(segmentation.Tracker, "run", run)
     result = pipeline(SegmentationRequest(frames=video.frames, expression="the shape", reground_every=4))
-    assert result.object_ids == [1, 2] and "enter later: id 2 on frame 8" in result.warnings[0]
+    assert result.object_ids == [1, 2] and any("enter later: id 2 on frame 8" in w for w in result.warnings)
 
 
 # ----------------------------------------------------------------------------- exports
@@ -671,3 +715,13 @@ def test_an_odd_sized_video_keeps_its_size_in_the_masks_and_its_overlay_is_padde
     # clip differ by ~12 levels on average; the added one by ~2, H.264's loss)
     assert np.abs(frames[:, 95].astype(int) - frames[:, 94]).mean() < 4
     assert np.abs(frames[:, :, 127].astype(int) - frames[:, :, 126]).mean() < 4
+
+
+def test_the_key_frame_image_says_when_the_sampled_frames_disagreed():
+    frame = np.full((96, 128, 3), 200, np.uint8)
+    chosen = [Candidate((10, 30, 40, 60), 0.8, "dog")]
+    plain = mask_export.key_frame_boxes(frame, chosen, chosen, [1])
+    noted = mask_export.key_frame_boxes(frame, chosen, chosen, [1], note="Frames disagree: see the explanation")
+    band = 14                                   # thickness 1 at this size: the band is 14 px
+    assert noted.shape == plain.shape and noted[:band].mean() < 0.5 * plain[:band].mean()   # a dark band, written on
+    assert np.array_equal(noted[band + 2:], plain[band + 2:])                             # the rest untouched

@@ -59,9 +59,10 @@ def enlarge(frame: np.ndarray, factor: int) -> np.ndarray:
     return frame if factor == 1 else np.repeat(np.repeat(frame, factor, axis=0), factor, axis=1)
 
 
-def key_frame_boxes(frame: np.ndarray, candidates, chosen, object_ids: list[int]) -> np.ndarray:
+def key_frame_boxes(frame: np.ndarray, candidates, chosen, object_ids: list[int], note: str = "") -> np.ndarray:
     """The key frame with every candidate box (grey) and the chosen ones (their object's colour), scores written;
-    a small frame enlarged by `display_scale` so that boxes and labels stay legible."""
+    a small frame enlarged by `display_scale` so that boxes and labels stay legible. `note`: a line written on a
+    dark band across the top (the sampled frames disagreed: the person should look before trusting the clip)."""
     factor = display_scale(frame.shape[1], frame.shape[0])
     image = np.ascontiguousarray(enlarge(frame, factor))
     thickness = max(1, round(max(image.shape[:2]) / 320))
@@ -73,6 +74,11 @@ def key_frame_boxes(frame: np.ndarray, candidates, chosen, object_ids: list[int]
         cv2.rectangle(image, (x1, y1), (x2, y2), tone, thickness * (2 if object_id else 1))
         text = f"{object_id}: {candidate.score:.2f}" if object_id else f"{candidate.score:.2f}"
         cv2.putText(image, text, (x1 + 2, max(y1 - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.35 * thickness, tone,
+                    thickness, cv2.LINE_AA)
+    if note:
+        band = max(14, 12 * thickness)
+        image[:band] = (image[:band].astype(np.uint16) * 3 // 10).astype(np.uint8)      # darkened, still visible
+        cv2.putText(image, note, (4, band - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35 * thickness, (255, 210, 80),
                     thickness, cv2.LINE_AA)
     return image
 

@@ -21,6 +21,7 @@ Progress is reported after every frame grounded, re-grounded or tracked; the stu
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -40,7 +41,15 @@ from pipelines.segmentation.models import (
     TRACKERS,
     SegmentationRegistry,
 )
-from pipelines.segmentation.relations import Candidate, Choice, Query, iou, parse_expression, resolve
+from pipelines.segmentation.relations import (
+    Candidate,
+    Choice,
+    Query,
+    candidates_for,
+    iou,
+    parse_expression,
+    resolve,
+)
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225])
@@ -128,6 +137,8 @@ class SegmentationResult:
     warnings: list[str] = field(default_factory=list)
     backend: str = "grounding"
     scores: list[float] | None = None  # VD-IT: the picked query's score on each frame
+    disagree: bool = False             # the sampled frames disagreed (counts, or which object the words name)
+    not_understood: str = ""           # the words the relation rules did not read (the whole-expression grounder did)
 
     def areas(self) -> list[list[int]]:
         """Mask area in pixels, per object per frame."""
@@ -143,6 +154,8 @@ class SegmentationPipeline:
         if request.backend == "vdit":
             return self._vdit(request, progress)
         query = parse_expression(request.expression)
+        if not query.understood():
+            raise InputError(query.refusal(request.expression))
         frames = np.asarray(request.frames)
         models = self.registry.models(request.grounder, request.tracker)
         if not self.cache.holds(models.grounder, models.grounder_processor, models.tracker):
@@ -157,17 +170,23 @@ class SegmentationPipeline:
             start = time.perf_counter()
             searched = [request.key_frame] if request.key_frame is not None else sample_frames(len(frames),
                                                                                                request.ground_frames)
-            candidates = {}
+            phrases = [query.phrase] + ([query.anchor] if query.anchor else [])
+            candidates, anchors = {}, {}
             for done, f in enumerate(searched, start=1):
                 candidates[f] = ground(grounder, processor, frames[f], query.phrase, request.box_threshold,
                                        request.text_threshold)
+                if query.anchor:                # "the dog left of the cat": the cats too
+                    anchors[f] = ground(grounder, processor, frames[f], query.anchor, request.box_threshold,
+                                        request.text_threshold)
                 # After each frame (seconds each with a real grounder on a CPU): Stop acts here, before tracking.
-                progress(done / len(searched), f"Grounding frame {done}/{len(searched)}")
-            key, choice = key_frame(query, candidates, frames.shape[2], frames.shape[1])
+                progress(done / len(searched), f"Grounding frame {done}/{len(searched)}"
+                                               + (f" ({' and '.join(phrases)})" if query.anchor else ""))
+            key, choice, agreement = key_frame(query, candidates, frames.shape[2], frames.shape[1], anchors)
             timings["grounding"] = time.perf_counter() - start
             chosen = [candidates[key][i] for i in choice.chosen][:MAX_OBJECTS]
             warnings = [] if len(choice.chosen) <= MAX_OBJECTS else [
                 f"{len(choice.chosen)} objects match; the studio tracks the first {MAX_OBJECTS}."]
+            warnings += agreement.notes
 
             start = time.perf_counter()
             prompts = {i + 1: (key, c.box) for i, c in enumerate(chosen)}
@@ -186,11 +205,14 @@ class SegmentationPipeline:
                 warnings.append(f"Re-grounding found {len(entered)} object(s) that enter later: "
                                 + ", ".join(f"id {i} on frame {f}" for i, (f, _) in entered.items()) + ".")
             timings["propagation"] = time.perf_counter() - start
+        flipped = identity_flips(query, agreement, candidates, anchors, masks, key, frames.shape[2], frames.shape[1])
+        if flipped:
+            warnings.append(flipped)
         order = sorted(masks)
         return SegmentationResult(
             masks=np.stack([masks[i] for i in order]), object_ids=order, key_frame=key, candidates=candidates,
             chosen=chosen, reason=choice.reason, timings={k: round(v, 3) for k, v in timings.items()},
-            warnings=warnings,
+            warnings=warnings, disagree=bool(agreement.notes or flipped),
         )
 
     def _vdit(self, request: SegmentationRequest, progress: Progress) -> SegmentationResult:
@@ -261,23 +283,79 @@ def ground(model, processor, frame: np.ndarray, phrase: str, box_threshold: floa
     return sorted(candidates, key=lambda c: -c.score)
 
 
-def key_frame(query: Query, candidates: dict[int, list[Candidate]], width: int, height: int) -> tuple[int, Choice]:
-    """The searched frame whose resolved choice scores best, and that choice. Raises the most telling InputError
-    when no frame resolves (nothing found, or too few objects for the relation)."""
-    best, errors = None, []
+@dataclass
+class Agreement:
+    """What the sampled frames agree on: the number of candidates most of them see, the frames that see it, each
+    resolved frame's choice, and sentences saying where they disagree."""
+
+    count: int
+    frames: list[int]
+    choices: dict[int, Choice]
+    notes: list[str]
+
+
+def key_frame(query: Query, candidates: dict[int, list[Candidate]], width: int, height: int,
+              anchors: dict[int, list[Candidate]] | None = None) -> tuple[int, Choice, Agreement]:
+    """The key frame from agreement, not from one score: among the searched frames whose choice resolves, those that
+    see the number of candidates most frames see (ties: the larger number; a frame where the grounder missed an
+    occluded object sees fewer, and there "the leftmost" can be another object), then the best-scoring of them.
+    Raises the most telling InputError when no frame resolves (nothing found, or too few objects for the words)."""
+    choices, counts, errors = {}, {}, []
     for frame, found in candidates.items():
+        counts[frame] = len(candidates_for(query, found)[0])
         try:
-            choice = resolve(query, found, frame=frame, frame_size=(width, height))
+            choices[frame] = resolve(query, found, frame=frame, frame_size=(width, height),
+                                     anchors=(anchors or {}).get(frame))
         except InputError as error:
             errors.append((len(found), str(error)))
-            continue
-        if best is None or choice.score > best[1].score:
-            best = (frame, choice)
-    if best is None:
+    if not choices:
         most, message = max(errors)
         raise InputError(message if most else f"No “{query.phrase}” found in the {len(candidates)} frame(s) searched: "
                                               "try other words, or lower the box threshold.")
-    return best
+    tally = Counter(counts[f] for f in choices)
+    agreed = max(tally, key=lambda n: (tally[n], n))
+    pool = [f for f in choices if counts[f] == agreed]
+    key = max(pool, key=lambda f: (choices[f].score, -f))
+    notes = []
+    if len(set(counts.values())) > 1:
+        by_count = {}
+        for frame in sorted(counts):
+            by_count.setdefault(counts[frame], []).append(frame)
+        seen = "; ".join(f"{n} on frame{'s' * (len(fs) > 1)} {', '.join(map(str, fs))}"
+                         for n, fs in sorted(by_count.items(), reverse=True))
+        notes.append(f"The sampled frames disagree on how many {_plural_phrase(query.phrase)} there are ({seen}): "
+                     f"the key frame {key} is one of the {len(pool)} that see {agreed}, the count most frames agree "
+                     "on. Check the key frame, or click to correct.")
+    return key, choices[key], Agreement(agreed, pool, choices, notes)
+
+
+def identity_flips(query: Query, agreement: Agreement, candidates, anchors, masks: dict[int, np.ndarray], key: int,
+                   width: int, height: int) -> str:
+    """Whether the words name the tracked objects on the other frames that agreed on the count: there the choice's
+    boxes must fall on the masks tracked from the key frame (IoU of the boxes >= 0.3). A sentence naming the frames
+    where they name another object ('' when none)."""
+    flipped = []
+    for frame in agreement.frames:
+        if frame == key:
+            continue
+        choice = agreement.choices[frame]
+        tracked = {i: box_of(m[frame]) for i, m in masks.items()}
+        for index in choice.chosen:
+            box = candidates[frame][index].box
+            if not any(t is not None and iou(box, t) >= 0.3 for t in tracked.values()):
+                flipped.append(frame)
+                break
+    if not flipped:
+        return ""
+    return (f"On frame{'s' * (len(flipped) > 1)} {', '.join(map(str, flipped))} the words pick another object than "
+            f"the one tracked from key frame {key} (objects moved, or the frames see them differently): check the "
+            "overlay there, or click to correct.")
+
+
+def _plural_phrase(phrase: str) -> str:
+    from pipelines.segmentation.relations import _noun
+
+    return _noun(phrase, 2)
 
 
 def late_object(model, processor, frames, phrase, request, masks, progress: Progress = noop,

@@ -109,7 +109,8 @@ class SegmentationAPI:
         overlay = write_mp4(mask_export.overlay(frames, result.masks, result.object_ids), engine.outputs.new(".mp4"),
                             fps=max(1, round(fps)))
         boxes = mask_export.key_frame_boxes(frames[result.key_frame], result.candidates[result.key_frame],
-                                            result.chosen, result.object_ids)
+                                            result.chosen, result.object_ids,
+                                            note="Frames disagree: see the explanation" if result.disagree else "")
         archive = mask_export.masks_zip(result.masks, result.object_ids, engine.outputs.new(".zip"))
         rle = mask_export.write_coco_rle(result.masks, result.object_ids, job.expression, engine.outputs.new(".json"))
         timings["export"] = round(time.perf_counter() - start, 3)
@@ -132,6 +133,7 @@ class SegmentationAPI:
                {"model": "VD-IT", "vdit_pass": job.vdit_pass, "query_scores": result.scores,
                 "licence": VDIT_LICENCE}),
             "timings": timings, "warnings": result.warnings, "profile": engine.settings.profile,
+            "frames_disagree": result.disagree, "not_understood": result.not_understood,
         }
         plot = pd.DataFrame([{"frame": f, "area": area, "object": str(i)}
                              for i, series in zip(result.object_ids, areas, strict=True) for f, area in enumerate(series)])
@@ -164,6 +166,8 @@ def parse_clicks(clicks) -> tuple[Click, ...]:
 def explanation_markdown(info: dict) -> str:
     objects = len(info["object_ids"])
     lines = [f"**{info['reason']}**"]
+    if info.get("not_understood"):
+        lines.append(f"❓ {info['not_understood']}")
     if info.get("backend") == "vdit":
         scores = info["query_scores"]
         shown = ", ".join(f"{s:.2f}" for s in scores[:24]) + (" …" if len(scores) > 24 else "")
