@@ -45,9 +45,9 @@ from pipelines.timelapse import tiny as magictime_tiny
 GIB = 2**30
 VIT_H = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16, patch_size=14,
              image_size=224, projection_dim=1024, hidden_act="gelu")
-# Segmentation's models at their real sizes (parameters): Grounding DINO tiny and its two drop-ins (float32), the four
-# SAM 2.1 trackers (the studio's dtype).
-SEGMENTATION_PARAMS = {"grounders": 3 * 172e6, "trackers": (38.9e6 + 46e6 + 80.8e6 + 224.4e6)}
+# Segmentation's models at their real sizes (parameters): Grounding DINO tiny and its two drop-ins, Florence-2 base and
+# large (0.23 B and 0.77 B, their model card; all float32), the four SAM 2.1 trackers (the studio's dtype).
+SEGMENTATION_PARAMS = {"grounders": 3 * 172e6 + 0.23e9 + 0.77e9, "trackers": (38.9e6 + 46e6 + 80.8e6 + 224.4e6)}
 
 
 def rss() -> int:

@@ -38,13 +38,13 @@ def serve() -> None:
 def tab_files(tabs: list[str]) -> list:
     """Every hub file the tabs' defaults need, each once (the two generating tabs share Realistic Vision)."""
     from pipelines.identity.models import identity_downloads
-    from pipelines.segmentation.models import DEFAULT_GROUNDER, DEFAULT_TRACKER, SegmentationRegistry
+    from pipelines.segmentation.models import SegmentationRegistry
     from pipelines.timelapse.models import timelapse_downloads
 
     # The segmentation tab's defaults (other grounders and tracker sizes download when first chosen).
     def files_of(tab: str) -> list:
         if tab == "segmentation":
-            return SegmentationRegistry("real").downloads(DEFAULT_GROUNDER, DEFAULT_TRACKER)
+            return SegmentationRegistry("real").default_downloads()
         if tab == "vdit":
             return SegmentationRegistry.vdit_downloads()
         return {"timelapse": timelapse_downloads, "identity": identity_downloads}[tab]()

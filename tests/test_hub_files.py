@@ -192,14 +192,14 @@ def test_the_spaces_front_matter_preloads_exactly_what_the_tabs_download():
     download on someone's first click instead (or fail), a file too many wastes the build. Only files a model
     repository is known to hold belong there (preload_from_hub takes model repositories): the rest (animator.ckpt,
     with the ID-Animator Space as its second source) the studio's own preload fetches at start-up."""
-    from pipelines.segmentation.models import DEFAULT_GROUNDER, DEFAULT_TRACKER, SegmentationRegistry
+    from pipelines.segmentation.models import SegmentationRegistry
     from tests.test_spaces import front_matter
 
     front = front_matter()
     preloaded = {(line.split(" ", 1)[0], name) for line in front["preload_from_hub"]
                  for name in line.split(" ", 1)[1].split(",")}
     files = [*timelapse_downloads(), *identity_downloads(),
-             *SegmentationRegistry("real").downloads(DEFAULT_GROUNDER, DEFAULT_TRACKER)]
+             *SegmentationRegistry("real").default_downloads()]
     assert preloaded == {(f.repo_id, f.filename) for f in files if f.preloadable}
     assert ("ID-Animator/ID-Animator", "animator.ckpt") not in preloaded
     assert {repo for repo, _ in preloaded} <= set(front["models"])

@@ -15,11 +15,13 @@ from pipelines.core.hub import MissingWeightsError
 from pipelines.segmentation.models import (
     DEFAULT_GROUNDER,
     DEFAULT_TRACKER,
+    EXPRESSION_GROUNDERS,
     GROUNDER_FILES,
     GROUNDERS,
     TRACKER_FILES,
     TRACKERS,
     SegmentationRegistry,
+    grounder_files,
     _tiny_grounder_model,
     _tiny_grounder_processor,
     _tiny_tracker,
@@ -30,12 +32,15 @@ from tests.test_real_identity_loading import block_network, cached_files, hub, s
 
 
 def write_repos(grounder: str = DEFAULT_GROUNDER, tracker: str = DEFAULT_TRACKER, skip: tuple = ()):
-    model, processor = _tiny_grounder_model(grounder), _tiny_grounder_processor()
+    model, processor = _tiny_grounder_model(grounder), _tiny_grounder_processor(grounder)
     if GROUNDERS[grounder] not in skip:
         folder = snapshot(GROUNDERS[grounder])
         model.save_pretrained(folder)
-        processor.image_processor.save_pretrained(folder)
-        processor.tokenizer.save_pretrained(folder)
+        if grounder in EXPRESSION_GROUNDERS:      # transformers' own layout: one processor_config.json
+            processor.save_pretrained(folder)
+        else:
+            processor.image_processor.save_pretrained(folder)
+            processor.tokenizer.save_pretrained(folder)
     sam2 = _tiny_tracker(tracker)
     if TRACKERS[tracker] not in skip:
         sam2.save_pretrained(snapshot(TRACKERS[tracker]))
@@ -77,7 +82,28 @@ def test_real_profile_loads_the_files_and_segments_as_the_models_in_memory(monke
 
 
 @pytest.mark.usefixtures("hub")
-@pytest.mark.parametrize("name", [DEFAULT_GROUNDER, "MM-Grounding-DINO tiny"])
+@pytest.mark.parametrize("name", ["Florence-2 base", "Florence-2 large"])
+def test_florence_loads_from_its_transformers_layout_with_the_pil_image_processor(monkeypatch, name):
+    """Florence-2 as save_pretrained writes it: the real loader gets the same weights, a processor whose image
+    processor is the PIL one (no torchvision), the same tokens and the output parser's rules."""
+    grounder, processor, _ = write_repos(name)
+    attempts = block_network(monkeypatch)
+    models = SegmentationRegistry("real").models(name)
+    cache = ModelCache("cpu")
+    loaded, loaded_processor = cache.get(models.grounder), cache.get(models.grounder_processor)
+    assert type(loaded).__name__ == "Florence2ForConditionalGeneration" and same_weights(loaded, grounder)
+    assert type(loaded_processor.image_processor).__name__ == "CLIPImageProcessorPil"
+    assert loaded_processor.post_processor_config == processor.post_processor_config
+    text = "<OPEN_VOCABULARY_DETECTION>the dog on the left"
+    frame = np.zeros((48, 64, 3), np.uint8)
+    ours, theirs = (p(text=text, images=frame, return_tensors="pt") for p in (loaded_processor, processor))
+    assert ours["input_ids"].tolist() == theirs["input_ids"].tolist()
+    assert torch.equal(ours["pixel_values"], theirs["pixel_values"])
+    assert attempts == []
+
+
+@pytest.mark.usefixtures("hub")
+@pytest.mark.parametrize("name", [DEFAULT_GROUNDER, "MM-Grounding-DINO tiny", "Florence-2 large"])
 def test_downloads_list_exactly_the_files_the_loaders_read(name):
     write_repos(name)
     cache = ModelCache("cpu")
@@ -85,7 +111,7 @@ def test_downloads_list_exactly_the_files_the_loaders_read(name):
     for component in (models.grounder, models.grounder_processor, models.tracker):
         cache.get(component)
     listed = {(f.repo_id, f.filename) for f in SegmentationRegistry("real").downloads(name, DEFAULT_TRACKER)}
-    assert listed == {(GROUNDERS[name], f) for f in GROUNDER_FILES} | {
+    assert listed == {(GROUNDERS[name], f) for f in grounder_files(name)} | {
         (TRACKERS[DEFAULT_TRACKER], f) for f in TRACKER_FILES}
     assert listed <= cached_files()
 

@@ -205,10 +205,72 @@ def test_an_occluded_target_on_some_frames_does_not_hand_its_words_to_another_ob
     assert result.disagree
 
 
-def test_words_the_rules_do_not_read_are_refused_by_a_grounder_that_reads_phrases_only(pipeline, video):
+def test_words_the_rules_do_not_read_are_refused_by_a_phrase_grounder_the_person_chose(pipeline, video):
     with pytest.raises(InputError, match="did not understand “closest to the camera” in “the disc closest to the "
-                                         "camera”"):
-        pipeline(SegmentationRequest(frames=video.frames, expression="the disc closest to the camera", **LOW))
+                                         "camera”.*choose the Florence-2 grounder"):
+        pipeline(SegmentationRequest(frames=video.frames, expression="the disc closest to the camera",
+                                     grounder="LLMDet tiny", **LOW))
+
+
+def test_with_the_default_grounder_unread_words_go_to_florence_with_the_whole_expression(pipeline, video,
+                                                                                       monkeypatch):
+    """The studio picks the grounder that reads the expression, says so, and runs it on the whole text."""
+    from pipelines.segmentation import pipeline as segmentation
+
+    asked = []
+
+    def ground_expression(model, processor, frame, expression, every=False):
+        asked.append((type(model).__name__, expression, every))
+        index = next(i for i in range(16) if np.array_equal(video.frames[i], frame))
+        return [Candidate(box_of_mask(video.masks["target"][index]), 1.0, "the disc closest to the camera")]
+
+    def run(self, prompts, clicks, key):
+        return {i: video.masks["target"] for i in prompts}
+
+    monkeypatch.setattr(segmentation, "ground_expression", ground_expression)
+    monkeypatch.setattr(segmentation.Tracker, "run", run)
+    result = pipeline(SegmentationRequest(frames=video.frames, expression="the disc closest to the camera"))
+    assert result.grounder == "Florence-2 large" and len(asked) == 8
+    assert set(asked) == {("Florence2ForConditionalGeneration", "the disc closest to the camera", False)}
+    assert "“closest to the camera”" in result.not_understood and "went to Florence-2 large" in result.not_understood
+    assert result.reason.startswith("Florence-2 large read the whole expression “the disc closest to the camera” on 8")
+    assert np.array_equal(result.masks[0], video.masks["target"])
+    every = pipeline(SegmentationRequest(frames=video.frames, expression="all the discs without a hole"))
+    assert every.grounder == "Florence-2 large" and asked[-1][2] is True     # "all": phrase grounding, every one
+
+
+def test_florence_boxes_are_its_location_tokens_dequantised_onto_the_frame(monkeypatch):
+    """What Florence-2 generates is parsed by its own processor: "<loc_i>" is bin i of 1000 across the frame, the box
+    int((i + 0.5) x side / 1000), whole pixels (transformers' Florence2PostProcessor.dequantize); the prompt is its
+    task's sentence."""
+    from pipelines.segmentation.models import _tiny_florence_model, _tiny_florence_processor
+    from pipelines.segmentation.pipeline import ground_expression
+
+    model, processor = _tiny_florence_model("Florence-2 base"), _tiny_florence_processor()
+    said = "</s><s>the circle<loc_100><loc_200><loc_500><loc_700>the circle<loc_900><loc_10><loc_999><loc_60></s>"
+    prompts = []
+
+    def generate(input_ids, **kwargs):
+        prompts.append(processor.tokenizer.decode(input_ids[0], skip_special_tokens=True))
+        return processor.tokenizer(said, add_special_tokens=False, return_tensors="pt").input_ids
+
+    monkeypatch.setattr(model, "generate", generate)
+    found = ground_expression(model, processor, np.zeros((96, 128, 3), np.uint8), "the circle on the left")
+    assert prompts == ["Locate the circle on the left in the image."]
+    assert [c.label for c in found] == ["the circle", "the circle"] and {c.score for c in found} == {1.0}
+    bins = lambda *b: tuple(float(int((v + 0.5) * side / 1000)) for v, side in zip(b, (128, 96, 128, 96)))  # noqa: E731
+    assert found[0].box == bins(100, 200, 500, 700) == (12.0, 19.0, 64.0, 67.0)
+    assert found[1].box == bins(900, 10, 999, 60)
+    ground_expression(model, processor, np.zeros((96, 128, 3), np.uint8), "every circle", every=True)
+    assert prompts[-1] == "Locate the phrases in the caption: every circle"
+
+
+def test_the_tiny_florence_runs_on_a_frame_and_an_empty_answer_is_a_clear_message(pipeline, video):
+    """The tiny profile's Florence-2 (random weights) runs the real generate and parser; what it says is no box, and
+    the person is told nothing was found rather than given an empty clip."""
+    with pytest.raises(InputError, match="No .* found in the 3 frame"):
+        pipeline(SegmentationRequest(frames=video.frames[:8], expression="the circle", grounder="Florence-2 base",
+                                     ground_frames=3))
 
 
 def test_regrounding_adds_objects_that_enter_late_with_new_ids(pipeline, video, monkeypatch):
@@ -523,11 +585,15 @@ def test_grounder_and_tracker_hub_ids_and_classes_are_pinned():
         "Grounding DINO tiny": "IDEA-Research/grounding-dino-tiny",
         "MM-Grounding-DINO tiny": "openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg_v3det",
         "LLMDet tiny": "iSEE-Laboratory/llmdet_tiny",
+        "Florence-2 base": "florence-community/Florence-2-base",
+        "Florence-2 large": "florence-community/Florence-2-large",
     }
     assert GROUNDER_CLASSES == {
         "Grounding DINO tiny": "GroundingDinoForObjectDetection",
         "MM-Grounding-DINO tiny": "MMGroundingDinoForObjectDetection",
         "LLMDet tiny": "MMGroundingDinoForObjectDetection",
+        "Florence-2 base": "Florence2ForConditionalGeneration",
+        "Florence-2 large": "Florence2ForConditionalGeneration",
     }
     assert TRACKERS == {
         "SAM 2.1 tiny": "facebook/sam2.1-hiera-tiny",

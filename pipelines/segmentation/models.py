@@ -28,7 +28,16 @@ GROUNDERS = {
     "Grounding DINO tiny": "IDEA-Research/grounding-dino-tiny",
     "MM-Grounding-DINO tiny": "openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg_v3det",
     "LLMDet tiny": "iSEE-Laboratory/llmdet_tiny",
+    # Florence-2 (MIT), transformers-native weights: the ids transformers' own docstrings load (Florence2Config's
+    # checkpoint "florence-community/Florence-2-base"; Florence2ForConditionalGeneration's example, "-large"). Not a
+    # drop-in: it reads the whole referring expression (trained on RefCOCO-style ones) and generates its boxes.
+    "Florence-2 base": "florence-community/Florence-2-base",
+    "Florence-2 large": "florence-community/Florence-2-large",
 }
+# Grounders that read a whole referring expression ("the dog closest to the camera") rather than a noun phrase; the
+# studio hands them what its relation rules do not read. The large one when the studio picks (better on RefCOCO).
+EXPRESSION_GROUNDERS = ("Florence-2 base", "Florence-2 large")
+WHOLE_EXPRESSION_GROUNDER = "Florence-2 large"
 # The transformers class each grounder's weights load as (AutoModelForZeroShotObjectDetection picks it from the
 # repository's config.json: model_type "grounding-dino" or "mm-grounding-dino"; LLMDet's checkpoints are MM Grounding
 # DINO's architecture). The tiny profile builds the same class for each name.
@@ -36,11 +45,22 @@ GROUNDER_CLASSES = {
     "Grounding DINO tiny": "GroundingDinoForObjectDetection",
     "MM-Grounding-DINO tiny": "MMGroundingDinoForObjectDetection",
     "LLMDet tiny": "MMGroundingDinoForObjectDetection",
+    "Florence-2 base": "Florence2ForConditionalGeneration",
+    "Florence-2 large": "Florence2ForConditionalGeneration",
 }
 # What from_pretrained reads of a grounder repository (IDEA-Research/grounding-dino-tiny's layout): the model,
 # the image processor's config and the fast tokenizer.
 GROUNDER_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "tokenizer_config.json",
                   "tokenizer.json")
+# Florence-2 in transformers' own layout, as Florence2ForConditionalGeneration and Florence2Processor's
+# save_pretrained write it (transformers 5.24): the image processor's settings and the output parser's rules live in
+# processor_config.json. The florence-community repositories' listing could not be seen from here.
+FLORENCE_FILES = ("config.json", "generation_config.json", "model.safetensors", "processor_config.json",
+                  "tokenizer.json", "tokenizer_config.json")
+
+
+def grounder_files(name: str) -> tuple[str, ...]:
+    return FLORENCE_FILES if name in EXPRESSION_GROUNDERS else GROUNDER_FILES
 TRACKERS = {
     "SAM 2.1 tiny": "facebook/sam2.1-hiera-tiny",
     "SAM 2.1 small": "facebook/sam2.1-hiera-small",
@@ -125,7 +145,7 @@ class SegmentationRegistry:
                 grounder=Component(f"tiny|grounder|{GROUNDERS[grounder]}|float32",
                                    partial(_tiny_grounder_model, grounder)),
                 grounder_processor=Component(f"tiny|grounder-processor|{GROUNDERS[grounder]}",
-                                             _tiny_grounder_processor),
+                                             partial(_tiny_grounder_processor, grounder)),
                 tracker=Component(f"tiny|sam2-video|{TRACKERS[tracker]}|float32", partial(_tiny_tracker, tracker)),
             )
         # The grounder stays float32: its box scores are thresholded, and it runs on a few frames only.
@@ -184,27 +204,37 @@ class SegmentationRegistry:
         return ([HubFile(VDIT_REPO, vdit_checkpoint())] + [HubFile(MODELSCOPE, f) for f in MODELSCOPE_FILES]
                 + [HubFile(CLIP_H, f) for f in CLIP_H_FILES] + [HubFile(ROBERTA, f) for f in ROBERTA_FILES])
 
+    def default_downloads(self) -> list[HubFile]:
+        """What the tab's defaults can reach: the default grounder and tracker, and the whole-expression grounder
+        the studio hands the words its rules do not read (`python -m studio download`, Spaces' preload)."""
+        return self.downloads(DEFAULT_GROUNDER, DEFAULT_TRACKER) + [
+            HubFile(GROUNDERS[WHOLE_EXPRESSION_GROUNDER], f) for f in grounder_files(WHOLE_EXPRESSION_GROUNDER)]
+
     def downloads(self, grounder: str | None = None, tracker: str | None = None) -> list[HubFile]:
         """Hub files for the chosen models (all of them when not given: `python -m studio download`)."""
-        grounders = [GROUNDERS[grounder]] if grounder else list(GROUNDERS.values())
         trackers = [TRACKERS[tracker]] if tracker else list(TRACKERS.values())
-        return ([HubFile(repo, f) for repo in grounders for f in GROUNDER_FILES]
+        names = [grounder] if grounder else list(GROUNDERS)
+        return ([HubFile(GROUNDERS[name], f) for name in names for f in grounder_files(name)]
                 + [HubFile(repo, f) for repo in trackers for f in TRACKER_FILES])
 
 
 # ----------------------------------------------------------------------------- real: hub weights
 def _real_grounder_model(name: str):
-    from transformers import AutoModelForZeroShotObjectDetection
+    from transformers import AutoModelForZeroShotObjectDetection, Florence2ForConditionalGeneration
 
-    folder = hub_folder(GROUNDERS[name], GROUNDER_FILES)
+    folder = hub_folder(GROUNDERS[name], grounder_files(name))
+    if name in EXPRESSION_GROUNDERS:
+        return Florence2ForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
     return AutoModelForZeroShotObjectDetection.from_pretrained(folder, dtype=torch.float32).eval()
 
 
 def _real_grounder_processor(name: str):
-    from transformers import AutoTokenizer, GroundingDinoProcessor
+    from transformers import AutoProcessor, AutoTokenizer, GroundingDinoProcessor
     from transformers.models.grounding_dino import GroundingDinoImageProcessorPil
 
-    folder = hub_folder(GROUNDERS[name], GROUNDER_FILES)
+    folder = hub_folder(GROUNDERS[name], grounder_files(name))
+    if name in EXPRESSION_GROUNDERS:          # its image processor resolves to CLIPImageProcessorPil: no torchvision
+        return AutoProcessor.from_pretrained(folder)
     return GroundingDinoProcessor(image_processor=GroundingDinoImageProcessorPil.from_pretrained(folder),
                                   tokenizer=AutoTokenizer.from_pretrained(folder))
 
@@ -347,7 +377,51 @@ def grounding_tokenizer():
     return BertTokenizer(vocab=vocab, do_lower_case=True)
 
 
-def _tiny_grounder_processor():
+# Florence-2's output parser's rules for the two tasks the studio runs (the real ones come in processor_config.json).
+FLORENCE_PARSE_RULES = {"description_with_bboxes_or_polygons": {}, "phrase_grounding": {"banned_grounding_tokens": []}}
+TINY_FLORENCE_SIDE = 64
+
+
+def florence_tokenizer():
+    """A byte-level BART tokenizer with the bytes as its vocabulary, Florence-2's image token and its 1000 location
+    tokens (<loc_0> .. <loc_999>) and task tags: what its processor and output parser need."""
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import BartTokenizer
+
+    vocab = {t: i for i, t in enumerate(["<s>", "<pad>", "</s>", "<unk>", *sorted(ByteLevel.alphabet())])}
+    tokenizer = BartTokenizer(vocab=vocab, merges=[], extra_special_tokens={"image_token": "<image>"})
+    tokenizer.add_tokens([f"<loc_{i}>" for i in range(1000)] + ["<od>", "</od>", "<poly>", "</poly>", "<sep>"])
+    return tokenizer
+
+
+def _tiny_florence_processor():
+    from transformers import CLIPImageProcessorPil, Florence2Processor
+
+    image_processor = CLIPImageProcessorPil(
+        size={"height": TINY_FLORENCE_SIDE, "width": TINY_FLORENCE_SIDE}, do_center_crop=False, resample=3,
+        image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
+    image_processor.image_seq_length = 5     # the tiny vision tower's tokens: 2 x 2 patches + 1 pooled
+    return Florence2Processor(image_processor=image_processor, tokenizer=florence_tokenizer(),
+                              post_processor_config=FLORENCE_PARSE_RULES)
+
+
+def _tiny_florence_model(name: str):
+    from transformers import BartConfig, Florence2Config, Florence2ForConditionalGeneration, Florence2VisionConfig
+
+    tokenizer = florence_tokenizer()
+    vision = Florence2VisionConfig(depths=(1, 1, 1, 1), embed_dim=(8, 16, 32, 32), num_heads=(1, 1, 2, 2),
+                                   num_groups=(1, 1, 2, 2), window_size=2, projection_dim=32, max_position_embeddings=16)
+    text = BartConfig(vocab_size=len(tokenizer), d_model=32, encoder_layers=1, decoder_layers=1,
+                      encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+                      max_position_embeddings=320, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                      decoder_start_token_id=2, forced_bos_token_id=0)
+    config = Florence2Config(vision_config=vision, text_config=text, image_token_id=tokenizer.image_token_id)
+    return core_tiny.build(Florence2ForConditionalGeneration, core_tiny.seed_of("grounder", name), config=config).eval()
+
+
+def _tiny_grounder_processor(name: str = DEFAULT_GROUNDER):
+    if name in EXPRESSION_GROUNDERS:
+        return _tiny_florence_processor()
     from transformers import GroundingDinoProcessor
     from transformers.models.grounding_dino import GroundingDinoImageProcessorPil
 
@@ -362,6 +436,8 @@ def _tiny_grounder_model(name: str):
     import transformers
     from transformers import SwinConfig
 
+    if name in EXPRESSION_GROUNDERS:
+        return _tiny_florence_model(name)
     cls = getattr(transformers, GROUNDER_CLASSES[name])
     # MM Grounding DINO's released configs untie the decoder's per-layer class and box heads (Grounding DINO ties).
     unshared = (dict(decoder_bbox_embed_share=False, decoder_cls_embed_share=False)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -37,8 +37,10 @@ from pipelines.segmentation.models import (
     BACKENDS,
     DEFAULT_GROUNDER,
     DEFAULT_TRACKER,
+    EXPRESSION_GROUNDERS,
     GROUNDERS,
     TRACKERS,
+    WHOLE_EXPRESSION_GROUNDER,
     SegmentationRegistry,
 )
 from pipelines.segmentation.relations import (
@@ -55,7 +57,10 @@ IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225])
 MAX_FRAMES, MAX_SECONDS, MAX_PIXELS = 300, 60.0, 1920 * 1080
 MAX_EXPRESSION_CHARS, MAX_OBJECTS = 200, 8
-GROUNDING_SIDE = (480, 853)            # shortest / longest edge the grounder sees (reference: ~3x faster than 800)
+# Shortest / longest edge the grounder sees. On a GPU, Grounding DINO's own inference size (its README's demo and
+# configs: RandomResize([800], max_size=1333)); on a CPU 480 px (reference/segmentation.md: ~3x faster than 800).
+GROUNDING_SIDE_GPU = (800, 1333)
+GROUNDING_SIDE = (480, 853)
 KEEP_NEAR = 16                         # non-conditioning outputs kept within this many frames of the current / key
 
 
@@ -80,7 +85,9 @@ class SegmentationRequest:
     grounder: str = DEFAULT_GROUNDER
     ground_frames: int = 8             # frames sampled for grounding
     reground_every: int = 0            # 0: off; else look for objects that enter late every N frames
-    box_threshold: float = 0.25
+    # Grounding DINO's README demo values (IDEA-Research/GroundingDINO, "Demo": BOX_TRESHOLD = 0.35, TEXT_TRESHOLD =
+    # 0.25); its drop-ins share its post-processing. Florence-2 has no thresholds (it generates its boxes).
+    box_threshold: float = 0.35
     text_threshold: float = 0.25
     clicks: tuple[Click, ...] = ()
     key_frame: int | None = None       # ground only here (a refinement keeps the key frame it had)
@@ -139,6 +146,7 @@ class SegmentationResult:
     scores: list[float] | None = None  # VD-IT: the picked query's score on each frame
     disagree: bool = False             # the sampled frames disagreed (counts, or which object the words name)
     not_understood: str = ""           # the words the relation rules did not read (the whole-expression grounder did)
+    grounder: str = ""                 # the grounder that ran (the whole-expression one when the studio routed there)
 
     def areas(self) -> list[list[int]]:
         """Mask area in pixels, per object per frame."""
@@ -153,13 +161,12 @@ class SegmentationPipeline:
         request.validate()
         if request.backend == "vdit":
             return self._vdit(request, progress)
-        query = parse_expression(request.expression)
-        if not query.understood():
-            raise InputError(query.refusal(request.expression))
+        query, grounder_name, not_understood = read_expression(request.expression, request.grounder)
+        whole = grounder_name in EXPRESSION_GROUNDERS
         frames = np.asarray(request.frames)
-        models = self.registry.models(request.grounder, request.tracker)
+        models = self.registry.models(grounder_name, request.tracker)
         if not self.cache.holds(models.grounder, models.grounder_processor, models.tracker):
-            self.registry.ensure_available(request.grounder, request.tracker)
+            self.registry.ensure_available(grounder_name, request.tracker)
         timings: dict[str, float] = {}
         progress(0.0, "Loading models")
         start = time.perf_counter()
@@ -173,16 +180,27 @@ class SegmentationPipeline:
             phrases = [query.phrase] + ([query.anchor] if query.anchor else [])
             candidates, anchors = {}, {}
             for done, f in enumerate(searched, start=1):
-                candidates[f] = ground(grounder, processor, frames[f], query.phrase, request.box_threshold,
-                                       request.text_threshold)
-                if query.anchor:                # "the dog left of the cat": the cats too
+                if whole:                       # Florence-2 reads the whole expression and boxes its referents
+                    candidates[f] = ground_expression(grounder, processor, frames[f], request.expression,
+                                                      every=query.count != 1)
+                else:
+                    candidates[f] = ground(grounder, processor, frames[f], query.phrase, request.box_threshold,
+                                           request.text_threshold)
+                if query.anchor and not whole:  # "the dog left of the cat": the cats too
                     anchors[f] = ground(grounder, processor, frames[f], query.anchor, request.box_threshold,
                                         request.text_threshold)
                 # After each frame (seconds each with a real grounder on a CPU): Stop acts here, before tracking.
                 progress(done / len(searched), f"Grounding frame {done}/{len(searched)}"
                                                + (f" ({' and '.join(phrases)})" if query.anchor else ""))
-            key, choice, agreement = key_frame(query, candidates, frames.shape[2], frames.shape[1], anchors)
+            key, choice, agreement = key_frame(_as_read(query, whole, grounder_name), candidates, frames.shape[2],
+                                               frames.shape[1], anchors)
             timings["grounding"] = time.perf_counter() - start
+            if whole:
+                boxed = len(candidates[key])
+                choice = replace(choice, reason=(
+                    f"{grounder_name} read the whole expression “{request.expression}” on {len(searched)} sampled "
+                    f"frame(s); on key frame {key} it boxed {boxed} object{'s' * (boxed != 1)}"
+                    + ("." if len(choice.chosen) == boxed else f" and the first it named is tracked.")))
             chosen = [candidates[key][i] for i in choice.chosen][:MAX_OBJECTS]
             warnings = [] if len(choice.chosen) <= MAX_OBJECTS else [
                 f"{len(choice.chosen)} objects match; the studio tracks the first {MAX_OBJECTS}."]
@@ -195,7 +213,8 @@ class SegmentationPipeline:
             while request.reground_every and len(prompts) < MAX_OBJECTS:
                 # One newcomer at a time, tracked before looking again: its own mask then covers it on later
                 # re-grounding frames, so a moving newcomer is not found twice.
-                late = late_object(grounder, processor, frames, query.phrase, request, masks, progress)
+                late = late_object(grounder, processor, frames, request.expression if whole else query.phrase,
+                                   request, masks, progress, whole=whole)
                 if late is None:
                     break
                 new_id = len(prompts) + 1
@@ -205,14 +224,15 @@ class SegmentationPipeline:
                 warnings.append(f"Re-grounding found {len(entered)} object(s) that enter later: "
                                 + ", ".join(f"id {i} on frame {f}" for i, (f, _) in entered.items()) + ".")
             timings["propagation"] = time.perf_counter() - start
-        flipped = identity_flips(query, agreement, candidates, anchors, masks, key, frames.shape[2], frames.shape[1])
+        flipped = identity_flips(agreement, candidates, masks, key)
         if flipped:
             warnings.append(flipped)
         order = sorted(masks)
         return SegmentationResult(
             masks=np.stack([masks[i] for i in order]), object_ids=order, key_frame=key, candidates=candidates,
             chosen=chosen, reason=choice.reason, timings={k: round(v, 3) for k, v in timings.items()},
-            warnings=warnings, disagree=bool(agreement.notes or flipped),
+            warnings=warnings, disagree=bool(agreement.notes or flipped), not_understood=not_understood,
+            grounder=grounder_name,
         )
 
     def _vdit(self, request: SegmentationRequest, progress: Progress) -> SegmentationResult:
@@ -265,7 +285,8 @@ def ground(model, processor, frame: np.ndarray, phrase: str, box_threshold: floa
            ) -> list[Candidate]:
     """Candidate boxes for `phrase` on one frame, in the frame's pixels, best first."""
     height, width = frame.shape[:2]
-    size = {"shortest_edge": GROUNDING_SIDE[0], "longest_edge": GROUNDING_SIDE[1]}
+    side = GROUNDING_SIDE_GPU if model.device.type == "cuda" else GROUNDING_SIDE
+    size = {"shortest_edge": side[0], "longest_edge": side[1]}
     if processor.image_processor.size.get("shortest_edge", 800) < GROUNDING_SIDE[0]:
         size = dict(processor.image_processor.size)        # a small (test) processor keeps its own size
     inputs = processor(images=[Image.fromarray(frame)], text=[phrase.lower().strip(" .") + "."], return_tensors="pt",
@@ -283,6 +304,38 @@ def ground(model, processor, frame: np.ndarray, phrase: str, box_threshold: floa
     return sorted(candidates, key=lambda c: -c.score)
 
 
+def read_expression(expression: str, grounder: str) -> tuple[Query, str, str]:
+    """(what the relation rules read, the grounder to run, the "not understood" line). Words the rules do not read go
+    to the whole-expression grounder when the studio picks the grounder (the default one was asked for), or are
+    refused naming them and proposing it when the person chose another phrase grounder; a person who chose Florence-2
+    has every expression read by it (the rules still refuse text that is not English: Florence-2 reads English)."""
+    try:
+        query = parse_expression(expression)
+    except InputError as error:
+        if grounder not in EXPRESSION_GROUNDERS or "read English" in str(error):
+            raise
+        return Query(_fallback_phrase(expression), None), grounder, ""   # "the dog in the lower right corner"
+    if query.understood() or grounder in EXPRESSION_GROUNDERS:
+        return query, grounder, ""
+    if grounder == DEFAULT_GROUNDER:
+        return query, WHOLE_EXPRESSION_GROUNDER, (f"{query.not_understood()} The whole expression went to "
+                                                  f"{WHOLE_EXPRESSION_GROUNDER}, which reads it.")
+    raise InputError(query.refusal(expression))
+
+
+def _fallback_phrase(expression: str) -> str:
+    words = [w for w in expression.lower().split() if w.isalpha()]
+    return " ".join(words[-2:]) or "object"
+
+
+def _as_read(query: Query, whole: bool, grounder: str) -> Query:
+    """What the key frame resolves: the rules' query, or for a whole-expression grounder its referents as given (all
+    of them when the words ask for several, else the first it generated: its likeliest)."""
+    if not whole:
+        return query
+    return Query(query.phrase, None, 1, 0 if query.count != 1 else 1)
+
+
 @dataclass
 class Agreement:
     """What the sampled frames agree on: the number of candidates most of them see, the frames that see it, each
@@ -292,6 +345,33 @@ class Agreement:
     frames: list[int]
     choices: dict[int, Choice]
     notes: list[str]
+
+
+FLORENCE_MAX_TOKENS = 256     # 4 location tokens and a label per box: room for ~25 boxes
+FLORENCE_BEAMS = 3            # the model card's example (num_beams=3)
+
+
+@torch.inference_mode()
+def ground_expression(model, processor, frame: np.ndarray, expression: str, every: bool = False) -> list[Candidate]:
+    """Boxes of what the whole `expression` refers to on one frame, from Florence-2, in its order (likeliest first):
+    `<OPEN_VOCABULARY_DETECTION>` for one referent, `<CAPTION_TO_PHRASE_GROUNDING>` when the words ask for every one
+    of them. Florence-2 gives no scores: each box scores 1.0, so the key frame comes from agreement alone."""
+    task = "<CAPTION_TO_PHRASE_GROUNDING>" if every else "<OPEN_VOCABULARY_DETECTION>"
+    height, width = frame.shape[:2]
+    inputs = processor(text=task + expression.strip(), images=Image.fromarray(frame), return_tensors="pt")
+    inputs = {k: v.to(model.device, dtype=model.dtype if v.is_floating_point() else v.dtype) for k, v in inputs.items()}
+    generated = model.generate(**inputs, max_new_tokens=FLORENCE_MAX_TOKENS, num_beams=FLORENCE_BEAMS, do_sample=False)
+    text = processor.batch_decode(generated, skip_special_tokens=False)[0]
+    parsed = processor.post_process_generation(text, task=task, image_size=(width, height))[task]
+    labels = parsed.get("bboxes_labels", parsed.get("labels", []))
+    found = []
+    for box, label in zip(parsed.get("bboxes", []), labels, strict=False):
+        x1, y1, x2, y2 = (float(v) for v in box)
+        x1, x2 = sorted((min(max(x1, 0.0), width), min(max(x2, 0.0), width)))
+        y1, y2 = sorted((min(max(y1, 0.0), height), min(max(y2, 0.0), height)))
+        if x2 - x1 >= 1 and y2 - y1 >= 1:
+            found.append(Candidate((x1, y1, x2, y2), 1.0, str(label).strip()))
+    return found
 
 
 def key_frame(query: Query, candidates: dict[int, list[Candidate]], width: int, height: int,
@@ -329,8 +409,7 @@ def key_frame(query: Query, candidates: dict[int, list[Candidate]], width: int, 
     return key, choices[key], Agreement(agreed, pool, choices, notes)
 
 
-def identity_flips(query: Query, agreement: Agreement, candidates, anchors, masks: dict[int, np.ndarray], key: int,
-                   width: int, height: int) -> str:
+def identity_flips(agreement: Agreement, candidates, masks: dict[int, np.ndarray], key: int) -> str:
     """Whether the words name the tracked objects on the other frames that agreed on the count: there the choice's
     boxes must fall on the masks tracked from the key frame (IoU of the boxes >= 0.3). A sentence naming the frames
     where they name another object ('' when none)."""
@@ -358,14 +437,17 @@ def _plural_phrase(phrase: str) -> str:
     return _noun(phrase, 2)
 
 
-def late_object(model, processor, frames, phrase, request, masks, progress: Progress = noop,
+def late_object(model, processor, frames, phrase, request, masks, progress: Progress = noop, whole: bool = False,
                 ) -> tuple[int, tuple] | None:
-    """The first (frame, box) of the phrase, on the re-grounding frames, that no tracked mask covers. Progress is
-    reported after each frame grounded (so Stop acts between them)."""
+    """The first (frame, box) of the phrase (or, `whole`, of the expression for Florence-2), on the re-grounding
+    frames, that no tracked mask covers. Progress is reported after each frame grounded (so Stop acts between them)."""
     searched = range(0, len(frames), request.reground_every)
     for done, frame in enumerate(searched, start=1):
         tracked = [box_of(m[frame]) for m in masks.values()]
-        found = ground(model, processor, frames[frame], phrase, request.box_threshold, request.text_threshold)
+        if whole:
+            found = ground_expression(model, processor, frames[frame], phrase, every=True)
+        else:
+            found = ground(model, processor, frames[frame], phrase, request.box_threshold, request.text_threshold)
         progress(done / len(searched), f"Re-grounding frame {done}/{len(searched)} (objects that enter late)")
         for candidate in found:
             if all(box is None or iou(candidate.box, box) < 0.3 for box in tracked):

@@ -129,7 +129,7 @@ class SegmentationAPI:
                            for f, found in result.candidates.items()},
             "mask_area": {str(i): a for i, a in zip(result.object_ids, areas, strict=True)},
             "clicks": [vars(c) for c in job.clicks], "backend": result.backend,
-            **({"tracker": job.tracker, "grounder": job.grounder} if result.backend == "grounding" else
+            **({"tracker": job.tracker, "grounder": result.grounder or job.grounder} if result.backend == "grounding" else
                {"model": "VD-IT", "vdit_pass": job.vdit_pass, "query_scores": result.scores,
                 "licence": VDIT_LICENCE}),
             "timings": timings, "warnings": result.warnings, "profile": engine.settings.profile,
