@@ -259,3 +259,68 @@ def test_real_tiny_segmenter_on_a_meta_expressions_dataset_records_the_expressio
         assert sorted(p.name for p in (out / "v" / key).iterdir()) == [f"{5 * k:05d}.png" for k in range(4)]
     assert not any(np.array(Image.open(p)).any() for p in (out / "v" / "2").iterdir())
     assert [r[0] for r in csv.reader((out / "scores.csv").open())] == ["video", "v/0", "v/1", "v/2", "mean"]
+
+
+# ----------------------------------------------------------------- DAVIS's void label and object counting
+def void_case() -> tuple[np.ndarray, np.ndarray]:
+    """One object, a 6 x 6 square (36 px), inside an annotator's void band one pixel wide (label 255, 28 px); the
+    prediction is the 8 x 8 square that covers the band. Worked out by hand, DAVIS's way: the band is neither object
+    nor background, so J = 36 / (64 - 28) = 1 and, the band cleared from both masks first, F = 1 (J&F 1). Counting
+    the band as background gives J = 36 / 64 = 0.5625 and F < 1; counting 255 as a second object scores it 0."""
+    gt = np.zeros((2, 10, 10), np.uint8)
+    gt[:, 1:9, 1:9] = 255
+    gt[:, 2:8, 2:8] = 1
+    pred = np.zeros((2, 10, 10), np.uint8)
+    pred[:, 1:9, 1:9] = 1
+    return gt, pred
+
+
+def test_the_void_label_is_no_object_and_its_pixels_are_not_scored(tmp_path, capsys):
+    from pipelines.segmentation.metrics import f_measure, jaccard
+
+    gt, pred = void_case()
+    write_palette(tmp_path / "gt" / "v", gt)
+    write_palette(tmp_path / "pred" / "v", pred)
+    code, lines, _ = run(capsys, "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--out",
+                         str(tmp_path / "s.csv"))
+    assert code == 0 and [r.split()[0] for r in lines[1:-1]] == ["v", "mean"]          # one object, not "v/255"
+    assert row(lines, "v")[2:] == ["1.000", "1.000", "1.000"]
+    assert jaccard(pred[0] == 1, gt[0] == 1) == pytest.approx(36 / 64)                # without the void: worse
+    assert f_measure(pred[0] == 1, gt[0] == 1) < 1
+    assert jaccard(pred[0] == 1, gt[0] == 1, void=gt[0] == 255) == 1.0
+
+
+def test_objects_are_those_of_the_first_annotated_frame_and_void_stays_out_of_each(tmp_path, capsys):
+    """DAVIS counts objects on the first frame (ids 1 .. its largest): an id that appears later is not scored. Each
+    object's J and F skip the void pixels."""
+    gt = np.zeros((3, 24, 32), np.uint8)
+    gt[:, 2:10, 2:10], gt[:, 2:10, 20:28] = 1, 2
+    gt[1:, 15:20, 5:10] = 3                      # appears on frame 1: not an object of the sequence
+    gt[:, 12, :] = 255                           # a void line
+    pred = gt.copy()
+    pred[pred == 255] = 2                        # the prediction paints the void line as object 2
+    pred[pred == 3] = 0
+    write_palette(tmp_path / "gt" / "v", gt)
+    write_palette(tmp_path / "pred" / "v", pred)
+    code, lines, _ = run(capsys, "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"))
+    assert code == 0 and [r.split()[0] for r in lines[1:-1]] == ["v/1", "v/2", "mean"]
+    assert row(lines, "v/1")[2:] == row(lines, "v/2")[2:] == ["1.000", "1.000", "1.000"]
+
+
+def test_hungarian_matching_pairs_objects_by_their_scores_not_their_ids(tmp_path, capsys):
+    gt = np.zeros((2, 24, 32), np.uint8)
+    gt[:, 2:10, 2:10], gt[:, 2:10, 20:28] = 1, 2
+    pred = np.zeros_like(gt)
+    pred[:, 2:10, 2:10], pred[:, 2:10, 20:28] = 2, 1         # the same objects, the ids swapped
+    write_palette(tmp_path / "gt" / "v", gt)
+    write_palette(tmp_path / "pred" / "v", pred)
+    argv = ("--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"))
+    _, by_id, _ = run(capsys, *argv)
+    assert row(by_id, "mean")[2:] == ["0.000", "0.000", "0.000"]
+    code, matched, _ = run(capsys, *argv, "--match", "hungarian")
+    assert code == 0 and row(matched, "mean")[2:] == ["1.000", "1.000", "1.000"]
+    one = pred.copy()
+    one[one == 2] = 0                                        # one predicted object for two: the other scores empty
+    write_palette(tmp_path / "pred" / "v", one)
+    _, half, _ = run(capsys, *argv, "--match", "hungarian")
+    assert row(half, "v/2")[2:] == ["1.000", "1.000", "1.000"] and row(half, "v/1")[2:] == ["0.000", "0.000", "0.000"]

@@ -200,7 +200,7 @@ class SegmentationPipeline:
                 choice = replace(choice, reason=(
                     f"{grounder_name} read the whole expression “{request.expression}” on {len(searched)} sampled "
                     f"frame(s); on key frame {key} it boxed {boxed} object{'s' * (boxed != 1)}"
-                    + ("." if len(choice.chosen) == boxed else f" and the first it named is tracked.")))
+                    + ("." if len(choice.chosen) == boxed else " and the first it named is tracked.")))
             chosen = [candidates[key][i] for i in choice.chosen][:MAX_OBJECTS]
             warnings = [] if len(choice.chosen) <= MAX_OBJECTS else [
                 f"{len(choice.chosen)} objects match; the studio tracks the first {MAX_OBJECTS}."]

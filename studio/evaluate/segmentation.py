@@ -38,16 +38,27 @@ def read_mask(path: Path) -> tuple[np.ndarray, bool]:
     return (values.any(axis=-1) if values.ndim == 3 else values != 0).astype(np.uint8), False
 
 
-def score_video(name: str, pred_dir: Path, gt_dir: Path) -> list[dict]:
-    """One row per object of a video: {video, frames, J, F, JF}.
+MATCHES = ("ids", "hungarian")
 
-    Object-wise (rows "video/id", DAVIS's multi-object protocol) when the ground truth is palette PNGs with two
-    or more object ids and every predicted frame present is a palette PNG too; a predicted id is matched by value,
-    ids the ground truth lacks are ignored. Otherwise one row, foreground (any non-zero) against foreground.
+
+def score_video(name: str, pred_dir: Path, gt_dir: Path, match: str = "ids") -> list[dict]:
+    """One row per object of a video: {video, frames, J, F, JF}, after DAVIS's evaluation (davis2017/davis.py,
+    evaluation.py, metrics.py):
+
+    - DAVIS's void label 255 is no object: its pixels are masked out of J and F (`void_pixels`), in every mode;
+    - objects are those of the first annotated frame (DAVIS: ids 1 .. the largest id on frame 0), object-wise (rows
+      "video/id") when the ground truth is palette PNGs with two or more of them and every predicted frame present
+      is a palette PNG too; otherwise one row, foreground (any non-zero, non-void value) against foreground;
+    - `match`: "ids", a predicted object is the ground-truth object of the same id (DAVIS semi-supervised); or
+      "hungarian", each ground-truth object gets the predicted object that maximises the sum of J&F over the
+      assignment (scipy's linear_sum_assignment, as DAVIS's unsupervised task and ReferFormer's Ref-DAVIS evaluation
+      do); a ground-truth object left without one scores against an empty mask.
     A predicted frame that is missing counts as an empty mask.
     """
-    from pipelines.segmentation.metrics import video_scores
+    from pipelines.segmentation.metrics import VOID_LABEL, video_scores
 
+    if match not in MATCHES:
+        raise DataError(f"--match must be one of {', '.join(MATCHES)}, not {match!r}.")
     gt, pred = [], []
     for path in sorted(gt_dir.glob("*.png")):
         gt.append(read_mask(path))
@@ -56,19 +67,35 @@ def score_video(name: str, pred_dir: Path, gt_dir: Path) -> list[dict]:
         if pred[-1][0].shape != gt[-1][0].shape:
             (h, w), (gh, gw) = pred[-1][0].shape, gt[-1][0].shape
             raise DataError(f"{guess} is {w}x{h} pixels, its ground truth {gw}x{gh}: predict at the annotation's size.")
-    ids = sorted(set().union(*(np.unique(values[values != 0]).tolist() for values, _ in gt)))
+    voids = [(values == VOID_LABEL) if palette else np.zeros(values.shape, bool) for values, palette in gt]
+    annotated = [values[(values != 0) & (values != VOID_LABEL)] for values, _ in gt]
+    first = next((a for a in annotated if a.size), np.zeros(0, np.uint8))
+    ids = list(range(1, int(first.max()) + 1)) if first.size else []
     objectwise = all(palette for _, palette in gt + pred) and len(ids) >= 2
     objects = [(f"{name}/{i}", i) for i in ids] if objectwise else [(name, None)]
-    rows = []
-    for label, i in objects:
-        gt_masks = [values != 0 if i is None else values == i for values, _ in gt]
-        pred_masks = [values != 0 if i is None else values == i for values, _ in pred]
-        scores = video_scores(pred_masks, gt_masks)
-        rows.append({"video": label, "frames": len(gt), "J": scores["J"], "F": scores["F"], "JF": scores["JF"]})
-    return rows
+
+    def masks(frames, i):
+        return [(values != 0) & (values != VOID_LABEL) if i is None else values == i for values, _ in frames]
+
+    if objectwise and match == "hungarian":
+        from scipy.optimize import linear_sum_assignment
+
+        predicted = sorted(set().union(*(np.unique(v[(v != 0) & (v != VOID_LABEL)]).tolist() for v, _ in pred)))
+        table = {(g, q): video_scores(masks(pred, q), masks(gt, g), void_frames=voids) for g in ids for q in predicted}
+        chosen = {}
+        if predicted:
+            rows, cols = linear_sum_assignment(-np.array([[table[g, q]["JF"] for q in predicted] for g in ids]))
+            chosen = {ids[r]: predicted[c] for r, c in zip(rows, cols, strict=True)}
+        empty = [np.zeros(v.shape, bool) for v, _ in gt]
+        scored = {g: table[g, chosen[g]] if g in chosen else video_scores(empty, masks(gt, g), void_frames=voids)
+                  for g in ids}
+    else:
+        scored = {i: video_scores(masks(pred, i), masks(gt, i), void_frames=voids) for _, i in objects}
+    return [{"video": label, "frames": len(gt), "J": scored[i]["J"], "F": scored[i]["F"], "JF": scored[i]["JF"]}
+            for label, i in objects]
 
 
-def score_segmentation(pred: Path, gt: Path, videos: list[str] | None = None) -> list[dict]:
+def score_segmentation(pred: Path, gt: Path, videos: list[str] | None = None, match: str = "ids") -> list[dict]:
     """Rows of `score_video` for every video folder of `gt` holding PNGs (or only `videos`), in name order."""
     if not gt.is_dir():
         raise DataError(f"ground truth folder {gt} does not exist: give DAVIS's layout, <video>/<frame>.png.")
@@ -85,7 +112,7 @@ def score_segmentation(pred: Path, gt: Path, videos: list[str] | None = None) ->
     extra = sorted(d.name for d in pred.iterdir() if d.is_dir() and d.name not in found)
     if extra:
         print(f"note: not in the ground truth, not scored: {', '.join(extra)}", file=sys.stderr)
-    return [row for video in found for row in score_video(video, pred / video, gt / video)]
+    return [row for video in found for row in score_video(video, pred / video, gt / video, match)]
 
 
 def segmentation_table(rows: list[dict]) -> tuple[str, dict]:
@@ -325,12 +352,13 @@ def run_evaluation(args: argparse.Namespace) -> int:
         if dataset.per_expression:
             rows = score_expressions(dataset, data / "Annotations", out)
         else:
-            rows = score_segmentation(out, data / "Annotations", [v.name for v in dataset.videos])
+            rows = score_segmentation(out, data / "Annotations", [v.name for v in dataset.videos], args.match)
         csv_path = out / "scores.csv"
     else:
         if not args.gt:
             raise DataError("--pred needs --gt, the ground-truth folder in the same layout.")
-        rows, csv_path = score_segmentation(Path(args.pred), Path(args.gt)), args.out and Path(args.out)
+        rows = score_segmentation(Path(args.pred), Path(args.gt), match=args.match)
+        csv_path = args.out and Path(args.out)
     table, mean = segmentation_table(rows)
     if csv_path:
         write_scores(csv_path, [*rows, mean])
@@ -361,5 +389,9 @@ def add_parser(commands) -> None:
                                        "meta_expressions.json (or expressions.json)")
     score.add_argument("--gt", help="folder of ground-truth masks, <video>/<frame>.png (with --pred)")
     score.add_argument("--out", help="with --pred: a CSV file for the scores; with --data: the output folder")
+    score.add_argument("--match", choices=MATCHES, default="ids",
+                       help="how predicted objects meet ground-truth ones: by id (DAVIS semi-supervised), or "
+                            "'hungarian', the assignment that maximises J&F (DAVIS unsupervised; ReferFormer's "
+                            "Ref-DAVIS evaluation)")
     score.add_argument("--profile", choices=("tiny", "real"), default=os.environ.get("STUDIO_PROFILE", "real"))
     score.set_defaults(run=run_evaluation)
