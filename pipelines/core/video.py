@@ -15,8 +15,9 @@ def to_uint8(frames: np.ndarray) -> np.ndarray:
     return (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def write_mp4(frames: np.ndarray, path: str | Path, fps: int = 8, crf: int = 18) -> Path:
-    """Write (T, H, W, 3) uint8 frames as H.264 (yuv420p, +faststart) at `fps`.
+def write_mp4(frames: np.ndarray, path: str | Path, fps: float = 8, crf: int = 18) -> Path:
+    """Write (T, H, W, 3) uint8 frames as H.264 (yuv420p, +faststart) at `fps` (a fractional rate is kept: a clip
+    read at 14.3 fps plays as long as its source).
 
     The encoder runs as an ffmpeg subprocess (imageio-ffmpeg's bundled binary) rather than in-process
     through PyAV: in a process that has just run torch, in-process libx264 produced a different
@@ -57,10 +58,20 @@ def read_video(path: str | Path) -> tuple[np.ndarray, float, str]:
         return frames, float(stream.average_rate), stream.codec_context.name
 
 
-def read_clip(path: str | Path, max_frames: int, max_seconds: float, max_pixels: int) -> tuple[np.ndarray, float]:
-    """(frames (T, H, W, 3) uint8, fps) of an uploaded video, refused with a message a person can act on when it
-    is not a video, has no video stream or no frame, or is over the caps (checked on the header before decoding,
-    and again while decoding: headers can lie)."""
+VFR_SPREAD = 0.1     # frame intervals spread more than this around their median: a variable frame rate
+
+
+def read_clip(path: str | Path, max_frames: int, max_seconds: float, max_pixels: int,
+              details: dict | None = None) -> tuple[np.ndarray, float]:
+    """(frames (T, H, W, 3) uint8 in display orientation, fps) of an uploaded video, refused with a message a person
+    can act on when it is not a video, has no video stream or no frame, is over the caps (checked on the header
+    before decoding where the container says, and again while decoding: headers can lie), or changes size mid-stream.
+
+    - Rotation: a phone's display matrix (90°, 180°, 270°) is applied, so the frames are what a player shows, and
+      "left" is the viewer's left.
+    - Timing: `fps` is the frame count over the clip's duration from its timestamps, so the studio's output lasts as
+      long as the source; a variable frame rate is shown at that constant rate (same duration), and said.
+    `details`, if given, is filled with what a person may want to know: rotation, duration_s, variable_rate."""
     from pipelines.core.errors import InputError
 
     name = Path(path).name
@@ -86,14 +97,24 @@ def read_clip(path: str | Path, max_frames: int, max_seconds: float, max_pixels:
         if seconds is not None and seconds > max_seconds:
             raise InputError(f"{name} is {seconds:.0f} s long; the studio segments at most {max_seconds:.0f} s. "
                              "Trim it first.")
-        fps = float(stream.average_rate or 8)
-        frames = []
+        if stream.frames and stream.frames > max_frames:       # the container's count: refused before decoding
+            raise InputError(f"{name} has {stream.frames} frames; the studio segments at most {max_frames}. "
+                             "Trim it or lower its frame rate.")
+        frames, times, rotation, size = [], [], 0, None
         try:
             for frame in container.decode(stream):
                 if len(frames) == max_frames:
                     raise InputError(f"{name} has more than {max_frames} frames; the studio segments at most "
                                      f"{max_frames}. Trim it or lower its frame rate.")
-                frames.append(frame.to_ndarray(format="rgb24"))
+                if size is None:
+                    size, rotation = (frame.width, frame.height), int(round((frame.rotation or 0) / 90)) % 4
+                elif (frame.width, frame.height) != size:
+                    raise InputError(f"{name} changes size mid-stream, from {size[0]}×{size[1]} to "
+                                     f"{frame.width}×{frame.height} at frame {len(frames)}: re-encode it at one size "
+                                     "(e.g. ffmpeg -i in.mp4 -vf scale=W:H out.mp4).")
+                picture = frame.to_ndarray(format="rgb24")
+                frames.append(np.ascontiguousarray(np.rot90(picture, rotation)) if rotation else picture)
+                times.append(None if frame.time is None else float(frame.time))
         except InputError:
             raise
         except Exception as error:
@@ -101,6 +122,25 @@ def read_clip(path: str | Path, max_frames: int, max_seconds: float, max_pixels:
                 raise InputError(f"{name} could not be decoded ({type(error).__name__}): the file may be "
                                  "corrupt.") from None
             # a truncated file: keep what decoded
+        average = float(stream.average_rate or 8)
     if not frames:
         raise InputError(f"{name} has no frames we can decode.")
+    fps, variable, duration = _timing(times, average)
+    if details is not None:
+        details.update(rotation=rotation * 90, duration_s=round(duration, 3), variable_rate=variable)
     return np.stack(frames), fps
+
+
+def _timing(times: list[float | None], average: float) -> tuple[float, bool, float]:
+    """(frames per second over the clip's duration, whether the rate varies, duration in seconds). The duration is
+    the span of the timestamps plus one typical interval (the last frame shows that long); without usable
+    timestamps, the stream's average rate."""
+    stamps = [t for t in times if t is not None]
+    if len(stamps) != len(times) or len(stamps) < 2 or stamps[-1] <= stamps[0]:
+        return average, False, len(times) / average
+    intervals = np.diff(np.array(stamps))
+    typical = float(np.median(intervals))
+    variable = bool(typical > 0 and np.max(np.abs(intervals - typical)) > VFR_SPREAD * typical)
+    duration = stamps[-1] - stamps[0] + typical
+    fps = len(times) / duration
+    return (average if abs(fps - average) < 1e-3 * average else round(fps, 3)), variable, duration

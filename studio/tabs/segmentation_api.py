@@ -84,7 +84,8 @@ class SegmentationAPI:
             if backend == "vdit" and not engine.settings.vdit:
                 raise InputError(VDIT_OFF)
             start = time.perf_counter()
-            frames, fps = read_clip(video, MAX_FRAMES, MAX_SECONDS, MAX_PIXELS)
+            source: dict = {}
+            frames, fps = read_clip(video, MAX_FRAMES, MAX_SECONDS, MAX_PIXELS, details=source)
             read_seconds = time.perf_counter() - start
             job = SegmentationRequest(
                 frames=frames, expression=expression, fps=fps, tracker=tracker, grounder=grounder,
@@ -99,15 +100,19 @@ class SegmentationAPI:
             engine.learn_segmentation(job, result.timings)
             result.timings = {**({"queue_wait": waited} if waited is not None else {}),
                               "read_video": round(read_seconds, 3), **result.timings}
-            outputs = self.publish(job, frames, fps, result)
+            if source.get("variable_rate"):
+                result.warnings.append(f"The video has a variable frame rate: the overlay shows its {len(frames)} "
+                                       f"frames at a constant {fps:.2f} fps, the same {source['duration_s']:.2f} s.")
+            outputs = self.publish(job, frames, fps, result, source)
             outputs[-1]["gpu_reservation_s"] = reserved
         return outputs
 
-    def publish(self, job: SegmentationRequest, frames, fps: float, result: SegmentationResult) -> tuple:
+    def publish(self, job: SegmentationRequest, frames, fps: float, result: SegmentationResult,
+                source: dict | None = None) -> tuple:
         engine, timings = self.engine, result.timings
         start = time.perf_counter()
         overlay = write_mp4(mask_export.overlay(frames, result.masks, result.object_ids), engine.outputs.new(".mp4"),
-                            fps=max(1, round(fps)))
+                            fps=fps)
         boxes = mask_export.key_frame_boxes(frames[result.key_frame], result.candidates[result.key_frame],
                                             result.chosen, result.object_ids,
                                             note="Frames disagree: see the explanation" if result.disagree else "")
@@ -133,7 +138,7 @@ class SegmentationAPI:
                {"model": "VD-IT", "vdit_pass": job.vdit_pass, "query_scores": result.scores,
                 "licence": VDIT_LICENCE}),
             "timings": timings, "warnings": result.warnings, "profile": engine.settings.profile,
-            "frames_disagree": result.disagree, "not_understood": result.not_understood,
+            "frames_disagree": result.disagree, "not_understood": result.not_understood, "source": source or {},
         }
         plot = pd.DataFrame([{"frame": f, "area": area, "object": str(i)}
                              for i, series in zip(result.object_ids, areas, strict=True) for f, area in enumerate(series)])
