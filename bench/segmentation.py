@@ -13,6 +13,10 @@ everything.
      preprocessed frames held), sampled after every frame, peak over the run, for a video of --memory-frames and a
      10x longer one of the same size, studio and bare. Exit 1 if the studio's peak on the longer video is more than
      1.10x the shorter one's: memory must not grow with the video (so its memory per frame of video falls ~10x).
+  4. the whole call's peak RSS, decode -> segment -> export (overlay MP4, masks zip, COCO RLE), each length in a
+     fresh process, the models loaded and the peak reset first: what is over the clip's own bytes (its decoded
+     frames and one copy of its masks) must not grow with its length. Exit 1 if that overhead on the 10x longer clip
+     is more than 1.5x the shorter one's plus 32 MiB (the exports made whole-clip float32 copies: ~12x the frames).
 
     .venv/bin/python bench/segmentation.py [--repeats 7] [--frames 16] [--memory-frames 80] [--size 96 128]
                                            [--threads 1] [--profile]
@@ -55,6 +59,9 @@ parser.add_argument("--seed", type=int, default=0, help="the synthetic video's s
 parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default). On a busy "
                     "machine use 1: torch's thread pool stalls badly when other processes share the cores")
 parser.add_argument("--profile", action="store_true", help="also cProfile one run of each and print the top")
+parser.add_argument("--call-size", type=int, nargs=2, default=[180, 320], metavar=("HEIGHT", "WIDTH"),
+                    help="frame size of the whole-call memory check (4.)")
+parser.add_argument("--whole-call", type=int, default=0, help=argparse.SUPPRESS)   # the child of check 4.
 args = parser.parse_args()
 if args.threads:
     torch.set_num_threads(args.threads)
@@ -159,6 +166,57 @@ def memory(run, frames: np.ndarray, key: int, box) -> dict:
     return peak
 
 
+# ----------------------------------------------------------------------------- 4., the child: one whole call
+def rss_now() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def whole_call(count: int, size) -> None:
+    """Decode -> segment -> export one synthetic clip of `count` frames; print baseline, peak and the clip's bytes."""
+    import ctypes
+    import json
+    import tempfile
+
+    from pipelines.core.video import read_clip, write_mp4
+    from pipelines.segmentation import mask_export
+    from pipelines.segmentation import pipeline as segmentation
+    from pipelines.segmentation.pipeline import SegmentationPipeline, SegmentationRequest
+
+    segmentation.MAX_FRAMES = max(segmentation.MAX_FRAMES, count)     # the bench goes past the studio's cap
+    folder = Path(tempfile.mkdtemp(prefix="segment-call-"))
+    clip = make_video(frames=count, size=tuple(size), seed=args.seed)
+    path = write_mp4(clip.frames, folder / "clip.mp4", fps=8)
+    del clip
+    run = SegmentationPipeline(ModelCache("cpu"), SegmentationRegistry("tiny"))
+    warm = make_video(frames=4, size=tuple(size), seed=args.seed).frames
+    run(SegmentationRequest(frames=warm, expression="the block", box_threshold=0.05, text_threshold=0.05))
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as f:      # the kernel's high-water mark restarts from here
+        f.write("5")
+    baseline = rss_now()
+    frames, fps = read_clip(path, max_frames=count, max_seconds=1e9, max_pixels=10**8)
+    result = run(SegmentationRequest(frames=frames, expression="the block", fps=fps, box_threshold=0.05,
+                                     text_threshold=0.05))
+    write_mp4(mask_export.overlay_frames(frames, result.masks, result.object_ids), folder / "overlay.mp4", fps=fps)
+    mask_export.masks_zip(result.masks, result.object_ids, folder / "masks.zip")
+    mask_export.write_coco_rle(result.masks, result.object_ids, "the block", folder / "masks.json")
+    # VmHWM, not getrusage's ru_maxrss: a child keeps its parent's ru_maxrss across exec, and the reset above only
+    # lowers the address space's own high-water mark.
+    with open("/proc/self/status") as f:
+        peak = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    print(json.dumps({"baseline": baseline, "peak": peak, "clip": frames.nbytes + result.masks.nbytes,
+                      "objects": len(result.object_ids)}))
+    for child in folder.iterdir():
+        child.unlink()
+    folder.rmdir()
+
+
+if args.whole_call:
+    whole_call(args.whole_call, args.call_size)
+    sys.exit(0)
+
+
 # ----------------------------------------------------------------------------- 1. same masks (also the warm-up)
 height, width = args.size
 video = make_video(frames=args.frames, size=(height, width), seed=args.seed)
@@ -216,6 +274,33 @@ print(f"studio memory {'stays flat' if flat else 'GROWS'} with video length (goa
 if not flat:
     print(f"FAIL: the studio's peak memory grows {grown['studio']:.2f}x over the {long}-frame video (goal <= 1.10x)")
 
+# ----------------------------------------------------------------------------- 4. the whole call's peak RSS
+import json  # noqa: E402
+import subprocess  # noqa: E402
+
+calls = {}
+for count in lengths:
+    done = subprocess.run([sys.executable, __file__, "--whole-call", str(count), "--call-size", *map(str, args.call_size),
+                           "--seed", str(args.seed), "--threads", str(args.threads)],
+                          capture_output=True, text=True, timeout=1800)
+    if done.returncode:
+        sys.exit(f"FAIL: the whole-call run of {count} frames failed:\n{done.stderr[-2000:]}")
+    calls[count] = json.loads(done.stdout.strip().splitlines()[-1])
+MIB = 2**20
+print(f"whole call (decode -> segment -> export: overlay MP4, masks zip, COCO RLE), {args.call_size[0]}x"
+      f"{args.call_size[1]} frames, peak RSS over the loaded models, each in a fresh process:")
+print(f"{'frames':>8}{'objects':>9}{'clip MiB':>10}{'peak - base MiB':>17}{'overhead MiB':>14}")
+overhead = {}
+for count, c in calls.items():
+    overhead[count] = (c["peak"] - c["baseline"] - c["clip"]) / MIB
+    print(f"{count:>8}{c['objects']:>9}{c['clip'] / MIB:>10.1f}{(c['peak'] - c['baseline']) / MIB:>17.1f}"
+          f"{overhead[count]:>14.1f}")
+call_flat = overhead[long] <= 1.5 * max(overhead[short], 0) + 32
+print(f"the whole call's overhead over the clip's own bytes {'stays flat' if call_flat else 'GROWS'}: "
+      f"{overhead[short]:.1f} MiB at {short} frames, {overhead[long]:.1f} MiB at {long} (goal: at most 1.5x + 32 MiB)")
+if not call_flat:
+    print("FAIL: the whole call's memory grows with the clip beyond its own bytes")
+
 print(f"segment_overhead_ratio: {ratio:.3f}")
-if not flat:
+if not flat or not call_flat:
     sys.exit(1)

@@ -16,15 +16,14 @@ from pipelines.segmentation.models import (
     DEFAULT_GROUNDER,
     DEFAULT_TRACKER,
     EXPRESSION_GROUNDERS,
-    GROUNDER_FILES,
     GROUNDERS,
     TRACKER_FILES,
     TRACKERS,
     SegmentationRegistry,
-    grounder_files,
     _tiny_grounder_model,
     _tiny_grounder_processor,
     _tiny_tracker,
+    grounder_files,
 )
 from pipelines.segmentation.pipeline import SegmentationPipeline, SegmentationRequest
 from pipelines.segmentation.synthetic import make_video

@@ -411,7 +411,7 @@ def _audio_only(path):
     (lambda d: _written(d / "cut.mp4", (d / "clip.mp4").read_bytes()[:300]), "the dog",
      "not a video we can read|no video stream|no frames|could not be decoded"),
     (lambda d: write_mp4(np.zeros((301, 16, 16, 3), np.uint8), d / "long.mp4", fps=30), "the dog",
-     "more than 300 frames"),
+     "has 301 frames; the studio segments at most 300"),
     # 62 frames at 1 fps: 62 s, over the 60 s cap (and under the frame cap), refused from the header
     (lambda d: write_mp4(np.zeros((62, 16, 16, 3), np.uint8), d / "minute.mp4", fps=1), "the dog",
      r"minute\.mp4 is 62 s long; the studio segments at most 60 s\. Trim it first\."),
@@ -791,3 +791,39 @@ def test_the_key_frame_image_says_when_the_sampled_frames_disagreed():
     band = 14                                   # thickness 1 at this size: the band is 14 px
     assert noted.shape == plain.shape and noted[:band].mean() < 0.5 * plain[:band].mean()   # a dark band, written on
     assert np.array_equal(noted[band + 2:], plain[band + 2:])                             # the rest untouched
+
+
+def test_the_exports_of_a_long_clip_hold_a_frame_at_a_time_not_the_clip(tmp_path):
+    """Overlay MP4 (streamed into the writer), masks zip and COCO RLE of a 240-frame clip with three objects: what
+    numpy and Python allocate on top of the clip's frames and masks stays under two frames' worth for the pixel
+    exports (and the zip's directory) (the overlay made three whole-clip float32 copies before: ~12x the frames); the COCO JSON holds its
+    annotations (a few KB each: one per object per frame), never a copy of the masks."""
+    import tracemalloc
+
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 255, (240, 96, 128, 3), np.uint8)
+    masks = np.zeros((3, 240, 96, 128), bool)
+    for k in range(3):
+        masks[k, :, 10 + 20 * k:40 + 20 * k, 10 + 30 * k:50 + 30 * k] = True
+
+    def peak(export) -> int:
+        export(2)                                   # warm-up: first-call buffers (the writer's pipes, zlib)
+        tracemalloc.start()
+        try:
+            export(len(frames))
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    pixels = peak(lambda n: (write_mp4(mask_export.overlay_frames(frames[:n], masks[:, :n], [1, 2, 3]),
+                                       tmp_path / "overlay.mp4", fps=8),
+                             mask_export.masks_zip(masks[:, :n], [1, 2, 3], tmp_path / "masks.zip")))
+    members = masks.shape[0] * masks.shape[1]       # the zip's directory keeps an entry (~0.5 KB) per PNG
+    assert pixels < 2 * frames[0].nbytes + 1024 * members + 256 * 1024 < frames.nbytes / 6, \
+        f"{pixels / 2**20:.2f} MiB for a {frames.nbytes / 2**20:.1f} MiB clip"
+    coco = peak(lambda n: mask_export.write_coco_rle(masks[:, :n], [1, 2, 3], "the shapes", tmp_path / "masks.json"))
+    assert coco < 2 * frames[0].nbytes + 3 * 240 * 4096 < masks.nbytes / 2
+    shown, _, _ = read_video(tmp_path / "overlay.mp4")
+    assert shown.shape == frames.shape
+    assert np.array_equal(mask_export.overlay(frames[:2], masks[:, :2], [1, 2, 3]),
+                          np.stack(list(mask_export.overlay_frames(frames[:2], masks[:, :2], [1, 2, 3]))))

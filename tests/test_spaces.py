@@ -439,7 +439,7 @@ def reachable_keys(engine) -> set[str]:
     """What the UI's choices can reach, enumerated from the choices themselves (not from Engine.reachable)."""
     from pipelines.sd15.models import STYLES
     from pipelines.sd15.modes import IDENTITY_MODES, TIMELAPSE_MODES
-    from pipelines.segmentation.models import EXPRESSION_GROUNDERS, GROUNDERS, TRACKERS
+    from pipelines.segmentation.models import GROUNDERS, TRACKERS
 
     keys = set()
     for style in STYLES:

@@ -15,9 +15,10 @@ def to_uint8(frames: np.ndarray) -> np.ndarray:
     return (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def write_mp4(frames: np.ndarray, path: str | Path, fps: float = 8, crf: int = 18) -> Path:
+def write_mp4(frames, path: str | Path, fps: float = 8, crf: int = 18) -> Path:
     """Write (T, H, W, 3) uint8 frames as H.264 (yuv420p, +faststart) at `fps` (a fractional rate is kept: a clip
-    read at 14.3 fps plays as long as its source).
+    read at 14.3 fps plays as long as its source). `frames` may also be an iterable of (H, W, 3) frames, written as
+    they come: an export made frame by frame is never held whole.
 
     The encoder runs as an ffmpeg subprocess (imageio-ffmpeg's bundled binary) rather than in-process
     through PyAV: in a process that has just run torch, in-process libx264 produced a different
@@ -29,25 +30,42 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: float = 8, crf: int = 1
     """
     import imageio_ffmpeg
 
-    frames = to_uint8(np.asarray(frames))
-    if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
-        raise ValueError(f"expected frames shaped (T, H, W, 3), got {frames.shape}")
-    pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
-    if pad_h or pad_w:
-        frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    if isinstance(frames, (np.ndarray, list, tuple)):
+        frames = to_uint8(np.asarray(frames))
+        if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
+            raise ValueError(f"expected frames shaped (T, H, W, 3), got {frames.shape}")
+    stream = iter(frames)
+    first = next(stream, None)
+    if first is None:
+        raise ValueError("expected frames shaped (T, H, W, 3), got none")
+    first = to_uint8(np.asarray(first))
+    if first.ndim != 3 or first.shape[-1] != 3:
+        raise ValueError(f"expected frames shaped (H, W, 3), got {first.shape}")
+    height, width = first.shape[:2]
+    pad_h, pad_w = height % 2, width % 2
     path = Path(path)
     writer = imageio_ffmpeg.write_frames(
-        str(path), (frames.shape[2], frames.shape[1]), fps=fps, codec="libx264", pix_fmt_in="rgb24",
+        str(path), (width + pad_w, height + pad_h), fps=fps, codec="libx264", pix_fmt_in="rgb24",
         pix_fmt_out="yuv420p", macro_block_size=1, ffmpeg_log_level="error",
         output_params=["-crf", str(crf), "-preset", "medium", "-movflags", "+faststart"],
     )
     writer.send(None)  # start ffmpeg
     try:
-        for frame in frames:
+        for frame in _chain(first, stream):
+            frame = to_uint8(np.asarray(frame))
+            if frame.shape[:2] != (height, width):
+                raise ValueError(f"every frame must be {width}x{height}, not {frame.shape[1]}x{frame.shape[0]}")
+            if pad_h or pad_w:
+                frame = np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
             writer.send(np.ascontiguousarray(frame))
     finally:
         writer.close()
     return path
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
 
 
 def read_video(path: str | Path) -> tuple[np.ndarray, float, str]:
@@ -100,7 +118,7 @@ def read_clip(path: str | Path, max_frames: int, max_seconds: float, max_pixels:
         if stream.frames and stream.frames > max_frames:       # the container's count: refused before decoding
             raise InputError(f"{name} has {stream.frames} frames; the studio segments at most {max_frames}. "
                              "Trim it or lower its frame rate.")
-        frames, times, rotation, size = [], [], 0, None
+        frames, times, rotation, size, clip = [], [], 0, None, None
         try:
             for frame in container.decode(stream):
                 if len(frames) == max_frames:
@@ -113,7 +131,14 @@ def read_clip(path: str | Path, max_frames: int, max_seconds: float, max_pixels:
                                      f"{frame.width}×{frame.height} at frame {len(frames)}: re-encode it at one size "
                                      "(e.g. ffmpeg -i in.mp4 -vf scale=W:H out.mp4).")
                 picture = frame.to_ndarray(format="rgb24")
-                frames.append(np.ascontiguousarray(np.rot90(picture, rotation)) if rotation else picture)
+                picture = np.rot90(picture, rotation) if rotation else picture
+                if clip is None and stream.frames:   # the count is known: one array, filled (a list then a stack
+                    clip = np.empty((stream.frames, *picture.shape), np.uint8)   # would hold the clip twice)
+                if clip is not None and len(frames) < len(clip):
+                    clip[len(frames)] = picture
+                    frames.append(None)
+                else:
+                    frames.append(np.ascontiguousarray(picture))
                 times.append(None if frame.time is None else float(frame.time))
         except InputError:
             raise
@@ -128,7 +153,12 @@ def read_clip(path: str | Path, max_frames: int, max_seconds: float, max_pixels:
     fps, variable, duration = _timing(times, average)
     if details is not None:
         details.update(rotation=rotation * 90, duration_s=round(duration, 3), variable_rate=variable)
-    return np.stack(frames), fps
+    if clip is None:
+        return np.stack(frames), fps
+    filled = sum(f is None for f in frames)
+    extra = [f for f in frames if f is not None]             # a container that undercounted its frames
+    clip = clip[:filled] if filled < len(clip) else clip
+    return (np.concatenate([clip, np.stack(extra)]) if extra else clip), fps
 
 
 def _timing(times: list[float | None], average: float) -> tuple[float, bool, float]:

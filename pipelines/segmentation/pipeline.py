@@ -228,8 +228,17 @@ class SegmentationPipeline:
         if flipped:
             warnings.append(flipped)
         order = sorted(masks)
+        views = [masks[i] for i in order]
+        base = views[0].base
+        if base is not None and base.shape == (len(order), *frames.shape[:3]) and all(
+                v.base is base and np.shares_memory(v, base[row]) for row, v in enumerate(views)):
+            stacked = base                         # the tracker's own array, in id order: no copy
+        else:
+            stacked = np.empty((len(order), *frames.shape[:3]), bool)
+            for row, object_id in enumerate(order):    # moved one object at a time: never two copies of the masks
+                stacked[row] = masks.pop(object_id)
         return SegmentationResult(
-            masks=np.stack([masks[i] for i in order]), object_ids=order, key_frame=key, candidates=candidates,
+            masks=stacked, object_ids=order, key_frame=key, candidates=candidates,
             chosen=chosen, reason=choice.reason, timings={k: round(v, 3) for k, v in timings.items()},
             warnings=warnings, disagree=bool(agreement.notes or flipped), not_understood=not_understood,
             grounder=grounder_name,
@@ -578,7 +587,9 @@ class Tracker:
     @torch.inference_mode()
     def propagate(self, key: int) -> dict[int, np.ndarray]:
         """Forward and backward from the key frame over the prompts so far: {object id: (T, H, W) bool}."""
-        masks = {object_id: np.zeros((self.count, self.height, self.width), bool) for object_id in self.session.obj_ids}
+        # One array for every object's masks (the result is these views): the pipeline returns it as it is.
+        block = np.zeros((len(self.session.obj_ids), self.count, self.height, self.width), bool)
+        masks = {object_id: block[row] for row, object_id in enumerate(self.session.obj_ids)}
         done: set[int] = set()
         for reverse in (False, True):
             for output in self.model.propagate_in_video_iterator(self.session, start_frame_idx=key, reverse=reverse):

@@ -111,7 +111,8 @@ class SegmentationAPI:
                 source: dict | None = None) -> tuple:
         engine, timings = self.engine, result.timings
         start = time.perf_counter()
-        overlay = write_mp4(mask_export.overlay(frames, result.masks, result.object_ids), engine.outputs.new(".mp4"),
+        overlay = write_mp4(mask_export.overlay_frames(frames, result.masks, result.object_ids),
+                            engine.outputs.new(".mp4"),
                             fps=fps)
         boxes = mask_export.key_frame_boxes(frames[result.key_frame], result.candidates[result.key_frame],
                                             result.chosen, result.object_ids,
