@@ -275,6 +275,13 @@ READINGS = [
     ("the person on the far right", ("person", "right", 1, 1, False, None, ())),
     ("the dog that is running on the left", ("dog that is running", "left", 1, 1, False, None, ())),
     ("the dog in the middle", ("dog", "middle", 1, 1, False, None, ())),
+    ("any dog but the biggest", ("dog", "largest", 1, 1, True, None, ())),
+    ("the woman in the middle lane", ("woman in the middle lane", None, 1, 1, False, None, ())),
+    ("the second-largest balloon", ("balloon", "largest", 2, 1, False, None, ())),
+    ("the tallest tree", ("tree", None, 1, 1, False, None, ("tallest",))),
+    ("the ball near the camera", ("ball", None, 1, 1, False, None, ("near the camera",))),
+    ("the links of the chain", ("link of the chain", None, 1, 0, False, None, ())),     # English, and all of them
+    ("the dog à gauche", "!read English"),
     ("the dogs on the left", "!Say how many dogs: e.g. 'the two dogs on the left', 'the dog on the left'"),
     ("the top-left dog", "!one position word at a time"),
     ("the dog in the lower right corner", "!one position word at a time"),

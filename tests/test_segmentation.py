@@ -788,9 +788,11 @@ def test_the_key_frame_image_says_when_the_sampled_frames_disagreed():
     chosen = [Candidate((10, 30, 40, 60), 0.8, "dog")]
     plain = mask_export.key_frame_boxes(frame, chosen, chosen, [1])
     noted = mask_export.key_frame_boxes(frame, chosen, chosen, [1], note="Frames disagree: see the explanation")
-    band = 14                                   # thickness 1 at this size: the band is 14 px
-    assert noted.shape == plain.shape and noted[:band].mean() < 0.5 * plain[:band].mean()   # a dark band, written on
-    assert np.array_equal(noted[band + 2:], plain[band + 2:])                             # the rest untouched
+    changed = np.nonzero((noted != plain).any(axis=(1, 2)))[0]
+    band = int(changed.max()) + 1                # the rows the note touched: one band across the top
+    assert changed.min() == 0 and 14 <= band < noted.shape[0] // 6
+    assert noted.shape == plain.shape and noted[:band].mean() < 0.5 * plain[:band].mean()   # dark, written on
+    assert np.array_equal(noted[band:], plain[band:])                                     # the rest untouched
 
 
 def test_the_exports_of_a_long_clip_hold_a_frame_at_a_time_not_the_clip(tmp_path):
@@ -827,3 +829,21 @@ def test_the_exports_of_a_long_clip_hold_a_frame_at_a_time_not_the_clip(tmp_path
     assert shown.shape == frames.shape
     assert np.array_equal(mask_export.overlay(frames[:2], masks[:, :2], [1, 2, 3]),
                           np.stack(list(mask_export.overlay_frames(frames[:2], masks[:, :2], [1, 2, 3]))))
+
+
+def test_a_frame_whose_words_pick_another_object_than_the_tracked_one_is_named():
+    """After tracking, every other frame that agreed on the count is checked: its choice's box must fall on the masks
+    tracked from the key frame (IoU >= 0.3). A frame where "the leftmost" is another object is named."""
+    from pipelines.segmentation.pipeline import Agreement, identity_flips
+    from pipelines.segmentation.relations import Choice
+
+    masks = np.zeros((1, 8, 40, 60), bool)
+    masks[0, :, 10:20, 5:15] = True                              # the tracked object stays at the left
+    candidates = {0: [Candidate((5, 10, 15, 20), 0.8), Candidate((40, 10, 50, 20), 0.8)],
+                  4: [Candidate((5, 10, 15, 20), 0.8), Candidate((40, 10, 50, 20), 0.8)],
+                  7: [Candidate((40, 10, 50, 20), 0.8), Candidate((5, 10, 15, 20), 0.8)]}
+    same = Agreement(2, [0, 4, 7], {f: Choice((0,) if f != 7 else (1,), "", 0.8) for f in (0, 4, 7)}, [])
+    assert identity_flips(same, candidates, {1: masks[0]}, key=0) == ""
+    other = Agreement(2, [0, 4, 7], {0: Choice((0,), "", 0.8), 4: Choice((1,), "", 0.8), 7: Choice((0,), "", 0.8)}, [])
+    said = identity_flips(other, candidates, {1: masks[0]}, key=0)
+    assert said.startswith("On frames 4, 7 the words pick another object than the one tracked from key frame 0")

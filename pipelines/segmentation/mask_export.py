@@ -83,10 +83,13 @@ def key_frame_boxes(frame: np.ndarray, candidates, chosen, object_ids: list[int]
         text = f"{object_id}: {candidate.score:.2f}" if object_id else f"{candidate.score:.2f}"
         cv2.putText(image, text, (x1 + 2, max(y1 - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.35 * thickness, tone,
                     thickness, cv2.LINE_AA)
-    if note:
-        band = max(14, 12 * thickness)
+    if note:                 # as large as fits across the image (up to 1.0), on a band sized to the text
+        width = image.shape[1]
+        (text_w, text_h), _ = cv2.getTextSize(note, cv2.FONT_HERSHEY_SIMPLEX, 1.0, thickness)
+        size = min(1.0, 0.94 * width / text_w)
+        band = max(14, int(text_h * size) + 10)
         image[:band] = (image[:band].astype(np.uint16) * 3 // 10).astype(np.uint8)      # darkened, still visible
-        cv2.putText(image, note, (4, band - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35 * thickness, (255, 210, 80),
+        cv2.putText(image, note, (int(0.03 * width), band - 5), cv2.FONT_HERSHEY_SIMPLEX, size, (255, 210, 80),
                     thickness, cv2.LINE_AA)
     return image
 

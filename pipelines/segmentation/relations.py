@@ -57,7 +57,7 @@ _ORDINAL_RE = re.compile(rf"\b(?:({'|'.join(_ORDINALS)})|(\d{{1,4}})(?:st|nd|rd|
 # A count only at the head of the expression, so that "the man with two dogs" stays one man.
 _COUNT_RE = re.compile(rf"^(?:(?:the|a|an)\s+)?(?:(all|every|each)|({'|'.join(_NUMBERS)}|\d{{1,4}})|(pair))"
                        r"(?:\s+of)?(?:\s+(?:the|these|those))?\b")
-_LEADING = {"the", "a", "an", "one", "ones", "of"}
+_LEADING = {"the", "a", "an", "one", "ones", "of", "any"}
 _COUNT_WORDS = {"all", "every", "each", "both", *_NUMBERS}
 _TRAILING = {"the", "a", "an", "one", "ones", "on", "in", "at", "to", "from", "of", "side", "that", "which", "who",
              "is", "are"}
@@ -140,12 +140,15 @@ def parse_expression(expression: str) -> Query:
 
 
 # ----------------------------------------------------------------- the pieces of parse_expression
+_VIEWER_WORDS = {"camera", "viewer", "lens", "us", "me", "you", "photographer"}
 _IMAGE_WORDS = {"image", "frame", "picture", "photo", "video", "screen", "scene", "clip", "shot"}
 _LETTERS_OK = ("LATIN",)
 # Common function words of the languages people most often type instead of English, none of them English words.
 _FOREIGN = set("""el los las del y una unos izquierda derecha perro gato coche le les des du et une gauche droite
 chien voiture der das und ein eine rechts hund katze il gli della sinistra destra gatto macchina os uma esquerda
 direita cachorro de la het een linker rechter""".split())
+_FOREIGN_DIRECTIONS = {"izquierda", "derecha", "gauche", "droite", "rechts", "sinistra", "destra", "esquerda",
+                       "direita", "rechter"}
 _ENGLISH_GLUE = {"the", "a", "an", "on", "of", "in", "with", "to", "and", "at", "from", "is", "that", "who", "one"}
 # Position and ordinal words that belong to a noun: these are things, not places in the frame.
 _COMPOUNDS = {
@@ -155,11 +158,11 @@ _COMPOUNDS = {
              "wrist elbow cheek boot",
     "top": "hat hats coat shelf floor deck bunk drawer",
     "bottom": "shelf floor drawer bunk bracket",
-    "middle": "finger school name",
+    "middle": "finger school name lane",
     "upper": "body lip deck jaw arm",
     "lower": "body lip deck jaw back",
-    "center": "console court field forward piece",
-    "centre": "console court field forward piece",
+    "center": "console court field forward piece lane",
+    "centre": "console court field forward piece lane",
     "first": "aid",
     "second": "hand",
     "third": "party",
@@ -179,7 +182,8 @@ _UNREAD_RES = (
                r"holding|having)\b)*(?:\s+\w+)?"),
     re.compile(r"\b\w+er\s+than\b(?:\s+(?:the|a|an)\b)?(?:\s+\w+)?"),
     re.compile(r"\b(?:taller|shorter|older|younger|wider|narrower|thinner|fatter|longer|heavier|darker|lighter|"
-               r"brighter)\b"),
+               r"brighter|tallest|shortest|oldest|youngest|widest|narrowest|thinnest|fattest|longest|heaviest|"
+               r"darkest|lightest|brightest|fastest|slowest)\b"),
     re.compile(r"\bbetween\b(?:\s+(?:the|a|an)\b)?(?:\s+\w+)*"),
 )
 _COMPARATIVES = {"bigger": "largest", "larger": "largest", "smaller": "smallest", "tinier": "smallest",
@@ -205,7 +209,8 @@ def _refuse_other_languages(text: str) -> None:
     foreign = [ch for ch in letters if not unicodedata.name(ch, "").startswith(_LETTERS_OK)]
     words = re.findall(r"[^\W\d_]+", text)
     guessed = [w for w in words if w in _FOREIGN]
-    if foreign or (guessed and (len(guessed) >= 2 or not any(w in _ENGLISH_GLUE for w in words))):
+    if foreign or any(w in _FOREIGN_DIRECTIONS for w in words) or (
+            guessed and (len(guessed) >= 2 or not any(w in _ENGLISH_GLUE for w in words))):
         raise InputError(f"The grounders here read English; “{text.strip()}” does not look like English. "
                          "Write it in English, e.g. 'the dog on the left'.")
 
@@ -224,6 +229,8 @@ def _protect_compounds(text: str) -> tuple[str, list[str]]:
         parts = word.split("-")
         if sum(part in _POSITION_PARTS for part in parts) >= 2 or (parts[0] in ("left", "right") and parts[1:] == ["hand"]):
             return word            # "top-left" (two positions: refused) and "left-hand side" stay readable
+        if len(parts) == 2 and parts[0] in _ORDINALS and parts[1] in _RELATION_WORDS:
+            return " ".join(parts)   # "second-largest": an ordinal and a superlative, read as such
         if any(part in _POSITION_PARTS or part in _ORDINALS or part == "last" for part in parts):
             return hide(word)
         return word
@@ -298,6 +305,10 @@ def _plain(text: str, kept: list[str], noun_optional: bool = False) -> _Parsed:
         tail = m.group("anchor").split()
         if kind == "side" and tail and tail[0] in _IMAGE_WORDS:
             continue                                    # "on the left of the image": the frame's left
+        if tail and tail[0] in _VIEWER_WORDS:           # "near the camera": depth, which boxes cannot answer
+            unread.append(" ".join(m.group(0).split()))
+            text = text[:m.start()] + " " + text[m.end():]
+            break
         anchor_words = list(tail)
         while anchor_words and anchor_words[-1] in _TRAILING:
             anchor_words.pop()
