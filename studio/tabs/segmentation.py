@@ -52,10 +52,11 @@ def build(engine: Engine) -> gr.Video:
     api = SegmentationAPI(engine)
     with gr.Tab("Referring segmentation", id="segmentation"):
         gr.Markdown(
-            "Upload a video and say what to follow: “the dog on the left”, “the two cars”, “the person holding a "
-            "cup”. The phrase is grounded on a few frames, relations are resolved on the boxes found, and SAM 2 "
-            f"tracks the chosen object forward and backward from the best frame. Up to {MAX_FRAMES} frames, "
-            f"{MAX_SECONDS:.0f} s, 1080p."
+            "Upload a video and say what to follow: “the dog on the left”, “every dog except the left one”, “the "
+            "cup next to the laptop”. The phrase is grounded on a few frames, relations are resolved on the boxes "
+            "found (words they cannot answer, like “closest to the camera”, go whole to Florence-2, and the "
+            "explanation says so), and SAM 2 tracks the chosen object forward and backward from the frame the "
+            f"sampled frames agree on. Up to {MAX_FRAMES} frames, {MAX_SECONDS:.0f} s, 1080p."
         )
         with gr.Row():
             with gr.Column(scale=5):
