@@ -390,6 +390,36 @@ def test_stop_says_it_stopped_and_the_next_run_starts_cleanly(page, server, monk
     assert not any(c["locked"] for c in engine.cache.stats()["components"])
 
 
+def test_an_example_runs_like_generate_and_stop_stops_it_within_two_seconds(page, server, monkeypatch):
+    """A presenter's first click is an example: it runs through Generate's path (the step bar, the studio's own
+    estimate refreshed after it), with the example's own seed, and Stop cancels it."""
+    from studio.tabs.timelapse import EXAMPLES
+
+    started = _slow_steps(monkeypatch, 0.3)
+    example = EXAMPLES[0]
+    page.get_by_text(example["label"], exact=True).first.click()
+    steps = "/25"
+    progress = ("() => ['#timelapse-video', '#timelapse-summary'].some("
+                f"id => (document.querySelector(id)?.innerText || '').includes('{steps}'))")
+    page.wait_for_function(progress, timeout=GENERATE_TIMEOUT_MS)
+    assert page.get_by_label("What changes over time", exact=True).input_value() == example["prompt"]
+    pressed = time.monotonic()
+    page.get_by_role("button", name="Stop", exact=True).first.click()
+    page.locator(TOAST).get_by_text("Stopped before the end; nothing was saved.").first.wait_for(
+        state="visible", timeout=2_000)
+    page.wait_for_function(f"() => !({progress})()", timeout=2_000)
+    assert time.monotonic() - pressed < 2.5 and started == [25]
+    assert _visible_error_texts(page) == []
+    _close_toasts(page)
+    assert not any(c["locked"] for c in server[0].cache.stats()["components"])
+    # Run to the end this time: the estimate under the button is refreshed by what the example's run measured.
+    page.get_by_text(EXAMPLES[1]["label"], exact=True).first.click()
+    page.wait_for_function(FINISHED_JS, arg="#timelapse-summary", timeout=GENERATE_TIMEOUT_MS)
+    page.wait_for_function("() => (document.querySelector('#timelapse-estimate')?.innerText || '').includes('≈')",
+                           timeout=UI_TIMEOUT_MS)
+    assert started == [25, 25]
+
+
 def test_the_live_preview_shows_the_clip_before_the_final_one(page, monkeypatch):
     _slow_steps(monkeypatch, 0.1)                               # time to see the preview, and steps after it
     page.get_by_label("What changes over time", exact=True).fill("ice melting")

@@ -120,16 +120,26 @@ def safety_toggle(enforced: bool) -> gr.Checkbox:
 
 
 def wire_generate(engine, triggers: list, fn, inputs: list, outputs: list, api_name: str, seed, randomize, another,
-                  info, stop, progress_on, summary=None) -> gr.Dependency:
+                  info, stop, progress_on, summary=None, examples: gr.Examples | None = None,
+                  after=None) -> gr.Dependency:
     """Every generating tab's events, one way: the seed chain (randomize, then generate: the endpoint uses the
-    seed it gets), the another-seed retry shown when the output check blurred frames, and Stop for both."""
+    seed it gets), the another-seed retry shown when the output check blurred frames, and Stop for all of them.
+    `examples` (filling the inputs only): a click on one runs as Generate does, the step bar, live preview, the
+    studio's estimate and Stop included, with the example's own seed (a presenter's first click, and it must be
+    stoppable). `after(event)`: chained after each run (the estimate line, refined by what the run measured)."""
     generate = gr.on(triggers, randomize_seed, [seed, randomize], seed, queue=False, api_name=False).then(
         fn, inputs, outputs, api_name=api_name, concurrency_id="gpu", show_progress_on=progress_on)
     retry = another.click(new_seed, None, seed, queue=False, api_name=False).then(
         fn, inputs, outputs, api_name=False, concurrency_id="gpu", show_progress_on=progress_on)
-    for event in (generate, retry):
+    runs = [generate, retry]
+    if examples is not None:
+        runs.append(examples.load_input_event.then(fn, inputs, outputs, api_name=False, concurrency_id="gpu",
+                                                   show_progress_on=progress_on))
+    for event in runs:
         event.then(flagged_frames_shown, info, another, queue=False, api_name=False)
-    stop.click(engine.stop, None, summary, cancels=[generate, retry], api_name=False)   # queued: its toast needs it
+        if after is not None:
+            after(event)
+    stop.click(engine.stop, None, summary, cancels=runs, api_name=False)   # queued: its toast needs it
     return generate
 
 

@@ -68,16 +68,17 @@ def build(engine: Engine) -> controls.Generating:
 
         inputs = [prompt, keyframes, negative_prompt, style, num_frames, steps, guidance, seed, safety, mode, preview]
         outputs = [video, summary, info]
-        gr.Examples(
+        # Not cached: an example is a run like any other (step bar, preview, estimate, Stop), wired below.
+        examples = gr.Examples(
             examples=[[e["prompt"], e["keyframes"], TimelapseRequest.negative_prompt, e["style"], e["num_frames"],
-                       TimelapseRequest.steps, TimelapseRequest.guidance, e["seed"], True, "quality", False]
+                       TimelapseRequest.steps, TimelapseRequest.guidance, e["seed"], True, "quality", True]
                       for e in EXAMPLES],
-            inputs=inputs, outputs=outputs, fn=api.generate, cache_examples=True, cache_mode="lazy",
-            example_labels=[e["label"] for e in EXAMPLES], examples_per_page=5,
+            inputs=inputs, cache_examples=False, example_labels=[e["label"] for e in EXAMPLES], examples_per_page=5,
         )
 
-    generate = controls.wire_generate(engine, [prompt.submit, run.click], api.stream, inputs, outputs, "timelapse",
-                                      seed, randomize, another, info, stop, progress_on=video, summary=summary)
-    generate.then(api.estimate, estimate_inputs, estimate, queue=False,
-                  api_name=False, show_progress="hidden")                  # the run just refined the rates
+    generate = controls.wire_generate(
+        engine, [prompt.submit, run.click], api.stream, inputs, outputs, "timelapse", seed, randomize, another, info,
+        stop, progress_on=video, summary=summary, examples=examples,
+        after=lambda event: event.then(api.estimate, estimate_inputs, estimate, queue=False, api_name=False,
+                                       show_progress="hidden"))               # the run just refined the rates
     return controls.Generating(generate, video, send)
