@@ -13,7 +13,8 @@ from studio.tabs import controls, identity, safety, segmentation, system, timela
 CSS = (Path(__file__).parents[1] / "assets" / "studio.css").read_text()
 TINY_BANNER = (
     "**Test profile (`STUDIO_PROFILE=tiny`)**: every model is a tiny network with random weights. "
-    "Outputs are noise: this profile checks the plumbing, not the methods."
+    "Outputs are noise, and so are the numbers about them: scores, counts of objects found, the tokens the guard "
+    "flags and the faces detected are random too. This profile checks the plumbing, not the methods."
 )
 
 ENFORCED_BANNER = ("**Safety guard enforced** (`STUDIO_SAFETY=enforced`): every prompt goes through SAFREE and every "

@@ -70,6 +70,13 @@ def test_custom_concepts_and_bad_guard_options_through_the_api(client):
         client.predict(prompt="a dog", projection="sideways", api_name="/safe_generate")
 
 
+def test_an_empty_prompt_gets_the_safe_tabs_own_message(client):
+    for prompt in ("", "   "):
+        with pytest.raises(AppError, match="Write a prompt to check: the guard shows which of its words") as caught:
+            client.predict(prompt=prompt, api_name="/safe_generate")
+        assert "changes over time" not in str(caught.value)        # not the time-lapse tab's message
+
+
 # ----------------------------------------------------------------------------- enforced mode, over HTTP
 @pytest.fixture(scope="module")
 def enforced(tmp_path_factory):

@@ -37,3 +37,12 @@ def test_a_large_frame_is_shown_as_it_is_and_clicks_are_not_scaled(tmp_path):
     assert show_frame(path, 0).shape == (480, 640, 3)
     clicks, _ = add_click("", 0, "include", None, {"size": [640, 480]}, SimpleNamespace(index=[321, 123]))
     assert json.loads(clicks) == [{"frame": 0, "x": 321.0, "y": 123.0, "positive": True, "object_id": 1}]
+
+
+def test_the_click_list_uses_signs_every_font_has():
+    from studio.tabs.segmentation_api import clicks_markdown
+
+    said = clicks_markdown([{"frame": 3, "x": 10.0, "y": 20.0, "positive": True, "object_id": 1},
+                            {"frame": 4, "x": 5.0, "y": 6.0, "positive": False, "object_id": 1}])
+    assert "+ frame 3 (10, 20)" in said and "- frame 4 (5, 6)" in said
+    assert all(ord(ch) < 0x2000 or ch in "→·" for ch in said), said          # no fullwidth ＋/－

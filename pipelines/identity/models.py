@@ -186,9 +186,9 @@ class RealIdentityLoaders(RealLoaders):
         return CLIPVisionModelWithProjection.from_pretrained(folder, dtype=self.dtype).eval()
 
     def image_processor(self):
-        from transformers import CLIPImageProcessor
+        from transformers import CLIPImageProcessorPil
 
-        return CLIPImageProcessor()   # 224 px, CLIP's mean and std: what the IP-Adapter image encoder saw
+        return CLIPImageProcessorPil()   # 224 px, CLIP's mean and std: what the IP-Adapter image encoder saw
 
     def identity_unet(self, unet2d, adapter, image_encoder, per_frame_norm: bool = True):
         animator = torch.load(ANIMATOR_FILE.path(), map_location="cpu", weights_only=True)

@@ -7,13 +7,17 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-import diffusers
 import numpy as np
 import torch
-from diffusers import AnimateDiffPipeline
 
 from pipelines.core.checks import Progress, excerpt
+from pipelines.core.logs import hide_known_fallback_warnings
 from pipelines.core.video import to_uint8
+
+hide_known_fallback_warnings()      # diffusers' pipeline import says two harmless lines without torchvision
+
+import diffusers  # noqa: E402  (after the filter: importing it is what says them)
+from diffusers import AnimateDiffPipeline  # noqa: E402
 
 Preview = Callable[[np.ndarray, int], None]     # (frames (T, H, W, 3) uint8, steps done): a glimpse of the clip
 

@@ -181,6 +181,6 @@ def image_encoder(seed: int):
 
 
 def image_processor():
-    from transformers import CLIPImageProcessor
+    from transformers import CLIPImageProcessorPil
 
-    return CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})

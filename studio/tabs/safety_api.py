@@ -8,6 +8,7 @@ import time
 
 import gradio as gr
 
+from pipelines.core.errors import InputError
 from pipelines.safety.guard import DEFAULT_CATEGORIES, SafetyOptions, parse_concepts
 from pipelines.timelapse.pipeline import TimelapseRequest
 from studio.engine import Engine, queue_wait_seconds, run_all_on_gpu, safety_line, summary_markdown, user_errors, whole
@@ -45,6 +46,9 @@ class SafetyAPI:
         engine = self.engine
         with user_errors():
             waited = queue_wait_seconds()
+            if not isinstance(prompt, str) or not prompt.strip():     # the tab's own words, not the time-lapse's
+                raise InputError("Write a prompt to check: the guard shows which of its words it steers away from, "
+                                 "e.g. 'a portrait of a woman on the beach'.")
             options = SafetyOptions(
                 categories=tuple(concepts or ()), custom_concepts=parse_concepts(custom_concepts), alpha=alpha,
                 projection=projection, reattention=bool(reattention), concepts_as_negative=bool(concepts_as_negative),

@@ -193,5 +193,5 @@ def explanation_markdown(info: dict) -> str:
 def clicks_markdown(clicks: list[dict[str, Any]]) -> str:
     if not clicks:
         return "No clicks yet: click the frame to add a point."
-    return " · ".join(f"{'＋' if c['positive'] else '－'} frame {c['frame']} ({c['x']:.0f}, {c['y']:.0f}) → object "
+    return " · ".join(f"{'+' if c['positive'] else '-'} frame {c['frame']} ({c['x']:.0f}, {c['y']:.0f}) → object "
                       f"{c['object_id']}" for c in clicks)
