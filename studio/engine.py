@@ -11,8 +11,10 @@ import dataclasses
 import math
 import os
 import queue
+import re
 import threading
 import time
+import unicodedata
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -91,13 +93,17 @@ class OutputDir:
     def __init__(self, root: Path, ttl_s: int):
         self.root, self.ttl_s = Path(root), ttl_s
 
-    def new(self, suffix: str) -> Path:
+    def new(self, suffix: str, name: str = "") -> Path:
+        """A fresh path for an output. `name`: what the download should be called ("dogs-the-dog-on-the-left-masks"),
+        made file-safe and kept unique by a short suffix; without one, a random name."""
         self.root.mkdir(parents=True, exist_ok=True)
         cutoff = time.time() - self.ttl_s
         for old in self.root.iterdir():
             if old.is_file() and old.stat().st_mtime < cutoff:
                 old.unlink(missing_ok=True)
-        return self.root / f"{uuid.uuid4().hex}{suffix}"
+        slug = re.sub(r"[^a-z0-9]+", "-", unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+                      .lower()).strip("-")[:60].rstrip("-")
+        return self.root / (f"{slug}-{uuid.uuid4().hex[:6]}{suffix}" if slug else f"{uuid.uuid4().hex}{suffix}")
 
 
 # ZeroGPU runs a @spaces.GPU function in a forked worker and sends it the arguments by pickling them,

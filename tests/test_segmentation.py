@@ -847,3 +847,13 @@ def test_a_frame_whose_words_pick_another_object_than_the_tracked_one_is_named()
     other = Agreement(2, [0, 4, 7], {0: Choice((0,), "", 0.8), 4: Choice((1,), "", 0.8), 7: Choice((0,), "", 0.8)}, [])
     said = identity_flips(other, candidates, {1: masks[0]}, key=0)
     assert said.startswith("On frames 4, 7 the words pick another object than the one tracked from key frame 0")
+
+
+def test_the_downloads_are_named_after_the_clip_and_the_expression(client, video, tmp_path):
+    path = write_mp4(video.frames, tmp_path / "Two Discs.mp4", fps=8)
+    overlay, _, archive, rle, *_ = client.predict(video=handle_file(str(path)), expression="the disc on the left!",
+                                                  box_threshold=0.05, api_name="/segment")
+    names = [Path(p).name for p in (overlay, archive, rle)]
+    assert names[0].startswith("two-discs-the-disc-on-the-left-overlay-") and names[0].endswith(".mp4")
+    assert names[1].startswith("two-discs-the-disc-on-the-left-masks-") and names[1].endswith(".zip")
+    assert names[2].startswith("two-discs-the-disc-on-the-left-coco-rle-") and names[2].endswith(".json")

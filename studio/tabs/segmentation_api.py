@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -103,22 +104,26 @@ class SegmentationAPI:
             if source.get("variable_rate"):
                 result.warnings.append(f"The video has a variable frame rate: the overlay shows its {len(frames)} "
                                        f"frames at a constant {fps:.2f} fps, the same {source['duration_s']:.2f} s.")
-            outputs = self.publish(job, frames, fps, result, source)
+            outputs = self.publish(job, frames, fps, result, source,
+                                   name=f"{Path(str(video)).stem} {job.expression}")
             outputs[-1]["gpu_reservation_s"] = reserved
         return outputs
 
     def publish(self, job: SegmentationRequest, frames, fps: float, result: SegmentationResult,
-                source: dict | None = None) -> tuple:
+                source: dict | None = None, name: str = "") -> tuple:
+        """`name`: what the downloads are called after (the clip and the expression)."""
         engine, timings = self.engine, result.timings
         start = time.perf_counter()
         overlay = write_mp4(mask_export.overlay_frames(frames, result.masks, result.object_ids),
-                            engine.outputs.new(".mp4"),
+                            engine.outputs.new(".mp4", f"{name} overlay" if name else ""),
                             fps=fps)
         boxes = mask_export.key_frame_boxes(frames[result.key_frame], result.candidates[result.key_frame],
                                             result.chosen, result.object_ids,
                                             note="Frames disagree: see the explanation" if result.disagree else "")
-        archive = mask_export.masks_zip(result.masks, result.object_ids, engine.outputs.new(".zip"))
-        rle = mask_export.write_coco_rle(result.masks, result.object_ids, job.expression, engine.outputs.new(".json"))
+        archive = mask_export.masks_zip(result.masks, result.object_ids,
+                                        engine.outputs.new(".zip", f"{name} masks" if name else ""))
+        rle = mask_export.write_coco_rle(result.masks, result.object_ids, job.expression,
+                                         engine.outputs.new(".json", f"{name} coco rle" if name else ""))
         timings["export"] = round(time.perf_counter() - start, 3)
         areas = result.areas()
         for warning in result.warnings:
