@@ -333,6 +333,14 @@ def test_segment_this_clip_hands_the_generated_video_to_the_segmentation_tab(pag
     assert _visible_error_texts(page) == []
     _close_toasts(page) if page.locator(TOAST).count() else None
     _screenshot(page, "#segmentation-run", SEGMENTATION_SCREENSHOT)
+    # a click on the key frame is marked there (the image is redrawn) and listed
+    image = page.locator("#segmentation-keyframe img")
+    before = image.get_attribute("src")
+    image.click(position={"x": 40, "y": 40})
+    page.wait_for_function("(old) => document.querySelector('#segmentation-keyframe img')?.src !== old", arg=before,
+                           timeout=UI_TIMEOUT_MS)
+    page.locator("button:visible", has_text="Refine with clicks").first.click()
+    page.wait_for_function("() => document.body.innerText.includes('include frame')", timeout=UI_TIMEOUT_MS)
 
 
 def test_the_vdit_backend_in_the_browser_hides_what_it_does_not_use_and_says_its_licence(page):

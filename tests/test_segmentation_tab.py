@@ -23,26 +23,32 @@ def test_a_click_on_the_enlarged_frame_lands_on_the_video_pixel_under_it(tmp_pat
     assert bright.size and (bright // 7 == [5, 10]).all()            # the enlarged pixel covers 7×7 screen pixels
 
     info = {"size": [64, 48], "num_frames": 3}
-    clicks, text = add_click("", 1, "include", 1, info, SimpleNamespace(index=[73, 40]))
-    clicks, text = add_click(clicks, 2, "exclude", 2, info, SimpleNamespace(index=[0, 335]))
+    clicks, text, marked = add_click("", 1, "include", 1, info, shown, SimpleNamespace(index=[73, 40]))
+    clicks, text, marked = add_click(clicks, 2, "exclude", 2, info, marked, SimpleNamespace(index=[0, 335]))
     points = json.loads(clicks)
     assert [(p["frame"], int(p["x"]), int(p["y"]), p["positive"], p["object_id"]) for p in points] == [
         (1, 10, 5, True, 1), (2, 0, 47, False, 2)]
     assert text
+    # each click is marked where it was made on the shown image: green to include, red to exclude, ringed in white
+    from pipelines.segmentation.mask_export import EXCLUDE, INCLUDE
+
+    assert tuple(marked[40, 73]) == INCLUDE and tuple(marked[335, 0]) == EXCLUDE
+    assert marked[40, 73 + 7].min() > 180                             # the white ring, just outside the 6 px disc
+    assert marked.shape == shown.shape and (marked != shown).any(axis=2).sum() < 2 * 3.15 * 8 ** 2
 
 
 def test_a_large_frame_is_shown_as_it_is_and_clicks_are_not_scaled(tmp_path):
     frames = np.zeros((2, 480, 640, 3), np.uint8)
     path = str(write_mp4(frames, tmp_path / "big.mp4", fps=8))
     assert show_frame(path, 0).shape == (480, 640, 3)
-    clicks, _ = add_click("", 0, "include", None, {"size": [640, 480]}, SimpleNamespace(index=[321, 123]))
+    clicks, *_ = add_click("", 0, "include", None, {"size": [640, 480]}, None, SimpleNamespace(index=[321, 123]))
     assert json.loads(clicks) == [{"frame": 0, "x": 321.0, "y": 123.0, "positive": True, "object_id": 1}]
 
 
-def test_the_click_list_uses_signs_every_font_has():
+def test_the_click_list_says_include_and_exclude_in_words():
     from studio.tabs.segmentation_api import clicks_markdown
 
     said = clicks_markdown([{"frame": 3, "x": 10.0, "y": 20.0, "positive": True, "object_id": 1},
                             {"frame": 4, "x": 5.0, "y": 6.0, "positive": False, "object_id": 1}])
-    assert "+ frame 3 (10, 20)" in said and "- frame 4 (5, 6)" in said
-    assert all(ord(ch) < 0x2000 or ch in "→·" for ch in said), said          # no fullwidth ＋/－
+    assert said == "include frame 3 (10, 20) → object 1 · exclude frame 4 (5, 6) → object 1"   # no sign for Markdown
+    assert all(ord(ch) < 0x2000 or ch in "→·" for ch in said), said          # no fullwidth ＋/－ to miss from a font

@@ -94,6 +94,20 @@ def key_frame_boxes(frame: np.ndarray, candidates, chosen, object_ids: list[int]
     return image
 
 
+INCLUDE, EXCLUDE = (0, 200, 90), (230, 40, 40)
+
+
+def mark_click(image: np.ndarray, x: float, y: float, positive: bool) -> np.ndarray:
+    """The shown frame with a refinement click marked where it was made (display pixels): a filled disc, green to
+    include and red to exclude, ringed in white so it reads on any colour."""
+    marked = np.ascontiguousarray(np.array(image, dtype=np.uint8, copy=True))
+    radius = max(4, round(max(marked.shape[:2]) / 80))
+    centre = (int(round(x)), int(round(y)))
+    cv2.circle(marked, centre, radius + 2, (255, 255, 255), -1, cv2.LINE_AA)
+    cv2.circle(marked, centre, radius, INCLUDE if positive else EXCLUDE, -1, cv2.LINE_AA)
+    return marked
+
+
 def masks_zip(masks: np.ndarray, object_ids: list[int], path: str | Path) -> Path:
     """Per-frame 0/255 PNGs, `<object id>/<frame:05d>.png`, in one zip."""
     path = Path(path)

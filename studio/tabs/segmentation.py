@@ -30,14 +30,17 @@ def show_frame(overlay: str | None, frame: int):
     return mask_export.enlarge(shown, mask_export.display_scale(shown.shape[1], shown.shape[0]))
 
 
-def add_click(clicks: str, frame: int, polarity: str, object_id: int, info: dict | None, event: gr.SelectData):
-    """A click on the shown frame, in the video's pixels (the frame may be shown enlarged)."""
+def add_click(clicks: str, frame: int, polarity: str, object_id: int, info: dict | None, image,
+              event: gr.SelectData):
+    """A click on the shown frame, in the video's pixels (the frame may be shown enlarged), marked where it was made
+    on the shown image."""
     points = json.loads(clicks or "[]")
     factor = mask_export.display_scale(*info["size"]) if info else 1
     x, y = (v / factor for v in event.index)
     points.append({"frame": int(frame), "x": float(x), "y": float(y), "positive": polarity == "include",
                    "object_id": int(object_id or 1)})
-    return json.dumps(points), clicks_markdown(points)
+    marked = gr.update() if image is None else mask_export.mark_click(image, *event.index, polarity == "include")
+    return json.dumps(points), clicks_markdown(points), marked
 
 
 def after_segmenting(info: dict | None):
@@ -131,8 +134,9 @@ def build(engine: Engine) -> gr.Video:
                    + [gr.update(visible=chosen == "vdit")], backend, [tracker, grounder, refine_box, vdit_pass],
                    queue=False, api_name=False, show_progress="hidden")
     shown.release(show_frame, [overlay, shown], key_image, queue=False, api_name=False)
-    key_image.select(add_click, [clicks, shown, polarity, object_id, info], [clicks, clicks_text], queue=False,
-                     api_name=False)
-    clear.click(lambda: ("[]", clicks_markdown([])), None, [clicks, clicks_text], queue=False, api_name=False)
+    key_image.select(add_click, [clicks, shown, polarity, object_id, info, key_image], [clicks, clicks_text, key_image],
+                     queue=False, api_name=False)
+    clear.click(lambda overlay_clip, frame: ("[]", clicks_markdown([]), show_frame(overlay_clip, frame)),
+                [overlay, shown], [clicks, clicks_text, key_image], queue=False, api_name=False)   # markers gone
     stop.click(engine.stop, None, None, cancels=[first, again], api_name=False)   # queued: its toast needs it
     return video

@@ -198,5 +198,6 @@ def explanation_markdown(info: dict) -> str:
 def clicks_markdown(clicks: list[dict[str, Any]]) -> str:
     if not clicks:
         return "No clicks yet: click the frame to add a point."
-    return " · ".join(f"{'+' if c['positive'] else '-'} frame {c['frame']} ({c['x']:.0f}, {c['y']:.0f}) → object "
-                      f"{c['object_id']}" for c in clicks)
+    # Words, not signs: a leading "+" or "-" is a Markdown list marker, and the fullwidth ones miss from fonts.
+    return " · ".join(f"{'include' if c['positive'] else 'exclude'} frame {c['frame']} ({c['x']:.0f}, {c['y']:.0f}) "
+                      f"→ object {c['object_id']}" for c in clicks)
