@@ -351,6 +351,8 @@ def test_the_vdit_backend_in_the_browser_hides_what_it_does_not_use_and_says_its
     page.wait_for_function(VIDEO_READY_JS, arg="#segmentation-input", timeout=UI_TIMEOUT_MS)
     page.locator("#segmentation-backend").get_by_label("VD-IT", exact=True).check()
     page.get_by_label("Tracker").first.wait_for(state="hidden")
+    page.wait_for_function("() => (document.querySelector('#segmentation-keyframe')?.innerText || '')"
+                           ".includes('no candidates, no clicks')", timeout=UI_TIMEOUT_MS)
     page.locator("#segmentation-refine").wait_for(state="hidden")
     page.locator("#segmentation-expression textarea").fill("the block on the left")
     page.locator("#segmentation-run").click()

@@ -857,3 +857,17 @@ def test_the_downloads_are_named_after_the_clip_and_the_expression(client, video
     assert names[0].startswith("two-discs-the-disc-on-the-left-overlay-") and names[0].endswith(".mp4")
     assert names[1].startswith("two-discs-the-disc-on-the-left-masks-") and names[1].endswith(".zip")
     assert names[2].startswith("two-discs-the-disc-on-the-left-coco-rle-") and names[2].endswith(".json")
+
+
+def test_the_key_frame_labels_the_chosen_boxes_and_the_others_only_while_few():
+    """Eighteen score labels in one small frame pile into a cluster: past six candidates only the chosen boxes are
+    labelled (on a dark plate each); with three, every box is."""
+    rng = np.random.default_rng(0)
+    frame = np.full((64, 64, 3), 120, np.uint8)
+    boxes = [Candidate(tuple(float(v) for v in (x, y, x + 12, y + 12)), float(rng.uniform(0.3, 1)), "dog")
+             for x, y in rng.integers(0, 50, (18, 2))]
+    plates = lambda image: int((image.sum(axis=2) == 0).sum())   # noqa: E731  (the label plates are pure black)
+    many = plates(mask_export.key_frame_boxes(frame, boxes, boxes[:1], [1]))
+    few = plates(mask_export.key_frame_boxes(frame, boxes[:3], boxes[:1], [1]))
+    alone = plates(mask_export.key_frame_boxes(frame, boxes[:1], boxes[:1], [1]))
+    assert 0 < many < 1.3 * alone and few > 1.8 * alone        # the two others: narrower plates ("0.32")

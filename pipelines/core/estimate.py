@@ -144,7 +144,7 @@ def say(seconds: float | None, device: str, loading: bool, fast_hint: bool = Tru
     text = f"≈ {seconds:.0f} s" if seconds < 90 else f"≈ {seconds / 60:.0f} min"
     text += f" on {where}"
     if loading:
-        text += ", plus loading the models (first run of this style)"
+        text += ", plus loading the models this style and mode need (not in memory yet)"
     if seconds > 300:
         text += " — try Fast mode or fewer frames" if fast_hint else " — try fewer frames"
     return text

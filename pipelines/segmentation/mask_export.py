@@ -21,6 +21,7 @@ from PIL import Image
 COLOURS = [(230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0),
            (204, 121, 167), (255, 255, 255)]
 TINT = 0.4
+LABELLED_CANDIDATES = 6      # the key frame writes every candidate's score up to this many, else the chosen ones'
 
 
 def colour(object_id: int) -> tuple[int, int, int]:
@@ -75,14 +76,27 @@ def key_frame_boxes(frame: np.ndarray, candidates, chosen, object_ids: list[int]
     image = np.ascontiguousarray(enlarge(frame, factor))
     thickness = max(1, round(max(image.shape[:2]) / 320))
     picked = {c.box: object_id for c, object_id in zip(chosen, object_ids, strict=False)}
-    for candidate in sorted(candidates, key=lambda c: c.box in picked):     # chosen drawn last, on top
+    # Scores are written on the chosen boxes, and on the others only while few: eighteen labels in one frame pile
+    # into a cluster no one can read (every score is in the Details JSON).
+    label_all = len(candidates) <= LABELLED_CANDIDATES
+    size = 0.45 * thickness
+    ordered = sorted(candidates, key=lambda c: c.box in picked)             # chosen drawn last, on top
+    for candidate in ordered:
         x1, y1, x2, y2 = (int(round(v * factor)) for v in candidate.box)
         object_id = picked.get(candidate.box)
         tone = colour(object_id) if object_id else (170, 170, 170)
         cv2.rectangle(image, (x1, y1), (x2, y2), tone, thickness * (2 if object_id else 1))
+    for candidate in ordered:                                               # labels over every box line
+        object_id = picked.get(candidate.box)
+        if not (object_id or label_all):
+            continue
+        x1, y1 = (int(round(v * factor)) for v in candidate.box[:2])
         text = f"{object_id}: {candidate.score:.2f}" if object_id else f"{candidate.score:.2f}"
-        cv2.putText(image, text, (x1 + 2, max(y1 - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.35 * thickness, tone,
-                    thickness, cv2.LINE_AA)
+        (w, h), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, size, thickness)
+        x, y = min(max(x1, 0), image.shape[1] - w - 2), max(y1 - 4, h + 2)
+        cv2.rectangle(image, (x - 1, y - h - 2), (x + w + 1, y + 3), (0, 0, 0), -1)      # a dark plate to read on
+        cv2.putText(image, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, size,
+                    colour(object_id) if object_id else (225, 225, 225), thickness, cv2.LINE_AA)
     if note:                 # as large as fits across the image (up to 1.0), on a band sized to the text
         width = image.shape[1]
         (text_w, text_h), _ = cv2.getTextSize(note, cv2.FONT_HERSHEY_SIMPLEX, 1.0, thickness)

@@ -15,6 +15,10 @@ from studio.engine import VDIT_OFF, Engine
 from studio.tabs import controls
 from studio.tabs.segmentation_api import SegmentationAPI, clicks_markdown
 
+# What the key-frame image shows, per backend: VD-IT has no candidates and takes no clicks.
+KEY_LABELS = {"grounding": "Key frame: candidates (grey) and the chosen object; click to refine",
+              "vdit": "VD-IT's best frame and its mask (from the text alone: no candidates, no clicks)"}
+
 
 @lru_cache(maxsize=4)
 def _overlay_frames(path: str):
@@ -107,7 +111,7 @@ def build(engine: Engine) -> gr.Video:
                 overlay = gr.Video(label="Masks", autoplay=True, loop=True, height=320, interactive=False,
                                    elem_id="segmentation-video")
                 explanation = gr.Markdown(elem_id="segmentation-explanation")
-                key_image = gr.Image(label="Key frame: candidates (grey) and the chosen object; click to refine",
+                key_image = gr.Image(label=KEY_LABELS["grounding"],
                                      interactive=False, height=260, elem_id="segmentation-keyframe")
                 with gr.Row():
                     masks_zip = gr.File(label="Masks: PNG per frame (zip)")
@@ -131,8 +135,9 @@ def build(engine: Engine) -> gr.Video:
         event.then(after_segmenting, info, [shown, key_frame], queue=False, api_name=False)
     # VD-IT uses neither the grounder nor the tracker, and takes no clicks: their controls step aside.
     backend.change(lambda chosen: [gr.update(visible=chosen == "grounding")] * 3
-                   + [gr.update(visible=chosen == "vdit")], backend, [tracker, grounder, refine_box, vdit_pass],
-                   queue=False, api_name=False, show_progress="hidden")
+                   + [gr.update(visible=chosen == "vdit"), gr.update(label=KEY_LABELS[chosen])], backend,
+                   [tracker, grounder, refine_box, vdit_pass, key_image], queue=False, api_name=False,
+                   show_progress="hidden")
     shown.release(show_frame, [overlay, shown], key_image, queue=False, api_name=False)
     key_image.select(add_click, [clicks, shown, polarity, object_id, info, key_image], [clicks, clicks_text, key_image],
                      queue=False, api_name=False)
