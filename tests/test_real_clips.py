@@ -131,3 +131,23 @@ def test_a_variable_frame_rate_clip_keeps_its_duration_and_says_so(tmp_path):
     constant = write_mp4(marked_frames(16), tmp_path / "constant.mp4", fps=12)
     again: dict = {}
     assert read_clip(constant, **CAPS, details=again)[1] == 12 and not again["variable_rate"]
+
+
+def test_a_truncated_clip_keeps_the_frames_that_decode_and_nothing_after_them(tmp_path):
+    """The container still says 24 frames, the data stops early: the clip is the frames that decode, each what
+    PyAV decodes, and no unfilled rows after them."""
+    frames = np.random.default_rng(0).integers(0, 255, (24, 48, 64, 3), np.uint8)   # noise: the data outweighs the index
+    whole = write_mp4(frames, tmp_path / "whole.mp4")
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[:int(whole.stat().st_size * 0.6)])
+    with av.open(str(cut)) as container:
+        said = container.streams.video[0].frames
+        decoded = []
+        try:
+            for frame in container.decode(video=0):
+                decoded.append(frame.to_ndarray(format="rgb24"))
+        except Exception:          # the cut: what decoded before it stays
+            pass
+    assert said == 24 and 0 < len(decoded) < 24
+    clip, _ = read_clip(cut, **CAPS)
+    assert clip.shape == (len(decoded), 48, 64, 3) and np.array_equal(clip, np.stack(decoded))

@@ -871,3 +871,40 @@ def test_the_key_frame_labels_the_chosen_boxes_and_the_others_only_while_few():
     few = plates(mask_export.key_frame_boxes(frame, boxes[:3], boxes[:1], [1]))
     alone = plates(mask_export.key_frame_boxes(frame, boxes[:1], boxes[:1], [1]))
     assert 0 < many < 1.3 * alone and few > 1.8 * alone        # the two others: narrower plates ("0.32")
+
+
+def test_grounding_runs_at_its_readmes_size_on_a_gpu_and_smaller_on_a_cpu():
+    """Grounding DINO's own inference size (800 px short side, 1333 long) on a GPU, 480/853 on a CPU; its README's
+    thresholds (box 0.35, text 0.25) are the request's defaults."""
+    from types import SimpleNamespace
+
+    from pipelines.segmentation.pipeline import ground
+
+    asked = []
+
+    class Stays:                                   # a tensor stand-in: moved to any device, it stays itself
+        def to(self, device):
+            return self
+
+    class Processor:
+        image_processor = SimpleNamespace(size={"shortest_edge": 800, "longest_edge": 1333})
+
+        def __call__(self, images, text, return_tensors, size):
+            asked.append(size)
+            return {"input_ids": Stays()}
+
+        def post_process_grounded_object_detection(self, outputs, input_ids, **kwargs):
+            return [{"boxes": [], "scores": [], "text_labels": []}]
+
+    class Model:
+        def __init__(self, device):
+            self.device = SimpleNamespace(type=device)
+
+        def __call__(self, **inputs):
+            return None
+
+    for device in ("cuda", "cpu"):
+        model = Model(device)
+        assert ground(model, Processor(), np.zeros((96, 128, 3), np.uint8), "dog", 0.35, 0.25) == []
+    assert asked == [{"shortest_edge": 800, "longest_edge": 1333}, {"shortest_edge": 480, "longest_edge": 853}]
+    assert (SegmentationRequest.box_threshold, SegmentationRequest.text_threshold) == (0.35, 0.25)

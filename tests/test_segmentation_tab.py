@@ -33,6 +33,8 @@ def test_a_click_on_the_enlarged_frame_lands_on_the_video_pixel_under_it(tmp_pat
     from pipelines.segmentation.mask_export import EXCLUDE, INCLUDE
 
     assert tuple(marked[40, 73]) == INCLUDE and tuple(marked[335, 0]) == EXCLUDE
+    (r, g, _), (r2, g2, _) = (marked[40, 73].astype(int), marked[335, 0].astype(int))
+    assert g > 2 * r and r2 > 2 * g2                                   # include reads green, exclude red
     assert marked[40, 73 + 7].min() > 180                             # the white ring, just outside the 6 px disc
     assert marked.shape == shown.shape and (marked != shown).any(axis=2).sum() < 2 * 3.15 * 8 ** 2
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import av
@@ -51,7 +52,7 @@ def write_mp4(frames, path: str | Path, fps: float = 8, crf: int = 18) -> Path:
     )
     writer.send(None)  # start ffmpeg
     try:
-        for frame in _chain(first, stream):
+        for frame in itertools.chain([first], stream):
             frame = to_uint8(np.asarray(frame))
             if frame.shape[:2] != (height, width):
                 raise ValueError(f"every frame must be {width}x{height}, not {frame.shape[1]}x{frame.shape[0]}")
@@ -61,11 +62,6 @@ def write_mp4(frames, path: str | Path, fps: float = 8, crf: int = 18) -> Path:
     finally:
         writer.close()
     return path
-
-
-def _chain(first, rest):
-    yield first
-    yield from rest
 
 
 def read_video(path: str | Path) -> tuple[np.ndarray, float, str]:
@@ -118,46 +114,46 @@ def read_clip(path: str | Path, max_frames: int, max_seconds: float, max_pixels:
         if stream.frames and stream.frames > max_frames:       # the container's count: refused before decoding
             raise InputError(f"{name} has {stream.frames} frames; the studio segments at most {max_frames}. "
                              "Trim it or lower its frame rate.")
-        frames, times, rotation, size, clip = [], [], 0, None, None
+        # Frames go into one array sized from the container's count when it gives one (a list, then a stack, would
+        # hold the clip twice); frames past that count, or all of them when there is none, into `extra`.
+        clip, extra, times, rotation, size = None, [], [], 0, None
         try:
             for frame in container.decode(stream):
-                if len(frames) == max_frames:
+                decoded = len(times)
+                if decoded == max_frames:
                     raise InputError(f"{name} has more than {max_frames} frames; the studio segments at most "
                                      f"{max_frames}. Trim it or lower its frame rate.")
                 if size is None:
                     size, rotation = (frame.width, frame.height), int(round((frame.rotation or 0) / 90)) % 4
                 elif (frame.width, frame.height) != size:
                     raise InputError(f"{name} changes size mid-stream, from {size[0]}×{size[1]} to "
-                                     f"{frame.width}×{frame.height} at frame {len(frames)}: re-encode it at one size "
+                                     f"{frame.width}×{frame.height} at frame {decoded}: re-encode it at one size "
                                      "(e.g. ffmpeg -i in.mp4 -vf scale=W:H out.mp4).")
                 picture = frame.to_ndarray(format="rgb24")
                 picture = np.rot90(picture, rotation) if rotation else picture
-                if clip is None and stream.frames:   # the count is known: one array, filled (a list then a stack
-                    clip = np.empty((stream.frames, *picture.shape), np.uint8)   # would hold the clip twice)
-                if clip is not None and len(frames) < len(clip):
-                    clip[len(frames)] = picture
-                    frames.append(None)
+                if clip is None and stream.frames:
+                    clip = np.empty((stream.frames, *picture.shape), np.uint8)
+                if clip is not None and decoded < len(clip):
+                    clip[decoded] = picture
                 else:
-                    frames.append(np.ascontiguousarray(picture))
+                    extra.append(np.ascontiguousarray(picture))
                 times.append(None if frame.time is None else float(frame.time))
         except InputError:
             raise
         except Exception as error:
-            if not frames:
+            if not times:
                 raise InputError(f"{name} could not be decoded ({type(error).__name__}): the file may be "
                                  "corrupt.") from None
             # a truncated file: keep what decoded
         average = float(stream.average_rate or 8)
-    if not frames:
+    if not times:
         raise InputError(f"{name} has no frames we can decode.")
     fps, variable, duration = _timing(times, average)
     if details is not None:
         details.update(rotation=rotation * 90, duration_s=round(duration, 3), variable_rate=variable)
     if clip is None:
-        return np.stack(frames), fps
-    filled = sum(f is None for f in frames)
-    extra = [f for f in frames if f is not None]             # a container that undercounted its frames
-    clip = clip[:filled] if filled < len(clip) else clip
+        return np.stack(extra), fps
+    clip = clip[:len(times) - len(extra)]                      # a container that overcounted: the frames decoded
     return (np.concatenate([clip, np.stack(extra)]) if extra else clip), fps
 
 

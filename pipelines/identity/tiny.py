@@ -17,7 +17,7 @@ def animator_file(unet2d: torch.nn.Module, seed: int) -> dict:
     from pipelines.identity.convert import attn2_names
 
     # Widths read when called, not imported: bench/preload_rss.py sets them to the real ones.
-    CROSS_ATTENTION_DIM, IMAGE_ENCODER_WIDTH = tiny.CROSS_ATTENTION_DIM, tiny.IMAGE_ENCODER_WIDTH  # noqa: N806
+    cross_dim, image_width = tiny.CROSS_ATTENTION_DIM, tiny.IMAGE_ENCODER_WIDTH
     g = torch.Generator().manual_seed(seed)
     rand = lambda *shape, s=0.3: torch.randn(*shape, generator=g) * s  # noqa: E731
     width, inner = 16, 2 * 64
@@ -25,9 +25,9 @@ def animator_file(unet2d: torch.nn.Module, seed: int) -> dict:
     def norm(prefix, n):
         return {f"{prefix}.weight": 1 + rand(n, s=0.1), f"{prefix}.bias": rand(n, s=0.1)}
 
-    image_proj = {"latents": rand(1, RESAMPLER_QUERIES, width, s=1.0), "proj_in.weight": rand(width, IMAGE_ENCODER_WIDTH),
-                  "proj_in.bias": rand(width, s=0.1), "proj_out.weight": rand(CROSS_ATTENTION_DIM, width),
-                  "proj_out.bias": rand(CROSS_ATTENTION_DIM, s=0.1), **norm("norm_out", CROSS_ATTENTION_DIM)}
+    image_proj = {"latents": rand(1, RESAMPLER_QUERIES, width, s=1.0), "proj_in.weight": rand(width, image_width),
+                  "proj_in.bias": rand(width, s=0.1), "proj_out.weight": rand(cross_dim, width),
+                  "proj_out.bias": rand(cross_dim, s=0.1), **norm("norm_out", cross_dim)}
     for n in range(4):
         image_proj |= {**norm(f"layers.{n}.0.norm1", width), **norm(f"layers.{n}.0.norm2", width),
                        f"layers.{n}.0.to_q.weight": rand(inner, width), f"layers.{n}.0.to_kv.weight": rand(2 * inner, width),
@@ -36,8 +36,8 @@ def animator_file(unet2d: torch.nn.Module, seed: int) -> dict:
     face_adapter = {}
     for index, path in attn2_names(unet2d).items():
         attn = unet2d.get_submodule(path)
-        face_adapter[f"{index}.to_k_face.weight"] = rand(attn.to_k.out_features, CROSS_ATTENTION_DIM, s=0.5)
-        face_adapter[f"{index}.to_v_face.weight"] = rand(attn.to_v.out_features, CROSS_ATTENTION_DIM, s=0.5)
+        face_adapter[f"{index}.to_k_face.weight"] = rand(attn.to_k.out_features, cross_dim, s=0.5)
+        face_adapter[f"{index}.to_v_face.weight"] = rand(attn.to_v.out_features, cross_dim, s=0.5)
         for proj, layer in (("to_q", attn.to_q), ("to_k", attn.to_k), ("to_v", attn.to_v), ("to_out", attn.to_out[0])):
             down, up = tiny.lora_pair(layer, g)
             face_adapter[f"{index}.{proj}_lora.down.weight"] = down

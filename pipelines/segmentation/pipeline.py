@@ -1,8 +1,9 @@
 """Referring video segmentation: a video + "the dog on the left" -> a mask on every frame, explained.
 
-1. Ground the expression's noun phrase on a few sampled frames (Grounding DINO or a drop-in), at a reduced size.
-2. Resolve the relational words in code on each frame's candidates (pipelines/segmentation/relations.py: Grounding DINO ignores
-   "left"/"right") and keep the frame whose resolved choice scores best: the key frame, not frame 0.
+1. Ground the expression's noun phrase on a few sampled frames (Grounding DINO or a drop-in), at a reduced size on
+   a CPU; or, for the words the rules do not read, the whole expression with Florence-2.
+2. Resolve the relational words in code on each frame's candidates (relations.py: Grounding DINO ignores
+   "left"/"right"); the key frame is where the sampled frames agree on the count, then the best-scoring of those.
 3. SAM 2 video propagation from the key frame forward and backward, so every frame gets a mask exactly once.
 4. Optionally re-ground every N frames and add objects that entered late, with new ids; re-propagate.
 5. Refinement clicks (positive / negative) on any frame are added as prompts on that frame and promoted to
@@ -49,6 +50,7 @@ from pipelines.segmentation.relations import (
     Query,
     candidates_for,
     iou,
+    noun,
     parse_expression,
     resolve,
 )
@@ -91,7 +93,7 @@ class SegmentationRequest:
     text_threshold: float = 0.25
     clicks: tuple[Click, ...] = ()
     key_frame: int | None = None       # ground only here (a refinement keeps the key frame it had)
-    backend: str = "grounding"         # "grounding": grounder + SAM 2; "vdit": VD-IT (pipelines/segmentation/vdit/model.py)
+    backend: str = "grounding"         # "grounding": grounder + SAM 2; "vdit": VD-IT (vdit/model.py)
     # VD-IT's passes: "chunks" of 36 frames (its Ref-DAVIS protocol, the CUDA kernel's limit there) or the "whole"
     # video in one forward (its Ref-YouTube-VOS protocol: more memory, and its noise normalisation and temporal
     # attention then see every frame, so the masks can differ from the chunked ones).
@@ -192,7 +194,7 @@ class SegmentationPipeline:
                 # After each frame (seconds each with a real grounder on a CPU): Stop acts here, before tracking.
                 progress(done / len(searched), f"Grounding frame {done}/{len(searched)}"
                                                + (f" ({' and '.join(phrases)})" if query.anchor else ""))
-            key, choice, agreement = key_frame(_as_read(query, whole, grounder_name), candidates, frames.shape[2],
+            key, choice, agreement = key_frame(_as_read(query, whole), candidates, frames.shape[2],
                                                frames.shape[1], anchors)
             timings["grounding"] = time.perf_counter() - start
             if whole:
@@ -305,11 +307,9 @@ def ground(model, processor, frame: np.ndarray, phrase: str, box_threshold: floa
     found = processor.post_process_grounded_object_detection(
         outputs, inputs["input_ids"], threshold=box_threshold, text_threshold=text_threshold,
         target_sizes=[(height, width)])[0]
-    candidates = [
-        Candidate(tuple(float(v) for v in box.tolist()), float(score), str(label))
-        for box, score, label in zip(found["boxes"], found["scores"], found.get("text_labels", found["labels"]),
-                                     strict=False)
-    ]
+    labels = found["text_labels"] if "text_labels" in found else found["labels"]
+    candidates = [Candidate(tuple(float(v) for v in box.tolist()), float(score), str(label))
+                  for box, score, label in zip(found["boxes"], found["scores"], labels, strict=False)]
     return sorted(candidates, key=lambda c: -c.score)
 
 
@@ -337,7 +337,7 @@ def _fallback_phrase(expression: str) -> str:
     return " ".join(words[-2:]) or "object"
 
 
-def _as_read(query: Query, whole: bool, grounder: str) -> Query:
+def _as_read(query: Query, whole: bool) -> Query:
     """What the key frame resolves: the rules' query, or for a whole-expression grounder its referents as given (all
     of them when the words ask for several, else the first it generated: its likeliest)."""
     if not whole:
@@ -412,7 +412,7 @@ def key_frame(query: Query, candidates: dict[int, list[Candidate]], width: int, 
             by_count.setdefault(counts[frame], []).append(frame)
         seen = "; ".join(f"{n} on frame{'s' * (len(fs) > 1)} {', '.join(map(str, fs))}"
                          for n, fs in sorted(by_count.items(), reverse=True))
-        notes.append(f"The sampled frames disagree on how many {_plural_phrase(query.phrase)} there are ({seen}): "
+        notes.append(f"The sampled frames disagree on how many {noun(query.phrase, 2)} there are ({seen}): "
                      f"the key frame {key} is one of the {len(pool)} that see {agreed}, the count most frames agree "
                      "on. Check the key frame, or click to correct.")
     return key, choices[key], Agreement(agreed, pool, choices, notes)
@@ -438,12 +438,6 @@ def identity_flips(agreement: Agreement, candidates, masks: dict[int, np.ndarray
     return (f"On frame{'s' * (len(flipped) > 1)} {', '.join(map(str, flipped))} the words pick another object than "
             f"the one tracked from key frame {key} (objects moved, or the frames see them differently): check the "
             "overlay there, or click to correct.")
-
-
-def _plural_phrase(phrase: str) -> str:
-    from pipelines.segmentation.relations import _noun
-
-    return _noun(phrase, 2)
 
 
 def late_object(model, processor, frames, phrase, request, masks, progress: Progress = noop, whole: bool = False,

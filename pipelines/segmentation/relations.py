@@ -167,10 +167,12 @@ _COMPOUNDS = {
     "second": "hand",
     "third": "party",
 }
+_COMPOUND_RES = tuple(re.compile(rf"\b{first}\s+({'|'.join(seconds.split())})\b(?!\s+side\b)")
+                      for first, seconds in _COMPOUNDS.items())
 _POSITION_PARTS = {*"left right top bottom upper lower middle center centre".split()}
 _NOT_HEAD_RE = re.compile(r"^(not|anything but|everything but|all but|any but|every one but|everyone but)\s+(.+)$")
 _EXCEPT_RE = re.compile(r"^(.+?)\s+(except(?:\s+for)?|but not|other than|apart from|excluding|besides|save for|"
-                        r"except|but)\s+(.+)$")
+                        r"but)\s+(.+)$")
 # Depth, negated attributes and comparisons with another object: boxes cannot answer them.
 _UNREAD_RES = (
     re.compile(r"\b(?:closest|nearest|closer|nearer)\s+to\s+(?:the\s+)?(?:camera|viewer|lens|us|me|front)\b"),
@@ -236,9 +238,8 @@ def _protect_compounds(text: str) -> tuple[str, list[str]]:
         return word
 
     text = re.sub(r"\b\w+(?:-\w+)+\b", hyphenated, text)
-    for first, seconds in _COMPOUNDS.items():
-        pattern = rf"\b{first}\s+({'|'.join(seconds.split())})\b(?!\s+side\b)"
-        text = re.sub(pattern, lambda m: hide(m.group(0)), text)
+    for pattern in _COMPOUND_RES:
+        text = pattern.sub(lambda m: hide(m.group(0)), text)
     return text, kept
 
 
@@ -324,7 +325,7 @@ def _plain(text: str, kept: list[str], noun_optional: bool = False) -> _Parsed:
 
     words = text.split()
     last = "last" in words
-    words = [_COMPARATIVES.get(w, w) if w in _COMPARATIVES else w for w in words if w != "last"]
+    words = [_COMPARATIVES.get(w, w) for w in words if w != "last"]
     text = " ".join(words)
 
     relations = sorted({_RELATION_WORDS[m.group(1)] for m in _RELATION_RE.finditer(text)})
@@ -420,7 +421,7 @@ def resolve(query: Query, candidates: list[Candidate], frame: int | None = None,
     if not kept:
         raise InputError(f"No {phrase} found{where} ({'; '.join(notes)}); try a shorter description or another "
                          "frame.")
-    found = f"{len(kept)} {_noun(phrase, len(kept))} found{where}"
+    found = f"{len(kept)} {noun(phrase, len(kept))} found{where}"
     if notes:
         found += f" ({'; '.join(notes)})"
     left_to_right = sorted(kept, key=lambda i: (_centre(candidates[i].box)[0], -candidates[i].score, i))
@@ -439,7 +440,7 @@ def resolve(query: Query, candidates: list[Candidate], frame: int | None = None,
     k, n = query.ordinal, query.count
     name = _name(query.relation, k, n)
     if len(kept) < k + n - 1:
-        asked = f"{n} {_noun(phrase, n)}" if k == 1 and n > 1 else name.removeprefix("the ")
+        asked = f"{n} {noun(phrase, n)}" if k == 1 and n > 1 else name.removeprefix("the ")
         raise InputError(f"Only {found}; '{asked}' needs at least {k + n - 1}.")
 
     picked = ranked[k - 1:k - 1 + n]
@@ -482,7 +483,7 @@ def _beside(query: Query, candidates, kept, found: str, where: str, anchors: lis
     distances = ", ".join(f"{math.dist(_centre(candidates[i].box), (ax, ay)):.0f}" for i in picked)
     nth = "" if k == 1 else f"{_ordinal(k)} "
     reason = (f"{found}, and a {query.anchor} at x = {ax:.0f}, y = {ay:.0f} px (score {anchor.score:.2f}); chose the "
-              f"{nth}{'nearest ' if query.relation != 'near' else ''}{_noun(query.phrase, n)} {place} "
+              f"{nth}{'nearest ' if query.relation != 'near' else ''}{noun(query.phrase, n)} {place} "
               f"({distances} px from it).")
     return Choice(chosen, reason, _mean(candidates, chosen))
 
@@ -616,7 +617,7 @@ def _plural(word: str) -> str:
     return word + "s"
 
 
-def _noun(phrase: str, n: int) -> str:
+def noun(phrase: str, n: int) -> str:
     """ "dog" -> "dogs", "person holding a cup" -> "people holding a cup" when n != 1."""
     if n == 1:
         return phrase
