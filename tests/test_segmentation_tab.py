@@ -54,3 +54,11 @@ def test_the_click_list_says_include_and_exclude_in_words():
                             {"frame": 4, "x": 5.0, "y": 6.0, "positive": False, "object_id": 1}])
     assert said == "include frame 3 (10, 20) → object 1 · exclude frame 4 (5, 6) → object 1"   # no sign for Markdown
     assert all(ord(ch) < 0x2000 or ch in "→·" for ch in said), said          # no fullwidth ＋/－ to miss from a font
+
+
+def test_a_clip_from_another_tab_is_named_by_its_words_not_its_random_file_name():
+    from studio.tabs.segmentation_api import clip_name
+
+    assert clip_name("/tmp/gradio/x/Two Discs.mp4") == "Two Discs"
+    assert clip_name("/out/3f7d427c1fcd4e0b9a6f2d1c5b8e7a90.mp4") == ""              # a generated clip
+    assert clip_name("/out/ice-melting-overlay-a1b2c3.mp4") == "ice-melting-overlay"

@@ -4,6 +4,7 @@ overlay clip, the key frame with its boxes, the mask files and the explanation; 
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -105,7 +106,7 @@ class SegmentationAPI:
                 result.warnings.append(f"The video has a variable frame rate: the overlay shows its {len(frames)} "
                                        f"frames at a constant {fps:.2f} fps, the same {source['duration_s']:.2f} s.")
             outputs = self.publish(job, frames, fps, result, source,
-                                   name=f"{Path(str(video)).stem} {job.expression}")
+                                   name=f"{clip_name(video)} {job.expression}")
             outputs[-1]["gpu_reservation_s"] = reserved
         return outputs
 
@@ -193,6 +194,12 @@ def explanation_markdown(info: dict) -> str:
     lines += [f"⚠️ {w}" for w in info["warnings"]]
     lines.append(" · ".join(f"{stage} {seconds:.2f} s" for stage, seconds in info["timings"].items()))
     return "\n\n".join(lines)
+
+
+def clip_name(video) -> str:
+    """What a clip is called in its downloads' names: the uploaded file's name, without the random part the studio's
+    own outputs carry (a clip sent from another tab is a 32-hex-digit name, or a name with a 6-digit suffix)."""
+    return re.sub(r"(^|-)[0-9a-f]{6}$|^[0-9a-f]{32}$", "", Path(str(video)).stem)
 
 
 def clicks_markdown(clicks: list[dict[str, Any]]) -> str:
