@@ -29,7 +29,7 @@ def build_demo(engine: Engine) -> gr.Blocks:
             gr.Markdown(TINY_BANNER, elem_id="tiny-banner", elem_classes="studio-banner")
         if engine.safety_enforced:
             gr.Markdown(ENFORCED_BANNER, elem_id="safety-banner", elem_classes="studio-banner")
-        with gr.Tabs(selected="timelapse") as tabs:
+        with gr.Tabs() as tabs:      # opens on the first tab, Identity video
             generating = [identity.build(engine), timelapse.build(engine), safety.build(engine)]
             segmentation_input = segmentation.build(engine)
         report, report_outputs = system.build(engine)

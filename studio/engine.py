@@ -8,6 +8,7 @@ the API's) live in that tab's own module under studio/tabs/.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import queue
@@ -166,13 +167,26 @@ def stream_on_gpu(engine: str, pipeline: str, job, report: Reporter, options: di
     process (ZeroGPU's worker, on Spaces: spaces.GPU takes generators) and hands its previews over a queue; when the
     consumer goes away (Stop, a closed page) its next step raises Cancelled in that thread, which unwinds it and its
     locks before this returns."""
+    for kind, value in _streamed(engine, pipeline, [job], report, options):
+        yield (kind, value[:2] if kind == "preview" else value[0] if kind == "result" else value)
+
+
+@gpu(_reserve_all)
+def stream_all_on_gpu(engine: str, pipeline: str, jobs, report: Reporter) -> Iterator[tuple[str, Any]]:
+    """run_all_on_gpu with a live preview (the Safe tab's two clips in one GPU call): as stream_on_gpu, but each
+    preview says which request it shows, ("preview", (frames, steps done, index)), and the result is the list."""
+    yield from _streamed(engine, pipeline, jobs, report, None)
+
+
+def _streamed(engine: str, pipeline: str, jobs, report: Reporter, options: dict | None):
+    """The requests one after the other in a thread, their previews, progress and results handed over a queue."""
     items: queue.Queue = queue.Queue()
     gone = threading.Event()
 
-    def show(frames, done):
+    def show(index, frames, done):
         if gone.is_set():
             raise Cancelled("Stopped.")
-        items.put(("preview", (frames, done)))
+        items.put(("preview", (frames, done, index)))
 
     last = [0.0]
 
@@ -189,7 +203,9 @@ def stream_on_gpu(engine: str, pipeline: str, job, report: Reporter, options: di
 
     def work():
         try:
-            items.put(("result", _run(engine, pipeline, job, progress, {**(options or {}), "preview": show})))
+            items.put(("result", [_run(engine, pipeline, job, progress,
+                                       {**(options or {}), "preview": functools.partial(show, index)})
+                                  for index, job in enumerate(jobs)]))
         except BaseException as error:   # noqa: B036 - handed to the consumer, which raises it
             items.put(("error", error))
 
@@ -220,6 +236,20 @@ def queue_wait_seconds() -> float | None:
         return round(max(0.0, time.monotonic() - event.enqueue_time), 3)
     except (AttributeError, LookupError):
         return None
+
+
+def gpu_runs_ahead() -> int:
+    """GPU calls queued or running now, from every tab and visitor (all share concurrency_id "gpu", one at a time):
+    what a new run waits behind. Gradio keeps its queue per concurrency id but offers no public count; this reads
+    it the way queue_wait_seconds reads the enqueue time, and a Gradio that moves it just makes the line say
+    "Running" (0) instead of "Queued behind N"."""
+    try:
+        from gradio.context import LocalContext
+
+        waiting = LocalContext.blocks.get()._queue.event_queue_per_concurrency_id.get("gpu")
+        return 0 if waiting is None else len(waiting.queue) + waiting.current_concurrency
+    except (AttributeError, LookupError, TypeError):
+        return 0
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -514,15 +544,40 @@ class Engine:
             for kind, value in calls:
                 if kind == "preview":
                     frames, done = value
-                    # A preview is shown to the user too: the same output check as the final clip, before it is
-                    # written (off the GPU thread, beside the denoising it shows).
-                    flagged = self.checker.check(frames).flagged
-                    if flagged:
-                        frames = output_check.blur_frames(frames, flagged)
-                    value = (str(write_mp4(frames, self.outputs.new(".mp4"), fps=fps)), done)
+                    value = (self._preview_clip(frames, fps), done)
                 yield kind, value
         finally:
             calls.close()
+
+    @staticmethod
+    def runs_ahead() -> int:
+        return gpu_runs_ahead()
+
+    def call_all(self, pipeline: str, jobs, report: Reporter, preview: bool, fps: int) -> Iterator[tuple[str, Any]]:
+        """`call` for several requests in one GPU call (the Safe tab's two clips): previews are ("preview", (small
+        MP4's path, steps done, index of the request)); the result is the list of results."""
+        if not isinstance(preview, bool):
+            raise InputError(f"preview must be true or false, not {preview!r}.")
+        if not preview:
+            yield "result", run_all_on_gpu(self.name, pipeline, jobs, report)
+            return
+        calls = stream_all_on_gpu(self.name, pipeline, jobs, report)
+        try:
+            for kind, value in calls:
+                if kind == "preview":
+                    frames, done, index = value
+                    value = (self._preview_clip(frames, fps), done, index)
+                yield kind, value
+        finally:
+            calls.close()
+
+    def _preview_clip(self, frames, fps: int) -> str:
+        """A preview is shown to the user too: the same output check as the final clip, before it is written (off
+        the GPU thread, beside the denoising it shows)."""
+        flagged = self.checker.check(frames).flagged
+        if flagged:
+            frames = output_check.blur_frames(frames, flagged)
+        return str(write_mp4(frames, self.outputs.new(".mp4"), fps=fps))
 
     # ----------------------------------------------------------------- stopping, progress, errors
     def stop(self, request: gr.Request = None) -> str:
@@ -582,16 +637,17 @@ def preview_markdown(done: int, steps: int, now: str = "") -> str:
             "through the tiny decoder at half size. The clip sharpens into the final one when denoising ends.")
 
 
-def previews(calls, steps: int, outputs: int, video_at: int = 0, summary_at: int = 1):
+def previews(calls, steps: int, outputs: int, video_at: int | tuple[int, ...] = 0, summary_at: int = 1):
     """A generating endpoint's updates while its call runs: each preview clip with its summary line, then the step
     reached in that line (only once a preview is on screen: before it, Gradio's progress bar shows the step).
     Yields tuples of `outputs` updates; the call's result is returned (`result = yield from previews(...)`)."""
     shown = None
     for kind, value in calls:
         update = [gr.skip()] * outputs
-        if kind == "preview":
-            path, shown = value
-            update[video_at], update[summary_at] = path, preview_markdown(shown, steps)
+        if kind == "preview":                # (path, steps done) or, from call_all, (path, steps done, index)
+            path, shown, *index = value
+            at = video_at[index[0]] if index else video_at
+            update[at], update[summary_at] = path, preview_markdown(shown, steps)
         elif kind == "progress" and shown is not None:
             update[summary_at] = preview_markdown(shown, steps, value)
         elif kind == "result":
@@ -605,10 +661,7 @@ def previews(calls, steps: int, outputs: int, video_at: int = 0, summary_at: int
 def summary_markdown(info: dict) -> str:
     """Warnings first (a person must see them), then one line on what was made and how long it took."""
     lines = [f"⚠️ {w}" for w in info["warnings"]]
-    timings = " · ".join(
-        f"{stage} {seconds:.2f} s" + (f" ({info['timings']['denoise_per_step']:.3f} s/step)"
-                                      if stage == "denoise" and "denoise_per_step" in info["timings"] else "")
-        for stage, seconds in info["timings"].items() if stage != "denoise_per_step")
+    timings = timings_line(info["timings"])
     if info.get("actual_s") is not None:
         estimated = info.get("estimate_s")
         timings += f"  \n**Took** {info['actual_s']:.1f} s" + (
@@ -619,6 +672,14 @@ def summary_markdown(info: dict) -> str:
         f"{safety_line(info['safety'])}  \n{timings}"
     )
     return "\n\n".join(lines)
+
+
+def timings_line(timings: dict) -> str:
+    """One clip's stage timings: "load 0.2 s · denoise 3.1 s (0.124 s/step) · decode 0.4 s"."""
+    return " · ".join(
+        f"{stage} {seconds:.2f} s" + (f" ({timings['denoise_per_step']:.3f} s/step)"
+                                      if stage == "denoise" and "denoise_per_step" in timings else "")
+        for stage, seconds in timings.items() if stage != "denoise_per_step")
 
 
 def safety_line(safety: dict) -> str:

@@ -41,6 +41,7 @@ CROPS_SHOWN_JS = """(want) => {
 }"""
 TOAST = "[data-testid='toast-body']"
 ERROR_TOAST = f"{TOAST}.error"
+REFUSAL_TOAST = f"{TOAST}.warning"      # a refusal's message: a warning toast, and the tab's summary keeps it
 
 pytestmark = pytest.mark.browser
 
@@ -76,16 +77,24 @@ def browser_context(tmp_path_factory):
 
 
 @pytest.fixture
-def page(browser_context, server):
-    """A fresh tab on the studio, loaded and ready (its tabs are drawn)."""
+def fresh_page(browser_context, server):
+    """A fresh tab on the studio, loaded and ready (its tabs are drawn), as a visitor sees it first."""
     _, url = server
     page = browser_context.new_page()
     try:
         page.goto(url, wait_until="domcontentloaded")
-        page.get_by_role("tab", name="Time-lapse").wait_for(state="visible")
+        page.get_by_role("tab", name="Identity video").wait_for(state="visible")
         yield page
     finally:
         page.close()
+
+
+@pytest.fixture
+def page(fresh_page):
+    """A fresh studio page on the Time-lapse tab (most tests' subject)."""
+    fresh_page.get_by_role("tab", name="Time-lapse").click()
+    fresh_page.get_by_label("What changes over time", exact=True).wait_for(state="visible")
+    return fresh_page
 
 
 FINISHED_JS = "(id) => (document.querySelector(id)?.innerText || '').includes('Took')"
@@ -196,14 +205,15 @@ def test_bad_input_shows_error_and_server_keeps_serving(page):
     _set_frames(page, 32)  # more than 16 frames and no keyframes: rejected before any model runs
     page.locator("#timelapse-run").click()
 
-    toast = page.locator(ERROR_TOAST).first
+    toast = page.locator(REFUSAL_TOAST).first
     toast.wait_for(state="visible")
     assert "keyframes" in toast.inner_text().lower()
     assert page.evaluate("() => !document.querySelector('#timelapse-video video')")
 
-    # Dismiss it, then a valid request in the same page still works.
+    # Dismiss it: the message stays in the summary; then a valid request in the same page still works.
     toast.get_by_test_id("toast-close").click()
-    page.locator(ERROR_TOAST).first.wait_for(state="detached")
+    page.locator(REFUSAL_TOAST).first.wait_for(state="detached")
+    assert "keyframes" in page.locator("#timelapse-summary").inner_text()
     _set_frames(page, 16)
     _generate_and_wait_for_video(page)
     assert _visible_error_texts(page) == []
@@ -245,12 +255,12 @@ def test_identity_photo_without_face_is_refused_in_browser(page, tmp_path):
 
     page.locator("#identity-prompt textarea").fill("a person reading in a cafe")
     page.locator("#identity-run").click()
-    toast = page.locator(ERROR_TOAST).first
+    toast = page.locator(REFUSAL_TOAST).first
     toast.wait_for(state="visible", timeout=FACES_TIMEOUT_MS)
     assert no_face in toast.inner_text()
     assert page.evaluate("() => !document.querySelector('#identity-video video')")
     toast.get_by_test_id("toast-close").click()
-    page.locator(ERROR_TOAST).first.wait_for(state="detached")
+    page.locator(REFUSAL_TOAST).first.wait_for(state="detached")
 
     # Clear the refused photo (the drop zone comes back, the note goes), then a photo with a face is accepted.
     page.locator("#identity-photos").get_by_role("button", name="Clear", exact=True).click()
@@ -380,6 +390,8 @@ def test_stop_says_it_stopped_and_the_next_run_starts_cleanly(page, server, monk
     page.wait_for_function(progress, timeout=GENERATE_TIMEOUT_MS)
     page.get_by_role("button", name="Stop", exact=True).first.click()
     page.locator(TOAST).get_by_text("Stopped before the end; nothing was saved.").first.wait_for(state="visible")
+    page.wait_for_function("() => document.querySelector('#timelapse-summary').innerText.startsWith('Stopped')",
+                           timeout=UI_TIMEOUT_MS)
     page.wait_for_function(f"() => !({progress})()", timeout=UI_TIMEOUT_MS)
     _close_toasts(page)
     _set_number(page, "Steps", 2)
@@ -455,3 +467,111 @@ def test_choosing_a_mode_sets_the_steps_and_guidance_it_was_made_for(page):
         page.wait_for_function("([s, g, want]) => s.value === want[0] && g.value === want[1]",
                                arg=[steps.element_handle(), guidance.element_handle(), list(expected)],
                                timeout=UI_TIMEOUT_MS)
+
+
+def test_the_page_opens_on_the_first_tab_with_nothing_to_act_on_hidden(fresh_page):
+    page = fresh_page
+    assert page.get_by_role("tab", name="Identity video").get_attribute("aria-selected") == "true"
+    assert page.locator("#identity-run").is_visible()
+    assert not page.locator("#identity-run-stop").is_visible()                  # nothing runs yet
+    assert not page.get_by_role("button", name="Segment this clip").first.is_visible()   # no clip yet
+
+
+def _slow_reports(monkeypatch, seconds: float) -> None:
+    """Every tab's progress report (each denoising step, each tracked frame) takes `seconds`: time to see a run
+    running and to stop it on the tiny profile, whose steps take milliseconds."""
+    from studio.engine import Reporter
+
+    real = Reporter.__call__
+
+    def slow(self, fraction, desc):
+        time.sleep(seconds)
+        return real(self, fraction, desc)
+
+    monkeypatch.setattr(Reporter, "__call__", slow)
+
+
+# Per tab: how to fill a request that runs, the button that runs it, where its result and summary are, what its
+# finished summary says, and how to make a request it refuses (and the refusal's words).
+def _fill_timelapse(page):
+    page.get_by_label("What changes over time", exact=True).fill("ice melting")
+
+
+def _fill_identity(page):
+    _upload_photo(page, PORTRAIT)
+    _wait_for_crops(page, 1)
+    page.locator("#identity-prompt textarea").fill("a woman smiling")
+
+
+def _fill_safety(page):
+    page.locator("#safety-prompt textarea").fill("a quiet harbour at dawn")
+
+
+def _fill_segmentation(page):
+    from studio.tabs.segmentation_examples import EXAMPLES
+
+    page.locator("#segmentation-input input[type=file]").set_input_files(EXAMPLES[0][0])
+    page.wait_for_function(VIDEO_READY_JS, arg="#segmentation-input", timeout=UI_TIMEOUT_MS)
+    page.locator("#segmentation-expression textarea").fill(EXAMPLES[0][1])
+
+
+STATE_TABS = {
+    "timelapse": ("Time-lapse", _fill_timelapse, "#timelapse-run", "#timelapse-video", "#timelapse-summary", "Took",
+                  "#timelapse-prompt textarea", "Write a prompt"),
+    "identity": ("Identity video", _fill_identity, "#identity-run", "#identity-video", "#identity-summary", "Took",
+                 "#identity-prompt textarea", "Write a prompt"),
+    "safety": ("Safe generation", _fill_safety, "#safety-run", "#safety-guarded", "#safety-summary", "Took",
+               "#safety-prompt textarea", "Write a prompt to check"),
+    "segmentation": ("Referring segmentation", _fill_segmentation, "#segmentation-run", "#segmentation-video",
+                     "#segmentation-explanation", "Key frame", "#segmentation-expression textarea",
+                     "Say what to segment"),
+}
+
+ERROR_PILL_JS = "(sel) => [...document.querySelectorAll(sel + ' .error')].some(el => el.offsetParent !== null)"
+
+
+@pytest.mark.parametrize("tab", list(STATE_TABS))
+def test_each_tab_shows_running_done_stopped_and_refused_in_its_result_area(fresh_page, monkeypatch, tab):
+    """One result area per tab, always the latest state: done (the result, Stop hidden), running (the previous
+    result cleared, "Running" or the step, Stop shown), stopped (a neutral "Stopped" line, never Gradio's red
+    Error), refused (the message stays in the summary after its toast is gone, the old result cleared)."""
+    page = fresh_page
+    name, fill, run, result, summary, done, text_box, refusal = STATE_TABS[tab]
+    page.get_by_role("tab", name=name).click()
+    page.locator(run).wait_for(state="visible")
+    fill(page)
+    stop = page.locator(f"{run}-stop")
+    text = f"() => document.querySelector('{summary}')?.innerText || ''"
+
+    # done
+    page.locator(run).click()
+    page.wait_for_function(f"() => ({text})().includes('{done}')", timeout=GENERATE_TIMEOUT_MS)
+    page.wait_for_function(VIDEO_READY_JS, arg=result, timeout=GENERATE_TIMEOUT_MS)
+    stop.wait_for(state="hidden", timeout=UI_TIMEOUT_MS)
+
+    # running: the previous result is cleared at once, the summary says it runs, Stop shows
+    _slow_reports(monkeypatch, 0.25)
+    page.locator(run).click()
+    page.wait_for_function(f"() => /Running|Denoising|step|Queued/.test(({text})())", timeout=UI_TIMEOUT_MS)
+    stop.wait_for(state="visible", timeout=UI_TIMEOUT_MS)
+    assert done not in page.locator(summary).inner_text()
+    page.wait_for_timeout(600)
+
+    # stopped
+    stop.click()
+    page.wait_for_function(f"() => ({text})().startsWith('Stopped')", timeout=UI_TIMEOUT_MS)
+    stop.wait_for(state="hidden", timeout=UI_TIMEOUT_MS)
+    assert not page.evaluate(ERROR_PILL_JS, result)
+    monkeypatch.undo()
+    _close_toasts(page) if page.locator(TOAST).count() else None
+
+    # refused: the message stays after its toast is closed
+    page.locator(text_box).first.fill("")
+    page.locator(run).click()
+    page.locator(REFUSAL_TOAST).first.wait_for(state="visible", timeout=UI_TIMEOUT_MS)
+    _close_toasts(page)
+    page.wait_for_function(f"() => ({text})().includes({refusal!r})", timeout=UI_TIMEOUT_MS)
+    assert page.locator(summary).inner_text().startswith("Not done")
+    assert not page.evaluate(ERROR_PILL_JS, result)
+    assert page.evaluate(f"() => !document.querySelector('{result} video')")     # nothing left from before
+    assert _visible_error_texts(page) == []

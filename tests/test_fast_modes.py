@@ -271,9 +271,20 @@ def test_fast_modes_through_the_api_report_mode_and_timings(client):
     assert info["mode"] == "fast-preview" and "preview" in info["timings"]
 
 
+def test_a_mode_alone_gets_its_own_steps_and_guidance_over_the_api(client):
+    """As choosing the mode in the page sets its sliders: steps and guidance left out are the mode's own."""
+    *_, info = client.predict(prompt="ice", num_frames=8, mode="fast", api_name="/timelapse")
+    assert info["mode"] == "fast" and info["steps"] == 8 and info["guidance"] == 5.0
+    *_, info = client.predict(prompt="ice", num_frames=8, mode="quality", api_name="/timelapse")
+    assert info["steps"] == 25 and info["guidance"] == 8.5
+    *_, info = client.predict(photos=[handle_file(PHOTO)], prompt="a man", num_frames=8, mode="fast",
+                              api_name="/identity")
+    assert info["mode"] == "fast" and info["steps"] == 4 and info["guidance"] == 1.0
+
+
 def test_a_fast_mode_with_quality_settings_is_a_clear_api_error(client):
     with pytest.raises(Exception, match="made for 4 or 8 steps"):
-        client.predict(photos=[handle_file(PHOTO)], prompt="a man", mode="fast", api_name="/identity")
+        client.predict(photos=[handle_file(PHOTO)], prompt="a man", mode="fast", steps=30, api_name="/identity")
     with pytest.raises(Exception, match="drops MagicTime's temporal adapter"):   # not only "not in the choices"
         client.predict(prompt="ice", mode="lightning", steps=4, guidance=1.0, api_name="/timelapse")
     with pytest.raises(Exception, match="not in the list of choices"):
@@ -285,7 +296,7 @@ def test_queue_wait_counts_the_time_behind_another_call(server):
 
     _, url = server
     first, second = Client(url, verbose=False), Client(url, verbose=False)
-    running = first.submit(prompt="ice melting", num_frames=8, steps=25, seed=1, api_name="/timelapse")
+    running = first.submit(prompt="ice melting", num_frames=16, steps=100, seed=1, api_name="/timelapse")
     time.sleep(0.5)
     _, _, waited = second.predict(prompt="ice melting", num_frames=8, steps=1, seed=1, api_name="/timelapse")
     *_, ran = running.result(timeout=300)

@@ -54,9 +54,11 @@ def test_safe_generate_shows_the_guarded_and_unguarded_clip_and_the_tokens(clien
     assert first.shape == second.shape == (8, 64, 64, 3) and codec == "h264"
     assert info["safety"]["concepts"] == ["artist style"] and info["compare"].startswith("unguarded")
     assert info["unguarded"]["safety"]["enabled"] is False
-    scored = [t for t in tokens if t["class_or_confidence"] is not None]
-    assert scored and all(-1 <= t["class_or_confidence"] <= 1 for t in scored)
-    assert sum("▲" in t["token"] for t in scored) == len(info["safety"]["flagged_tokens"])
+    # The API's tokens are clean: the tokenizer's text, the raw score, projected or not (the ▲ is the page's).
+    assert tokens and all(set(t) == {"text", "score", "projected"} for t in tokens)
+    assert [t["text"] for t in tokens] == [t["token"] for t in info["safety"]["tokens"][info["prompt"]]]
+    assert not any("▲" in t["text"] or not t["text"].strip() for t in tokens)
+    assert sum(t["projected"] for t in tokens) == len(info["safety"]["flagged_tokens"])
     assert "Projected" in summary or "Nothing to project" in summary
 
 

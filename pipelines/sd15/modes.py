@@ -86,3 +86,14 @@ def mode_named(modes: dict[str, Mode], name, refused: dict[str, str] | None = No
     if (why := refusal(name, refused)) is not None:
         raise InputError(why)
     raise InputError(f"mode must be one of {', '.join(repr(m) for m in modes)}, not {name!r}.")
+
+
+def mode_defaults(modes: dict[str, Mode], name, steps, guidance) -> tuple:
+    """Steps and guidance for a request that left them out (None): the named mode's own, as choosing the mode in
+    the UI sets them. Given values stay as they are (a fast mode refuses the wrong ones); an unknown mode keeps
+    the Nones for validation to refuse with the mode's message."""
+    chosen = modes.get(name.strip().lower()) if isinstance(name, str) else None
+    if chosen is None:
+        return steps, guidance
+    return (chosen.default_steps if steps is None else steps,
+            chosen.default_guidance if guidance is None else guidance)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import random
 from typing import NamedTuple
 
@@ -9,6 +11,7 @@ import gradio as gr
 
 from pipelines.core.checks import MAX_GUIDANCE, MAX_SEED, MAX_STEPS, MIN_GUIDANCE
 from pipelines.sd15.modes import refusal
+from studio.engine import STOPPED, queue_wait_seconds
 
 
 class Generating(NamedTuple):
@@ -22,7 +25,8 @@ class Generating(NamedTuple):
 def sampler(tab: str, steps: int, guidance: float) -> tuple[gr.Slider, gr.Slider, gr.Number, gr.Checkbox]:
     """Steps, guidance, seed and "randomize" (a UI step before the call: the endpoint uses the seed it gets)."""
     with gr.Row():
-        steps_ = gr.Slider(label="Steps", minimum=1, maximum=MAX_STEPS, step=1, value=steps, elem_id=f"{tab}-steps")
+        steps_ = gr.Slider(label="Steps", minimum=1, maximum=MAX_STEPS, step=1, precision=0, value=steps,
+                           elem_id=f"{tab}-steps")
         guidance_ = gr.Slider(label="Guidance", minimum=MIN_GUIDANCE, maximum=MAX_GUIDANCE, step=0.5, value=guidance,
                               elem_id=f"{tab}-guidance")
     with gr.Row():
@@ -70,9 +74,10 @@ def live_preview() -> gr.Checkbox:
 
 
 def run_buttons(label: str, elem_id: str) -> tuple[gr.Button, gr.Button]:
+    """The run button and Stop beside it; Stop shows only while a run of this tab is queued or running."""
     with gr.Row():
         run = gr.Button(label, variant="primary", elem_id=elem_id, scale=3)
-        stop = gr.Button("Stop", variant="stop", scale=1)
+        stop = gr.Button("Stop", variant="stop", scale=1, visible=False, elem_id=f"{elem_id}-stop")
     return run, stop
 
 
@@ -105,9 +110,12 @@ def randomize_seed(seed: int, randomize: bool) -> int:
     return new_seed() if randomize else seed
 
 
-def send_to_segmentation() -> gr.Button:
-    """Under a generated clip: hand it to the Referring segmentation tab."""
-    return gr.Button("Segment this clip", size="sm", elem_classes="studio-send")
+def send_to_segmentation(video: gr.Video) -> gr.Button:
+    """Under a generated clip: hand it to the Referring segmentation tab (shown only while there is a clip)."""
+    button = gr.Button("Segment this clip", size="sm", elem_classes="studio-send", visible=False)
+    video.change(lambda clip: gr.update(visible=bool(clip)), video, button, queue=False, api_name=False,
+                 show_progress="hidden")
+    return button
 
 
 def safety_toggle(enforced: bool) -> gr.Checkbox:
@@ -119,34 +127,130 @@ def safety_toggle(enforced: bool) -> gr.Checkbox:
     )
 
 
-def wire_generate(engine, triggers: list, fn, inputs: list, outputs: list, api_name: str, seed, randomize, another,
-                  info, stop, progress_on, summary=None, examples: gr.Examples | None = None,
-                  after=None) -> gr.Dependency:
-    """Every generating tab's events, one way: the seed chain (randomize, then generate: the endpoint uses the
+class ResultArea(NamedTuple):
+    """A tab's result area: the outputs of its run, in the endpoint's order, and where its summary line is. It
+    always shows the latest state: running (or queued), done, stopped or refused; never the previous run's result
+    beside a new state."""
+
+    outputs: list
+    summary_at: int
+    stop: gr.Button
+
+    @property
+    def summary(self) -> gr.Markdown:
+        return self.outputs[self.summary_at]
+
+    def state(self, line: str) -> tuple:
+        """Every output cleared, the summary saying `line`."""
+        return tuple(line if i == self.summary_at else None for i in range(len(self.outputs)))
+
+
+def runs_line(ahead: int, estimate: str | None) -> str:
+    """The summary line when a run is asked for: running now, or queued behind the runs before it (every GPU call
+    of the studio, any tab and any visitor, runs one at a time). Gradio's own ETA is hidden (assets/studio.css):
+    the studio's estimate, from this machine's runs, is the one shown."""
+    estimate = (estimate or "").strip()
+    if ahead:
+        return (f"**Queued** behind {ahead} run{'s' * (ahead != 1)} (GPU calls run one at a time, from every tab "
+                f"and visitor): this one starts when {'it ends' if ahead == 1 else 'they end'}.  \n{estimate}")
+    return f"**Running**  \n{estimate}"
+
+
+def refused_line(message: str) -> str:
+    return f"**Not done**: {message}"
+
+
+STOPPED_LINE = f"**Stopped** · {STOPPED} Press the button again to start a new run."
+
+
+def page_run(fn, area: ResultArea, shape=None):
+    """The page's side of an endpoint (the API keeps `fn` as it is: its errors reach clients as errors). Its
+    updates pass through; once it waited in the queue, the summary says it is running now. An error becomes the
+    refused state (the message stays in the summary area until the next run, and shows as a toast too), a stop
+    the stopped state: never Gradio's red "Error" over the outputs. `shape(update)`: the page's form of the final
+    outputs (a marker in a token, a plot shown only when it has points)."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        waited = queue_wait_seconds()
+        if waited is not None and waited >= 1:
+            yield tuple(f"**Running** · it waited {waited:.0f} s in the queue" if i == area.summary_at
+                        else gr.skip() for i in range(len(area.outputs)))
+        try:
+            updates = fn(*args, **kwargs)
+            for update in (updates if inspect.isgenerator(updates) else [updates]):
+                yield shape(update) if shape is not None else update
+        except gr.Error as error:
+            if error.message == STOPPED:
+                yield area.state(STOPPED_LINE)
+                return
+            gr.Warning(error.message)
+            yield area.state(refused_line(error.message))
+    return run
+
+
+def api_endpoint(fn, inputs: list, outputs: list, api_name: str) -> gr.Dependency:
+    """The endpoint API and MCP clients call: `fn` itself (its errors reach them as errors), on a trigger the page
+    never fires. Its inputs may be the page's components or API-only hidden ones (whole numbers typed as integers,
+    a mode's own steps when none are given)."""
+    return gr.Button(visible=False).click(fn, inputs, outputs, api_name=api_name, concurrency_id="gpu")
+
+
+def api_sampling() -> tuple[gr.Number, gr.Number]:
+    """The API's steps and guidance: hidden inputs, empty by default, so that a call naming only a mode gets that
+    mode's own steps and guidance (the page sends its sliders, which choosing a mode sets the same way). Steps are
+    typed as an integer."""
+    return (gr.Number(label="Steps", value=None, precision=0, minimum=1, maximum=MAX_STEPS, visible=False),
+            gr.Number(label="Guidance", value=None, minimum=MIN_GUIDANCE, maximum=MAX_GUIDANCE, visible=False))
+
+
+def wire_generate(engine, triggers: list, fn, inputs: list, area: ResultArea, seed, randomize, another,
+                  info, progress_on, estimate: gr.Markdown, examples: gr.Examples | None = None,
+                  after=None, shape=None) -> gr.Dependency:
+    """Every generating tab's page events, one way: the seed chain (randomize, then generate: the endpoint uses the
     seed it gets), the another-seed retry shown when the output check blurred frames, and Stop for all of them.
-    `examples` (filling the inputs only): a click on one runs as Generate does, the step bar, live preview, the
-    studio's estimate and Stop included, with the example's own seed (a presenter's first click, and it must be
-    stoppable). `after(event)`: chained after each run (the estimate line, refined by what the run measured)."""
-    generate = gr.on(triggers, randomize_seed, [seed, randomize], seed, queue=False, api_name=False).then(
-        fn, inputs, outputs, api_name=api_name, concurrency_id="gpu", show_progress_on=progress_on)
-    retry = another.click(new_seed, None, seed, queue=False, api_name=False).then(
-        fn, inputs, outputs, api_name=False, concurrency_id="gpu", show_progress_on=progress_on)
-    runs = [generate, retry]
+    Each run first clears the result area and says it is running (or queued), and shows Stop; Stop leaves the
+    stopped state. `examples` (filling the inputs only): a click on one runs as Generate does, the step bar, live
+    preview, the studio's estimate and Stop included, with the example's own seed (a presenter's first click, and
+    it must be stoppable). `after(event)`: chained after each run (the estimate line, refined by what the run
+    measured). The API endpoint is wired apart (`api_endpoint`)."""
+    stop, outputs, run = area.stop, area.outputs, page_run(fn, area, shape)
+
+    def starting(estimate_line, seed_value=None, randomize_it=False):
+        line = runs_line(engine.runs_ahead(), estimate_line)
+        return (randomize_seed(seed_value, randomize_it), *area.state(line), gr.update(visible=True))
+
+    def kept_seed(estimate_line):
+        return starting(estimate_line)[1:]
+
+    def queued(event) -> gr.Dependency:
+        return event.then(run, inputs, outputs, api_name=False, concurrency_id="gpu", show_progress_on=progress_on)
+
+    first = gr.on(triggers, lambda line, value, randomize_it: starting(line, value, randomize_it),
+                  [estimate, seed, randomize], [seed, *outputs, stop], queue=False, api_name=False)
+    retry = another.click(lambda line: (new_seed(), *starting(line)[1:]), estimate, [seed, *outputs, stop],
+                          queue=False, api_name=False)
+    runs = [queued(first), queued(retry)]
     if examples is not None:
-        runs.append(examples.load_input_event.then(fn, inputs, outputs, api_name=False, concurrency_id="gpu",
-                                                   show_progress_on=progress_on))
+        runs.append(queued(examples.load_input_event.then(kept_seed, estimate, [*outputs, stop], queue=False,
+                                                          api_name=False)))
     for event in runs:
-        event.then(flagged_frames_shown, info, another, queue=False, api_name=False)
+        event.then(flagged_frames_shown, info, another, queue=False, api_name=False).then(
+            lambda: gr.update(visible=False), None, stop, queue=False, api_name=False)
         if after is not None:
             after(event)
-    stop.click(engine.stop, None, summary, cancels=runs, api_name=False)   # queued: its toast needs it
-    return generate
+    def stopped(request: gr.Request):
+        engine.stop(request)
+        return (*area.state(STOPPED_LINE), gr.update(visible=False))
+
+    stop.click(stopped, None, [*outputs, stop], cancels=runs, api_name=False)   # queued: its toast needs it
+    return runs[0]
 
 
 def _expects(component) -> str:
     """What a component takes, in a person's words (for the message about a value it could not read)."""
     if isinstance(component, gr.Slider):
-        return f"a number from {component.minimum:g} to {component.maximum:g}"
+        whole = "a whole number" if component.precision == 0 else "a number"
+        return f"{whole} from {component.minimum:g} to {component.maximum:g}"
     if isinstance(component, gr.Number):
         return "a whole number" if component.precision == 0 else "a number"
     if isinstance(component, gr.Checkbox):
@@ -213,7 +317,7 @@ def _readable(component, payload) -> bool:
         return isinstance(payload, str)
     if isinstance(component, gr.Checkbox):
         return isinstance(payload, bool)
-    if isinstance(component, gr.Number) and component.precision == 0:
+    if isinstance(component, (gr.Number, gr.Slider)) and component.precision == 0:
         return isinstance(payload, int) and not isinstance(payload, bool) or (
             isinstance(payload, float) and payload.is_integer())
     return True

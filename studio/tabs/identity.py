@@ -12,7 +12,7 @@ from pipelines.identity.pipeline import IdentityRequest
 from pipelines.sd15.modes import IDENTITY_MODES
 from studio.engine import Engine
 from studio.tabs import controls
-from studio.tabs.identity_api import IdentityAPI, estimate_line
+from studio.tabs.identity_api import IdentityAPI, estimate_line, shown_plot
 
 EXAMPLE_PHOTO = str(Path(__file__).parents[2] / "assets" / "examples" / "astronaut.jpg")   # public domain (NASA)
 EXAMPLES = [("a woman in a spacesuit smiling, walking through a flower field", 0.8),
@@ -55,7 +55,7 @@ def build(engine: Engine) -> controls.Generating:
                                                  "than CLIP's 77 tokens: CLIP reads its first part, as in the demo); "
                                                  f"“{id_.NEGATIVE_SUFFIX}” is always appended, as ID-Animator does")
                     num_frames = gr.Slider(label="Frames", minimum=id_.MIN_FRAMES, maximum=id_.MAX_FRAMES,
-                                           step=1, value=IdentityRequest.num_frames)
+                                           step=1, precision=0, value=IdentityRequest.num_frames)
                     steps, guidance, seed, randomize = controls.sampler(
                         "identity", IdentityRequest.steps, IdentityRequest.guidance)
                     with gr.Row():
@@ -70,8 +70,8 @@ def build(engine: Engine) -> controls.Generating:
                                  elem_id="identity-video")
                 with gr.Row():
                     another = controls.another_seed_button("identity-another-seed")
-                    send = controls.send_to_segmentation()
-                summary = gr.Markdown(elem_id="identity-summary")
+                    send = controls.send_to_segmentation(video)
+                summary = gr.Markdown(elem_id="identity-summary", elem_classes="studio-summary")
                 similarity = gr.LinePlot(x="frame", y="similarity", y_lim=[0, 1], height=220, x_title="Frame",
                                          y_title="Similarity", label="Face similarity to the reference, per frame",
                                          visible=False, elem_id="identity-similarity")
@@ -86,10 +86,15 @@ def build(engine: Engine) -> controls.Generating:
             inputs=[photos, prompt, identity_strength], example_labels=["Astronaut in a flower field",
                                                                           "Astronaut in a cafe"],
         )
+        # The API's own endpoint: steps and guidance left out mean the chosen mode's own (the page sends its sliders).
+        controls.api_endpoint(api.stream, [*inputs[:5], *controls.api_sampling(), *inputs[7:]], outputs, "identity")
 
     photos.change(api.faces, photos, [crops, face_notes], api_name="identity_faces")
     add.click(add_webcam_photo, [photos, webcam], photos, queue=False, api_name=False)
-    generate = controls.wire_generate(engine, [prompt.submit, run.click], api.stream, inputs, outputs, "identity",
-                                      seed, randomize, another, info, stop, progress_on=video, summary=summary)
-    generate.then(estimate_fn, estimate_inputs, estimate, queue=False, api_name=False, show_progress="hidden")
+    area = controls.ResultArea(outputs, summary_at=1, stop=stop)
+    generate = controls.wire_generate(
+        engine, [prompt.submit, run.click], api.stream, inputs, area, seed, randomize, another, info,
+        progress_on=video, estimate=estimate, shape=shown_plot,
+        after=lambda event: event.then(estimate_fn, estimate_inputs, estimate, queue=False, api_name=False,
+                                       show_progress="hidden"))               # the run just refined the rates
     return controls.Generating(generate, video, send)

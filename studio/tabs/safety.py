@@ -18,7 +18,7 @@ from pipelines.sd15.modes import REFUSED_TIMELAPSE, TIMELAPSE_MODES
 from pipelines.timelapse.pipeline import TimelapseRequest
 from studio.engine import Engine
 from studio.tabs import controls
-from studio.tabs.safety_api import DEFAULT_FRAMES, SafetyAPI, estimate_line
+from studio.tabs.safety_api import DEFAULT_FRAMES, SafetyAPI, estimate_line, shown_tokens
 
 # Harmless examples only: the attack prompt sets are for evaluation, never for the UI.
 EXAMPLES = [
@@ -26,6 +26,11 @@ EXAMPLES = [
     ["Snoopy flying on his red doghouse over a green field", [], "Snoopy"],
     ["a quiet harbour at dawn, fishing boats, soft light", list(DEFAULT_CATEGORIES), ""],
 ]
+
+# The colours are gr.HighlightedText's own for scores (red for positive, purple for negative; deeper: larger).
+TOKEN_LEGEND = ('<span class="token-key toward">red</span> pulls the prompt towards the concepts chosen (deeper: more) · '
+                '<span class="token-key away">purple</span> pulls away from them · ▲ projected by the guard · '
+                'scores scaled so the largest is ±1')
 
 
 def build(engine: Engine) -> controls.Generating:
@@ -80,9 +85,11 @@ def build(engine: Engine) -> controls.Generating:
                     compare = gr.Checkbox(label="Show the unguarded clip beside it", value=not enforced,
                                           interactive=not enforced, visible=not enforced)
                 with gr.Accordion("Advanced", open=False):
-                    num_frames = gr.Slider(label="Frames", minimum=8, maximum=16, step=1, value=DEFAULT_FRAMES)
+                    num_frames = gr.Slider(label="Frames", minimum=8, maximum=16, step=1, precision=0,
+                                           value=DEFAULT_FRAMES)
                     steps, guidance, seed, randomize = controls.sampler("safety", TimelapseRequest.steps,
                                                                         TimelapseRequest.guidance)
+                    preview = controls.live_preview()
                 mode = controls.mode_choice(TIMELAPSE_MODES, "safety-mode", REFUSED_TIMELAPSE)
                 controls.follow_mode(mode, TIMELAPSE_MODES, steps, guidance)
                 run, stop = controls.run_buttons("Generate safely", "safety-run")
@@ -91,6 +98,7 @@ def build(engine: Engine) -> controls.Generating:
             with gr.Column(scale=6):
                 tokens = gr.HighlightedText(label="What the guard saw: toxicity per token (▲ projected)",
                                             show_legend=False, combine_adjacent=False, elem_id="safety-tokens")
+                gr.Markdown(TOKEN_LEGEND, elem_id="safety-legend", elem_classes="studio-legend")
                 with gr.Row():
                     guarded = gr.Video(label="Guarded", autoplay=True, loop=True, height=300, interactive=False,
                                        elem_id="safety-guarded")
@@ -99,19 +107,26 @@ def build(engine: Engine) -> controls.Generating:
                                          visible=not enforced, elem_id="safety-unguarded")
                 with gr.Row():
                     another = controls.another_seed_button("safety-another-seed")
-                    send = controls.send_to_segmentation()
-                summary = gr.Markdown(elem_id="safety-summary")
+                    send = controls.send_to_segmentation(guarded)
+                summary = gr.Markdown(elem_id="safety-summary", elem_classes="studio-summary")
                 with gr.Accordion("Details (JSON)", open=False):
                     info = gr.JSON(show_label=False)
 
         inputs = [prompt, concepts, custom, alpha, projection, reattention, as_negative, compare, num_frames, steps,
-                  guidance, seed, mode, beta_tokens, step_filter]
+                  guidance, seed, mode, beta_tokens, step_filter, preview]
         outputs = [guarded, unguarded, tokens, summary, info]
         gr.Examples(examples=EXAMPLES, inputs=[prompt, concepts, custom],
                     example_labels=["Remove an artist's style", "Remove a character", "Nothing to remove"])
+        # The API's own endpoint: clean tokens ({text, score, projected}, no ▲) and the mode's own steps and
+        # guidance when none are given.
+        controls.api_endpoint(api.stream, [*inputs[:9], *controls.api_sampling(), *inputs[11:]],
+                              [guarded, unguarded, gr.JSON(visible=False, label="Tokens"), summary, info],
+                              "safe_generate")
 
+    area = controls.ResultArea(outputs, summary_at=3, stop=stop)
     generate = controls.wire_generate(
-        engine, [prompt.submit, run.click], api.generate, inputs, outputs, "safe_generate", seed, randomize, another,
-        info, stop, progress_on=[guarded, unguarded], summary=summary)
-    generate.then(estimate_fn, estimate_inputs, estimate, queue=False, api_name=False, show_progress="hidden")
+        engine, [prompt.submit, run.click], api.stream, inputs, area, seed, randomize, another, info,
+        progress_on=[guarded, unguarded], estimate=estimate, shape=shown_tokens,
+        after=lambda event: event.then(estimate_fn, estimate_inputs, estimate, queue=False, api_name=False,
+                                       show_progress="hidden"))               # the run just refined the rates
     return controls.Generating(generate, guarded, send)

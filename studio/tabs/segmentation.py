@@ -14,6 +14,7 @@ from pipelines.segmentation.pipeline import MAX_FRAMES, MAX_SECONDS, Segmentatio
 from studio.engine import VDIT_OFF, Engine
 from studio.tabs import controls
 from studio.tabs.segmentation_api import SegmentationAPI, clicks_markdown
+from studio.tabs.segmentation_examples import EXAMPLES
 
 # What the key-frame image shows, per backend: VD-IT has no candidates and takes no clicks.
 KEY_LABELS = {"grounding": "Key frame: candidates (grey) and the chosen object; click to refine",
@@ -47,6 +48,14 @@ def add_click(clicks: str, frame: int, polarity: str, object_id: int, info: dict
     return json.dumps(points), clicks_markdown(points), marked
 
 
+def shown_areas(update: tuple) -> tuple:
+    """The page's form of a result: the area plot shown once it has a table (the API gets the bare table)."""
+    *before, areas, explanation, info = update
+    if areas is None or isinstance(areas, type(gr.skip())):
+        return update
+    return (*before, gr.update(value=areas, visible=True), explanation, info)
+
+
 def after_segmenting(info: dict | None):
     """Point the refinement controls at the new result: the frame slider's range and position, the key frame."""
     if not info:
@@ -57,7 +66,7 @@ def after_segmenting(info: dict | None):
 def build(engine: Engine) -> gr.Video:
     """Lay out the tab; return its video input (the generating tabs send clips to it)."""
     api = SegmentationAPI(engine)
-    with gr.Tab("Referring segmentation", id="segmentation"):
+    with gr.Tab("Referring segmentation", id="segmentation") as tab:
         gr.Markdown(
             "Upload a video and say what to follow: “the dog on the left”, “every dog except the left one”, “the "
             "cup next to the laptop”. The phrase is grounded on a few frames, relations are resolved on the boxes "
@@ -89,9 +98,9 @@ def build(engine: Engine) -> gr.Video:
                     grounder = gr.Dropdown(label="Grounder", choices=list(GROUNDERS), value=DEFAULT_GROUNDER)
                 with gr.Accordion("Advanced", open=False):
                     ground_frames = gr.Slider(label="Frames searched for the object", minimum=1, maximum=32, step=1,
-                                              value=SegmentationRequest.ground_frames)
+                                              precision=0, value=SegmentationRequest.ground_frames)
                     reground_every = gr.Slider(label="Look for objects that enter later, every N frames (0: off)",
-                                               minimum=0, maximum=MAX_FRAMES, step=1,
+                                               minimum=0, maximum=MAX_FRAMES, step=1, precision=0,
                                                value=SegmentationRequest.reground_every)
                     box_threshold = gr.Slider(label="Box threshold", minimum=0.05, maximum=0.9, step=0.05,
                                               value=SegmentationRequest.box_threshold)
@@ -102,7 +111,8 @@ def build(engine: Engine) -> gr.Video:
                     with gr.Row():
                         polarity = gr.Radio(label="Click adds", choices=["include", "exclude"], value="include")
                         object_id = gr.Number(label="Object id", value=1, precision=0, minimum=1)
-                    shown = gr.Slider(label="Frame shown", minimum=0, maximum=MAX_FRAMES - 1, step=1, value=0)
+                    shown = gr.Slider(label="Frame shown", minimum=0, maximum=MAX_FRAMES - 1, step=1, precision=0,
+                                      value=0)
                     clicks_text = gr.Markdown(clicks_markdown([]))
                     with gr.Row():
                         refine = gr.Button("Re-propagate with the clicks", variant="primary", size="sm")
@@ -110,29 +120,62 @@ def build(engine: Engine) -> gr.Video:
             with gr.Column(scale=6):
                 overlay = gr.Video(label="Masks", autoplay=True, loop=True, height=320, interactive=False,
                                    elem_id="segmentation-video")
-                explanation = gr.Markdown(elem_id="segmentation-explanation")
+                explanation = gr.Markdown(elem_id="segmentation-explanation", elem_classes="studio-summary")
                 key_image = gr.Image(label=KEY_LABELS["grounding"],
                                      interactive=False, height=260, elem_id="segmentation-keyframe")
                 with gr.Row():
                     masks_zip = gr.File(label="Masks: PNG per frame (zip)")
                     masks_rle = gr.File(label="Masks: COCO RLE (JSON)")
                 areas = gr.LinePlot(x="frame", y="area", color="object", height=200, label="Mask area per frame",
-                                    x_title="Frame", y_title="Pixels")
+                                    x_title="Frame", y_title="Pixels", visible=False, elem_id="segmentation-areas")
                 with gr.Accordion("Details (JSON)", open=False):
                     info = gr.JSON(show_label=False)
+        # Bundled: two cats and a cup (scikit-image's CC0 photos), so "the cat on the left" means something. A click
+        # runs it as Segment does (step bar, Stop).
+        examples = gr.Examples(examples=EXAMPLES, inputs=[video, expression], cache_examples=False,
+                               example_labels=[f"Two cats and a cup: “{expression}”" for _, expression in EXAMPLES],
+                               label="Example: two cats and a cup")
         clicks = gr.Textbox(value="[]", visible=False)
         key_frame = gr.Number(value=None, visible=False, precision=0)
 
     outputs = [overlay, key_image, masks_zip, masks_rle, areas, explanation, info]
     settings = [tracker, grounder, ground_frames, reground_every, box_threshold, backend, vdit_pass]
-    first = gr.on([run.click, expression.submit], lambda: ("[]", clicks_markdown([]), None), None,
-                  [clicks, clicks_text, key_frame], queue=False, api_name=False).then(
-        api.segment, [video, expression, *settings], outputs, api_name="segment", concurrency_id="gpu",
-        show_progress_on=overlay)
-    again = refine.click(api.refine, [video, expression, clicks, key_frame, *settings], outputs,
-                         api_name="segment_refine", concurrency_id="gpu", show_progress_on=overlay)
-    for event in (first, again):
-        event.then(after_segmenting, info, [shown, key_frame], queue=False, api_name=False)
+    area = controls.ResultArea(outputs, summary_at=5, stop=stop)
+    with tab:     # the API's own endpoints: the functions as they are, their errors as errors
+        controls.api_endpoint(api.segment, [video, expression, *settings], outputs, "segment")
+        controls.api_endpoint(api.refine, [video, expression, clicks, key_frame, *settings], outputs, "segment_refine")
+
+    def starting(kept_clicks: str):
+        """A new Segment starts from the text alone: the clicks of the last result are cleared, and said to be."""
+        dropped = len(json.loads(kept_clicks or "[]"))
+        line = controls.runs_line(engine.runs_ahead(), None)
+        if dropped:
+            line += (f"  \n{dropped} refinement click{'s' * (dropped != 1)} cleared: Segment starts from the text "
+                     "alone (“Re-propagate with the clicks” keeps them).")
+        return ("[]", clicks_markdown([]), None, *area.state(line), gr.update(visible=True))
+
+    def refining():
+        return (*area.state(controls.runs_line(engine.runs_ahead(), None)), gr.update(visible=True))
+
+    def segmenting(event) -> gr.Dependency:
+        return event.then(controls.page_run(api.segment, area, shown_areas), [video, expression, *settings], outputs,
+                          api_name=False, concurrency_id="gpu", show_progress_on=overlay)
+
+    started = [clicks, clicks_text, key_frame, *outputs, stop]
+    first = segmenting(gr.on([run.click, expression.submit], starting, clicks, started, queue=False, api_name=False))
+    example = segmenting(examples.load_input_event.then(starting, clicks, started, queue=False, api_name=False))
+    again = refine.click(refining, None, [*outputs, stop], queue=False, api_name=False).then(
+        controls.page_run(api.refine, area, shown_areas), [video, expression, clicks, key_frame, *settings], outputs,
+        api_name=False, concurrency_id="gpu", show_progress_on=overlay)
+    for event in (first, example, again):
+        event.then(after_segmenting, info, [shown, key_frame], queue=False, api_name=False).then(
+            lambda: gr.update(visible=False), None, stop, queue=False, api_name=False)
+
+    def stopped(request: gr.Request):
+        engine.stop(request)
+        return (*area.state(controls.STOPPED_LINE), gr.update(visible=False))
+
+    stop.click(stopped, None, [*outputs, stop], cancels=[first, example, again], api_name=False)   # queued: its toast needs it
     # VD-IT uses neither the grounder nor the tracker, and takes no clicks: their controls step aside.
     backend.change(lambda chosen: [gr.update(visible=chosen == "grounding")] * 3
                    + [gr.update(visible=chosen == "vdit"), gr.update(label=KEY_LABELS[chosen])], backend,
@@ -143,5 +186,4 @@ def build(engine: Engine) -> gr.Video:
                      queue=False, api_name=False)
     clear.click(lambda overlay_clip, frame: ("[]", clicks_markdown([]), show_frame(overlay_clip, frame)),
                 [overlay, shown], [clicks, clicks_text, key_image], queue=False, api_name=False)   # markers gone
-    stop.click(engine.stop, None, None, cancels=[first, again], api_name=False)   # queued: its toast needs it
     return video

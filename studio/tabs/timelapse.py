@@ -29,7 +29,7 @@ def build(engine: Engine) -> controls.Generating:
         with gr.Row():
             with gr.Column(scale=5):
                 prompt = gr.Textbox(
-                    label="What changes over time", lines=3, max_lines=8,
+                    label="What changes over time", lines=3, max_lines=8, elem_id="timelapse-prompt",
                     placeholder="Time-lapse of a seed growing into a sunflower: the seed sprouts, leaves unfold, "
                                 "the stem rises and the flower finally opens.",
                 )
@@ -41,7 +41,8 @@ def build(engine: Engine) -> controls.Generating:
                 with gr.Row():
                     style = gr.Dropdown(label="Style", choices=list(STYLES), value=TimelapseRequest.style, scale=1)
                     num_frames = gr.Slider(
-                        label="Frames", minimum=MIN_FRAMES, maximum=MAX_FRAMES, step=1, value=TimelapseRequest.num_frames, scale=2,
+                        label="Frames", minimum=MIN_FRAMES, maximum=MAX_FRAMES, step=1, precision=0,
+                        value=TimelapseRequest.num_frames, scale=2,
                         info=f"over {CONTEXT_FRAMES} needs keyframes",
                     )
                 mode = controls.mode_choice(TIMELAPSE_MODES, "timelapse-mode", REFUSED_TIMELAPSE)
@@ -61,8 +62,8 @@ def build(engine: Engine) -> controls.Generating:
                                  elem_id="timelapse-video")
                 with gr.Row():
                     another = controls.another_seed_button("timelapse-another-seed")
-                    send = controls.send_to_segmentation()
-                summary = gr.Markdown(elem_id="timelapse-summary")
+                    send = controls.send_to_segmentation(video)
+                summary = gr.Markdown(elem_id="timelapse-summary", elem_classes="studio-summary")
                 with gr.Accordion("Details (JSON)", open=False):
                     info = gr.JSON(show_label=False)
 
@@ -75,10 +76,13 @@ def build(engine: Engine) -> controls.Generating:
                       for e in EXAMPLES],
             inputs=inputs, cache_examples=False, example_labels=[e["label"] for e in EXAMPLES], examples_per_page=5,
         )
+        # The API's own endpoint: steps and guidance left out mean the chosen mode's own (the page sends its sliders).
+        controls.api_endpoint(api.stream, [*inputs[:5], *controls.api_sampling(), *inputs[7:]], outputs, "timelapse")
 
+    area = controls.ResultArea(outputs, summary_at=1, stop=stop)
     generate = controls.wire_generate(
-        engine, [prompt.submit, run.click], api.stream, inputs, outputs, "timelapse", seed, randomize, another, info,
-        stop, progress_on=video, summary=summary, examples=examples,
+        engine, [prompt.submit, run.click], api.stream, inputs, area, seed, randomize, another, info,
+        progress_on=video, estimate=estimate, examples=examples,
         after=lambda event: event.then(api.estimate, estimate_inputs, estimate, queue=False, api_name=False,
                                        show_progress="hidden"))               # the run just refined the rates
     return controls.Generating(generate, video, send)
