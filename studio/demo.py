@@ -54,6 +54,18 @@ def launch_kwargs(settings: Settings) -> dict:
     that was never uploaded, the wrong number of values) and would answer them with an empty error. Shown, a
     client reads "Cannot move /etc/passwd to the gradio cache dir because it was not uploaded by a user". The
     trade-off: an unexpected exception's one-line text is shown too instead of a bare "Error" (its traceback
-    stays in the server log); those are bugs, and their text is more use to the person reporting them."""
-    return dict(theme=gr.themes.Soft(primary_hue="indigo", secondary_hue="amber"), css=CSS,
-                max_file_size=f"{settings.max_upload_mb}mb", show_error=True)
+    stays in the server log); those are bugs, and their text is more use to the person reporting them.
+
+    mcp_server: Gradio's MCP server (`gradio[mcp]`) at /gradio_api/mcp/ (streamable HTTP; /gradio_api/mcp/sse for
+    SSE), every named endpoint a tool described by its function's docstring (README "MCP"). STUDIO_MCP=0 turns it
+    off; without the `mcp` package it is off, and the log says why, rather than the studio not starting."""
+    import importlib.util
+    import logging
+
+    mcp = settings.mcp
+    if mcp and importlib.util.find_spec("mcp") is None:
+        logging.getLogger(__name__).warning('The MCP server is off: the `mcp` package is missing '
+                                            '(pip install "gradio[mcp]", as requirements.txt does).')
+        mcp = False
+    return {"theme": gr.themes.Soft(primary_hue="indigo", secondary_hue="amber"), "css": CSS,
+            "max_file_size": f"{settings.max_upload_mb}mb", "show_error": True, "mcp_server": mcp}

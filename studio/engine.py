@@ -581,9 +581,9 @@ class Engine:
 
     # ----------------------------------------------------------------- stopping, progress, errors
     def stop(self, request: gr.Request = None) -> str:
-        """Ask the running call of this browser session to stop at its next step, and say so: the cancelled event
-        itself can no longer show anything. Returns the tab's summary line (a preview's "step 27/100" must not stay
-        there as if the run went on)."""
+        """Ask this browser session's run to stop, and say so: a running call stops at its next step, a queued one
+        before it starts (its flag was armed when it was asked for), and its locks unwind. The page cancels the
+        event too (studio/tabs/controls.py says why both). Returns the tab's summary line."""
         flag = _STOP_FLAGS.get(getattr(request, "session_hash", None))
         if flag is not None:
             flag.set()
@@ -591,12 +591,31 @@ class Engine:
         return f"**{STOPPED}**"
 
     @staticmethod
+    def arm_stop(request: gr.Request | None) -> None:
+        """A page's run is asked for (before it queues): a fresh stop flag for its session, so that Stop reaches it
+        while it waits in the queue too. Its call's reporter takes this flag."""
+        session = getattr(request, "session_hash", None)
+        if session:
+            _STOP_FLAGS[session] = threading.Event()
+
+    @staticmethod
+    def stop_asked(request: gr.Request | None) -> bool:
+        flag = _STOP_FLAGS.get(getattr(request, "session_hash", None))
+        return flag is not None and flag.is_set()
+
+    @staticmethod
     @contextmanager
     def reporter(request: gr.Request | None, progress: gr.Progress):
-        """A Reporter for one call; its session's stop flag lives as long as the call."""
-        flag, session = threading.Event(), getattr(request, "session_hash", None)
-        if session:
-            _STOP_FLAGS[session] = flag
+        """A Reporter for one call; its session's stop flag (armed by the page, else a fresh one) lives as long as
+        the call."""
+        session = getattr(request, "session_hash", None)
+        flag = _STOP_FLAGS.get(session) if session else None
+        if flag is None:
+            flag = threading.Event()
+            if session:
+                _STOP_FLAGS[session] = flag
+        if flag.is_set():
+            raise Cancelled("Stopped while it waited in the queue.")
         try:
             yield Reporter(progress, session)
         finally:

@@ -58,6 +58,7 @@ class Settings:
     # whole daily quota is 120 s, and ZeroGPU schedules `duration` x 1.5 on its default half RTX Pro 6000 (the
     # `duration_factor` of spaces' configs.json), so 80 s is the most such a visitor can be granted.
     gpu_max_s: int = 80
+    mcp: bool = True                      # also serve every tab as an MCP tool at /gradio_api/mcp/ (STUDIO_MCP=0: off)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -127,6 +128,7 @@ class Settings:
             vdit=_env("STUDIO_VDIT", "0" if zerogpu else "1") == "1",
             working_memory=working_memory,
             gpu_max_s=int(_env("STUDIO_GPU_MAX_S", "80")),
+            mcp=_env("STUDIO_MCP", "1") == "1",
         )
 
 

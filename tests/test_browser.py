@@ -575,3 +575,28 @@ def test_each_tab_shows_running_done_stopped_and_refused_in_its_result_area(fres
     assert not page.evaluate(ERROR_PILL_JS, result)
     assert page.evaluate(f"() => !document.querySelector('{result} video')")     # nothing left from before
     assert _visible_error_texts(page) == []
+
+
+def test_a_second_visitor_is_told_their_run_is_queued_behind_the_first(browser_context, page, server, monkeypatch):
+    """GPU calls run one at a time: a run asked for while another visitor's runs says so, then runs."""
+    _slow_reports(monkeypatch, 0.2)
+    page.get_by_label("What changes over time", exact=True).fill("ice melting")
+    page.locator("#timelapse-run").click()
+    page.locator("#timelapse-run-stop").wait_for(state="visible")
+    page.wait_for_function("() => /Running|Denoising/.test(document.querySelector('#timelapse-summary').innerText)",
+                           timeout=UI_TIMEOUT_MS)
+    second = browser_context.new_page()
+    try:
+        second.goto(server[1], wait_until="domcontentloaded")
+        second.get_by_role("tab", name="Time-lapse").click()
+        second.get_by_label("What changes over time", exact=True).fill("a rose opening")
+        second.locator("#timelapse-run").click()
+        second.wait_for_function(
+            "() => document.querySelector('#timelapse-summary').innerText.startsWith('Queued behind 1 run')",
+            timeout=UI_TIMEOUT_MS)
+        page.locator("#timelapse-run-stop").click()          # the first run stops; the second then runs to the end
+        monkeypatch.undo()
+        second.wait_for_function(FINISHED_JS, arg="#timelapse-summary", timeout=GENERATE_TIMEOUT_MS)
+        assert _visible_error_texts(second) == []
+    finally:
+        second.close()

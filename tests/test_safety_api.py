@@ -195,3 +195,16 @@ def test_a_frame_is_flagged_from_0_8_on():
 
     assert Verdict((0.79, 0.8, 0.95, 0.2), threshold=FLAG_THRESHOLD).flagged == [1, 2]
     assert FLAG_THRESHOLD == 0.8 and FrameChecker().threshold == 0.8
+
+
+def test_safe_generate_streams_a_live_preview_of_both_clips_when_asked(client):
+    """The Safe tab's two clips run in one GPU call; with `preview` each is shown while it denoises (the updates
+    before the final one carry preview clips into the guarded and the unguarded slot)."""
+    job = client.submit(prompt="a quiet harbour at dawn", concepts=["artist style"], steps=3, preview=True,
+                        api_name="/safe_generate")
+    guarded, unguarded, tokens, summary, info = job.result(timeout=300)
+    updates = job.outputs()
+    assert len(updates) > 1 and "Took" in summary
+    previews = [u for u in updates[:-1] if "preview from step" in (u[3] or "")]
+    assert any(u[0] for u in previews) and any(u[1] for u in previews)     # each clip had its preview
+    assert read_video(guarded)[0].shape == read_video(unguarded)[0].shape == (8, 64, 64, 3)

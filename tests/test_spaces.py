@@ -38,7 +38,7 @@ def front_matter() -> dict:
 
 
 def pinned(name: str) -> str:
-    match = re.search(rf"^{name}==([\w.]+)\s*(#.*)?$", (ROOT / "requirements.txt").read_text(), re.M)
+    match = re.search(rf"^{name}(?:\[[\w,-]+\])?==([\w.]+)\s*(#.*)?$", (ROOT / "requirements.txt").read_text(), re.M)
     assert match, f"requirements.txt pins no single {name} version"
     return match.group(1)
 
@@ -340,7 +340,7 @@ def test_the_safe_comparison_is_one_gpu_call_reserving_both_clips(tmp_path, monk
     calls = []
     monkeypatch.setattr(engine_module, "run_on_gpu", lambda *a, **k: pytest.fail("a second GPU call"))
     original = engine_module.run_all_on_gpu
-    monkeypatch.setattr(sys.modules["studio.tabs.safety_api"], "run_all_on_gpu",
+    monkeypatch.setattr(engine_module, "run_all_on_gpu",
                         lambda *args: calls.append(engine_module._reserve_all(*args)) or original(*args))
     *_, info = SafetyAPI(engine).generate("a photo of a cat", num_frames=8, steps=2)
     one = 2 * 16 * 0.004 + 8 * 0.06

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import random
 from typing import NamedTuple
 
@@ -141,8 +142,10 @@ class ResultArea(NamedTuple):
         return self.outputs[self.summary_at]
 
     def state(self, line: str) -> tuple:
-        """Every output cleared, the summary saying `line`."""
-        return tuple(line if i == self.summary_at else None for i in range(len(self.outputs)))
+        """Every output cleared (a plot hidden: an empty chart only looks broken), the summary saying `line`."""
+        return tuple(line if i == self.summary_at else
+                     gr.update(value=None, visible=False) if isinstance(output, gr.LinePlot) else None
+                     for i, output in enumerate(self.outputs))
 
 
 def runs_line(ahead: int, estimate: str | None) -> str:
@@ -163,36 +166,70 @@ def refused_line(message: str) -> str:
 STOPPED_LINE = f"**Stopped** · {STOPPED} Press the button again to start a new run."
 
 
-def page_run(fn, area: ResultArea, shape=None):
+def page_run(engine, fn, area: ResultArea, shape=None):
     """The page's side of an endpoint (the API keeps `fn` as it is: its errors reach clients as errors). Its
     updates pass through; once it waited in the queue, the summary says it is running now. An error becomes the
     refused state (the message stays in the summary area until the next run, and shows as a toast too), a stop
     the stopped state: never Gradio's red "Error" over the outputs. `shape(update)`: the page's form of the final
     outputs (a marker in a token, a plot shown only when it has points)."""
+    signature = inspect.signature(fn)
+
     @functools.wraps(fn)
     def run(*args, **kwargs):
+        request = signature.bind_partial(*args, **kwargs).arguments.get("request")
         waited = queue_wait_seconds()
-        if waited is not None and waited >= 1:
+        if waited is not None and waited >= 1 and not engine.stop_asked(request):
             yield tuple(f"**Running** · it waited {waited:.0f} s in the queue" if i == area.summary_at
                         else gr.skip() for i in range(len(area.outputs)))
+        stopped = False
         try:
             updates = fn(*args, **kwargs)
-            for update in (updates if inspect.isgenerator(updates) else [updates]):
-                yield shape(update) if shape is not None else update
+            try:
+                for update in (updates if inspect.isgenerator(updates) else [updates]):
+                    if engine.stop_asked(request):      # Stop came between two updates: its state stays
+                        stopped = True
+                        break
+                    yield shape(update) if shape is not None else update
+            finally:
+                if inspect.isgenerator(updates):
+                    updates.close()                     # a call stopped early unwinds now (its GPU call too)
         except gr.Error as error:
-            if error.message == STOPPED:
-                yield area.state(STOPPED_LINE)
+            if error.message != STOPPED:
+                gr.Warning(error.message)
+                yield area.state(refused_line(error.message))
                 return
-            gr.Warning(error.message)
-            yield area.state(refused_line(error.message))
+            stopped = True
+        except Exception as error:                      # a bug: its traceback in the log, its words on the page
+            logging.getLogger(__name__).exception("%s failed", fn.__name__)
+            message = f"Something went wrong on the server ({type(error).__name__}: {error})."
+            gr.Warning(message)
+            yield area.state(refused_line(message))
+            return
+        if stopped or engine.stop_asked(request):
+            yield area.state(STOPPED_LINE)
     return run
+
+
+def tool(fn, name: str):
+    """`fn` under the name MCP clients see: Gradio names a tool after its function, not its api_name. The same
+    signature, docstring and type hints (functools.wraps), a generator where `fn` is one (streaming stays)."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def named(*args, **kwargs):
+            yield from fn(*args, **kwargs)
+    else:
+        @functools.wraps(fn)
+        def named(*args, **kwargs):
+            return fn(*args, **kwargs)
+    named.__name__ = named.__qualname__ = name
+    return named
 
 
 def api_endpoint(fn, inputs: list, outputs: list, api_name: str) -> gr.Dependency:
     """The endpoint API and MCP clients call: `fn` itself (its errors reach them as errors), on a trigger the page
-    never fires. Its inputs may be the page's components or API-only hidden ones (whole numbers typed as integers,
-    a mode's own steps when none are given)."""
-    return gr.Button(visible=False).click(fn, inputs, outputs, api_name=api_name, concurrency_id="gpu")
+    never fires, and named `api_name` for MCP too. Its inputs may be the page's components or API-only hidden ones
+    (whole numbers typed as integers, a mode's own steps when none are given)."""
+    return gr.Button(visible=False).click(tool(fn, api_name), inputs, outputs, api_name=api_name, concurrency_id="gpu")
 
 
 def api_sampling() -> tuple[gr.Number, gr.Number]:
@@ -213,22 +250,28 @@ def wire_generate(engine, triggers: list, fn, inputs: list, area: ResultArea, se
     preview, the studio's estimate and Stop included, with the example's own seed (a presenter's first click, and
     it must be stoppable). `after(event)`: chained after each run (the estimate line, refined by what the run
     measured). The API endpoint is wired apart (`api_endpoint`)."""
-    stop, outputs, run = area.stop, area.outputs, page_run(fn, area, shape)
+    stop, outputs, run = area.stop, area.outputs, page_run(engine, fn, area, shape)
 
-    def starting(estimate_line, seed_value=None, randomize_it=False):
+    def starting(request: gr.Request, estimate_line, seed_value=None, randomize_it=False):
+        engine.arm_stop(request)
         line = runs_line(engine.runs_ahead(), estimate_line)
         return (randomize_seed(seed_value, randomize_it), *area.state(line), gr.update(visible=True))
 
-    def kept_seed(estimate_line):
-        return starting(estimate_line)[1:]
+    def kept_seed(estimate_line, request: gr.Request):
+        return starting(request, estimate_line)[1:]
+
+    def first_run(estimate_line, seed_value, randomize_it, request: gr.Request):
+        return starting(request, estimate_line, seed_value, randomize_it)
+
+    def another_run(estimate_line, request: gr.Request):
+        return (new_seed(), *starting(request, estimate_line)[1:])
 
     def queued(event) -> gr.Dependency:
         return event.then(run, inputs, outputs, api_name=False, concurrency_id="gpu", show_progress_on=progress_on)
 
-    first = gr.on(triggers, lambda line, value, randomize_it: starting(line, value, randomize_it),
-                  [estimate, seed, randomize], [seed, *outputs, stop], queue=False, api_name=False)
-    retry = another.click(lambda line: (new_seed(), *starting(line)[1:]), estimate, [seed, *outputs, stop],
-                          queue=False, api_name=False)
+    first = gr.on(triggers, first_run, [estimate, seed, randomize], [seed, *outputs, stop], queue=False,
+                  api_name=False)
+    retry = another.click(another_run, estimate, [seed, *outputs, stop], queue=False, api_name=False)
     runs = [queued(first), queued(retry)]
     if examples is not None:
         runs.append(queued(examples.load_input_event.then(kept_seed, estimate, [*outputs, stop], queue=False,
@@ -242,6 +285,11 @@ def wire_generate(engine, triggers: list, fn, inputs: list, area: ResultArea, se
         engine.stop(request)
         return (*area.state(STOPPED_LINE), gr.update(visible=False))
 
+    # Both the flag (engine.stop: the call ends at its next step and unwinds its locks) and Gradio's cancel (the
+    # page's event ends at once, so the next click is not dropped as "still pending"; on ZeroGPU the flag cannot
+    # reach the GPU worker, the cancel can). A cancelled event may end in Gradio's red "Error" over the outputs:
+    # assets/studio.css hides that pill on the result components (page_run turns every real error into the
+    # refused state, so only a cancel can raise it) and the summary says "Stopped".
     stop.click(stopped, None, [*outputs, stop], cancels=runs, api_name=False)   # queued: its toast needs it
     return runs[0]
 

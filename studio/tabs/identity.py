@@ -89,7 +89,7 @@ def build(engine: Engine) -> controls.Generating:
         # The API's own endpoint: steps and guidance left out mean the chosen mode's own (the page sends its sliders).
         controls.api_endpoint(api.stream, [*inputs[:5], *controls.api_sampling(), *inputs[7:]], outputs, "identity")
 
-    photos.change(api.faces, photos, [crops, face_notes], api_name="identity_faces")
+    photos.change(controls.tool(api.faces, "identity_faces"), photos, [crops, face_notes], api_name="identity_faces")
     add.click(add_webcam_photo, [photos, webcam], photos, queue=False, api_name=False)
     area = controls.ResultArea(outputs, summary_at=1, stop=stop)
     generate = controls.wire_generate(

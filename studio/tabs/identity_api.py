@@ -50,8 +50,8 @@ class IdentityAPI:
             photos: 1 to 4 photos (image URLs) of the same person, each with one clearly visible face.
 
         Returns:
-            crops: A gallery of the aligned face crop of each photo, captioned "Photo N".
-            notes: Markdown per photo: no face found, face too small, several faces (the largest is used); or empty.
+            crops: A gallery of the aligned face crop of each photo, captioned "Photo N"
+            notes: Markdown per photo: no face found, face too small, several faces (the largest is used); or empty
         """
         crops, notes = [], []
         for number, photo in enumerate(photos or [], start=1):
@@ -85,7 +85,7 @@ class IdentityAPI:
         """Generate a video of a given person (ID-Animator) from 1 to 4 photos of their face and a scene prompt.
 
         The clip keeps the person's identity (AnimateDiff v2 with a face adapter; several photos are averaged into
-        one identity), 16 frames at 8 fps at the server's resolution, with a per-frame face similarity to the
+        one identity), up to 16 frames at 8 fps at the server's resolution, with a per-frame face similarity to the
         reference. Calls wait in one GPU queue; a run takes seconds to minutes. It yields the result once at the end;
         with `preview`, small preview clips (each with a one-line summary) while it denoises before that.
 
@@ -103,10 +103,10 @@ class IdentityAPI:
             preview: Stream small preview clips while denoising; leave false (tools get only the final result).
 
         Returns:
-            video: URL of the H.264 MP4.
-            summary: Markdown: mean face similarity to the photos, then seed, frames, size, safety and timings.
-            similarity: Table of frame and face similarity (0 to 1; NaN where no face was found).
-            info: JSON with the settings, face_similarity (per_frame, mean), safety, timings and warnings.
+            video: URL of the H.264 MP4
+            summary: Markdown: mean face similarity to the photos, then seed, frames, size, safety and timings
+            similarity: Table of frame and face similarity (0 to 1; NaN where no face was found)
+            info: JSON with the settings, face_similarity (per_frame, mean), safety, timings and warnings
         """
         engine = self.engine
         with user_errors():

@@ -84,11 +84,11 @@ class SafetyAPI:
             preview: Stream small preview clips while denoising; leave false (tools get only the final result).
 
         Returns:
-            guarded: URL of the guarded H.264 MP4.
-            unguarded: URL of the unguarded MP4 for the same seed, or null when not compared.
-            tokens: The prompt's tokens as a list of {text, score (toxicity), projected (true if the guard moved it)}.
-            summary: Markdown: the tokens projected and for how many steps, then seed, frames, safety and timings.
-            info: JSON with the guard's settings and findings (safety), compare, timings and warnings.
+            guarded: URL of the guarded H.264 MP4
+            unguarded: URL of the unguarded MP4 for the same seed, or null when not compared
+            tokens: The prompt's tokens as a list of {text, score (toxicity), projected (true if the guard moved it)}
+            summary: Markdown: the tokens projected and for how many steps, then seed, frames, safety and timings
+            info: JSON with the guard's settings and findings (safety), compare, timings and warnings
         """
         engine = self.engine
         with user_errors():
@@ -194,4 +194,5 @@ def safety_markdown(info: dict) -> str:
                      f"{timings_line(info['unguarded']['timings'])}")
     elif info["compare"].startswith("off: "):
         lines.append(f"**No unguarded clip**: {info['compare'].removeprefix('off: ')}.")
-    return "\n\n".join(lines) + "\n\n" + summary_markdown(info)
+    guarded = "**Left: guarded**\n\n" if "unguarded" in info else ""
+    return "\n\n".join(lines) + "\n\n" + guarded + summary_markdown(info)

@@ -49,11 +49,20 @@ def add_click(clicks: str, frame: int, polarity: str, object_id: int, info: dict
 
 
 def shown_areas(update: tuple) -> tuple:
-    """The page's form of a result: the area plot shown once it has a table (the API gets the bare table)."""
+    """The page's form of a result: the area plot shown once it has a table (the API gets the bare table), and its
+    legend."""
     *before, areas, explanation, info = update
-    if areas is None or isinstance(areas, type(gr.skip())):
-        return update
-    return (*before, gr.update(value=areas, visible=True), explanation, info)
+    if not hasattr(areas, "assign"):
+        return (*update, gr.skip())
+    # Gradio's own legend is cut off below a short plot (its title shows, its entries do not): the studio writes
+    # its own under the plot, a swatch per object in the overlay's colour.
+    ids = [int(i) for i in areas["object"].unique()]
+    named = areas.assign(object=[f"object {i}" for i in areas["object"]])
+    colours = {f"object {i}": "#%02x%02x%02x" % mask_export.colour(i) for i in ids}
+    shown = gr.update(value=named, visible=True, color="object", color_map=colours, color_title="")
+    key = " · ".join(f'<span class="area-key" style="background: {colour}"></span> {name}'
+                     for name, colour in colours.items())
+    return (*before, shown, explanation, info, key)
 
 
 def after_segmenting(info: dict | None):
@@ -126,27 +135,30 @@ def build(engine: Engine) -> gr.Video:
                 with gr.Row():
                     masks_zip = gr.File(label="Masks: PNG per frame (zip)")
                     masks_rle = gr.File(label="Masks: COCO RLE (JSON)")
-                areas = gr.LinePlot(x="frame", y="area", color="object", height=200, label="Mask area per frame",
+                areas = gr.LinePlot(x="frame", y="area", color="object", height=260, label="Mask area per frame",
                                     x_title="Frame", y_title="Pixels", visible=False, elem_id="segmentation-areas")
+                legend = gr.Markdown(elem_id="segmentation-legend", elem_classes="studio-legend")
                 with gr.Accordion("Details (JSON)", open=False):
                     info = gr.JSON(show_label=False)
         # Bundled: two cats and a cup (scikit-image's CC0 photos), so "the cat on the left" means something. A click
         # runs it as Segment does (step bar, Stop).
         examples = gr.Examples(examples=EXAMPLES, inputs=[video, expression], cache_examples=False,
-                               example_labels=[f"Two cats and a cup: “{expression}”" for _, expression in EXAMPLES],
-                               label="Example: two cats and a cup")
+                               example_labels=[f"“{expression}”" for _, expression in EXAMPLES],
+                               label="Example clip: two cats and a cup (click one to segment it)")
         clicks = gr.Textbox(value="[]", visible=False)
         key_frame = gr.Number(value=None, visible=False, precision=0)
 
     outputs = [overlay, key_image, masks_zip, masks_rle, areas, explanation, info]
     settings = [tracker, grounder, ground_frames, reground_every, box_threshold, backend, vdit_pass]
-    area = controls.ResultArea(outputs, summary_at=5, stop=stop)
+    page_outputs = [*outputs, legend]          # the page's: the plot's legend besides the API's outputs
+    area = controls.ResultArea(page_outputs, summary_at=5, stop=stop)
     with tab:     # the API's own endpoints: the functions as they are, their errors as errors
         controls.api_endpoint(api.segment, [video, expression, *settings], outputs, "segment")
         controls.api_endpoint(api.refine, [video, expression, clicks, key_frame, *settings], outputs, "segment_refine")
 
-    def starting(kept_clicks: str):
+    def starting(kept_clicks: str, request: gr.Request):
         """A new Segment starts from the text alone: the clicks of the last result are cleared, and said to be."""
+        engine.arm_stop(request)
         dropped = len(json.loads(kept_clicks or "[]"))
         line = controls.runs_line(engine.runs_ahead(), None)
         if dropped:
@@ -154,18 +166,21 @@ def build(engine: Engine) -> gr.Video:
                      "alone (“Re-propagate with the clicks” keeps them).")
         return ("[]", clicks_markdown([]), None, *area.state(line), gr.update(visible=True))
 
-    def refining():
+    def refining(request: gr.Request):
+        engine.arm_stop(request)
         return (*area.state(controls.runs_line(engine.runs_ahead(), None)), gr.update(visible=True))
 
     def segmenting(event) -> gr.Dependency:
-        return event.then(controls.page_run(api.segment, area, shown_areas), [video, expression, *settings], outputs,
+        return event.then(controls.page_run(engine, api.segment, area, shown_areas), [video, expression, *settings],
+                          page_outputs,
                           api_name=False, concurrency_id="gpu", show_progress_on=overlay)
 
-    started = [clicks, clicks_text, key_frame, *outputs, stop]
+    started = [clicks, clicks_text, key_frame, *page_outputs, stop]
     first = segmenting(gr.on([run.click, expression.submit], starting, clicks, started, queue=False, api_name=False))
     example = segmenting(examples.load_input_event.then(starting, clicks, started, queue=False, api_name=False))
-    again = refine.click(refining, None, [*outputs, stop], queue=False, api_name=False).then(
-        controls.page_run(api.refine, area, shown_areas), [video, expression, clicks, key_frame, *settings], outputs,
+    again = refine.click(refining, None, [*page_outputs, stop], queue=False, api_name=False).then(
+        controls.page_run(engine, api.refine, area, shown_areas), [video, expression, clicks, key_frame, *settings],
+        page_outputs,
         api_name=False, concurrency_id="gpu", show_progress_on=overlay)
     for event in (first, example, again):
         event.then(after_segmenting, info, [shown, key_frame], queue=False, api_name=False).then(
@@ -175,7 +190,7 @@ def build(engine: Engine) -> gr.Video:
         engine.stop(request)
         return (*area.state(controls.STOPPED_LINE), gr.update(visible=False))
 
-    stop.click(stopped, None, [*outputs, stop], cancels=[first, example, again], api_name=False)   # queued: its toast needs it
+    stop.click(stopped, None, [*page_outputs, stop], cancels=[first, example, again], api_name=False)   # as controls   # queued: its toast needs it
     # VD-IT uses neither the grounder nor the tracker, and takes no clicks: their controls step aside.
     backend.change(lambda chosen: [gr.update(visible=chosen == "grounding")] * 3
                    + [gr.update(visible=chosen == "vdit"), gr.update(label=KEY_LABELS[chosen])], backend,

@@ -47,9 +47,34 @@ class SegmentationAPI:
         request: gr.Request = None,
         progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008  (Gradio's own idiom)
     ) -> tuple:
-        """Returns (overlay MP4, key frame with boxes, masks zip, COCO RLE JSON, mask-area plot, explanation, info).
-        `backend="vdit"`: VD-IT instead of grounding + SAM 2 (tracker, grounder and their settings unused), in
-        chunks of 36 frames (`vdit_pass="chunks"`) or the whole video at once (`"whole"`)."""
+        """Segment the object a phrase describes through a whole video (referring video segmentation).
+
+        Say what to follow: "the dog on the left", "every dog except the left one", "the cup next to the laptop".
+        The phrase is grounded on a few frames, relations are resolved on the boxes found, and SAM 2 tracks the
+        chosen object(s) forward and backward from the frame the sampled frames agree on. Videos up to 300 frames,
+        60 s and 1080p. `backend="vdit"`: VD-IT instead of grounding + SAM 2 (tracker, grounder and their settings
+        unused), in chunks of 36 frames (`vdit_pass="chunks"`) or the whole video at once (`"whole"`).
+
+        Args:
+            video: The video to segment (a URL of an MP4 or another common format). Required.
+            expression: What to segment, in words, e.g. "the cat on the left" (at most 200 characters). Required.
+            tracker: The SAM 2.1 tracker size: "SAM 2.1 tiny" (default, fastest) up to "SAM 2.1 large".
+            grounder: The phrase grounder: "Grounding DINO tiny" (default), "Florence-2 large" or another listed one.
+            ground_frames: Frames searched for the object, 1 to 32 (default 8).
+            reground_every: Look for objects that enter later every N frames, 0 to 300 (default 0: off).
+            box_threshold: The grounder's box score threshold, 0.05 to 0.9 (default 0.35); lower finds more.
+            backend: "grounding" (default: grounder + SAM 2) or "vdit" (VD-IT, one object; only where offered).
+            vdit_pass: VD-IT only: "chunks" (default, 36-frame chunks) or "whole" (one pass, more memory).
+
+        Returns:
+            overlay: URL of an MP4 of the video with the masks drawn over it
+            key_frame: Image of the key frame with the candidate boxes (grey) and the chosen object(s)
+            masks_zip: URL of a zip with one PNG mask per frame and object
+            masks_rle: URL of a COCO run-length-encoded JSON of the masks
+            areas: Table of mask area in pixels per frame and object
+            explanation: Markdown: which object was chosen and why, the key frame, warnings and timings
+            info: JSON with object_ids, chosen boxes and scores, candidates, key_frame, size, fps, timings, warnings
+        """
         return self._run(video, expression, tracker, grounder, ground_frames, reground_every, box_threshold, (),
                          None, request, progress, backend, vdit_pass)
 
@@ -69,8 +94,33 @@ class SegmentationAPI:
         request: gr.Request = None,
         progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008
     ) -> tuple:
-        """The same, with refinement clicks: a JSON list of {"frame", "x", "y", "positive", "object_id"} (pixels of
-        the video); the key frame of the earlier pass keeps the same object (leave it empty to ground again)."""
+        """Segment a video as `segment` does, refined with clicks that include or exclude points of an object.
+
+        The clicks are kept as SAM 2 conditioning frames. Pass the `key_frame` of an earlier `segment` result to
+        keep the same object (leave it empty to ground the phrase again). Grounding backend only (not VD-IT).
+
+        Args:
+            video: The video to segment (a URL of an MP4 or another common format). Required.
+            expression: What to segment, in words, e.g. "the cat on the left" (at most 200 characters). Required.
+            clicks: JSON list of {"frame", "x", "y", "positive", "object_id"} in video pixels, up to 64 (default "[]").
+            key_frame: The key frame of the earlier pass (info.key_frame), or empty to ground the expression again.
+            tracker: The SAM 2.1 tracker size: "SAM 2.1 tiny" (default, fastest) up to "SAM 2.1 large".
+            grounder: The phrase grounder: "Grounding DINO tiny" (default), "Florence-2 large" or another listed one.
+            ground_frames: Frames searched for the object, 1 to 32 (default 8).
+            reground_every: Look for objects that enter later every N frames, 0 to 300 (default 0: off).
+            box_threshold: The grounder's box score threshold, 0.05 to 0.9 (default 0.35); lower finds more.
+            backend: "grounding" (default); "vdit" takes no clicks.
+            vdit_pass: VD-IT only: "chunks" (default) or "whole".
+
+        Returns:
+            overlay: URL of an MP4 of the video with the masks drawn over it
+            key_frame: Image of the key frame with the candidate boxes (grey) and the chosen object(s)
+            masks_zip: URL of a zip with one PNG mask per frame and object
+            masks_rle: URL of a COCO run-length-encoded JSON of the masks
+            areas: Table of mask area in pixels per frame and object
+            explanation: Markdown: which object was chosen and why, the key frame, the clicks kept, warnings, timings
+            info: JSON with object_ids, chosen boxes and scores, candidates, key_frame, clicks, timings, warnings
+        """
         with user_errors():
             parsed = parse_clicks(clicks)
         return self._run(video, expression, tracker, grounder, ground_frames, reground_every, box_threshold, parsed,

@@ -18,11 +18,18 @@ def build(engine: Engine) -> tuple[Callable, list[gr.components.Component]]:
             keys = gr.JSON(show_label=False)
         refresh = gr.Button("Refresh", size="sm")
 
-    def system_report():
+    def system():
+        """What the studio's model cache holds now: memory per device against its budget, and every cached model.
+
+        Returns:
+            summary: Markdown: profile, device, memory in use per device, budgets, loads and evictions so far.
+            table: one row per cached component (name, where it lives, size, lock state).
+            keys: the full cache keys, for exact identification.
+        """
         return report(engine)
 
-    refresh.click(system_report, None, [summary, table, keys], queue=False, api_name="system")
-    return system_report, [summary, table, keys]
+    refresh.click(system, None, [summary, table, keys], queue=False, api_name="system")
+    return system, [summary, table, keys]
 
 
 def report(engine: Engine) -> tuple[str, list[list], list[str]]:

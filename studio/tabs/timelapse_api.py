@@ -55,9 +55,9 @@ class TimelapseAPI:
             preview: Stream small preview clips while denoising; leave false (tools get only the final result).
 
         Returns:
-            video: URL of the H.264 MP4.
-            summary: Markdown with warnings first, then seed, frames, size, safety and timings.
-            info: JSON with seed, num_frames, fps, size, steps, guidance, keyframes, safety, timings and warnings.
+            video: URL of the H.264 MP4
+            summary: Markdown with warnings first, then seed, frames, size, safety and timings
+            info: JSON with seed, num_frames, fps, size, steps, guidance, keyframes, safety, timings and warnings
         """
         engine = self.engine
         with user_errors():
