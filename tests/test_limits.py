@@ -43,8 +43,8 @@ def test_excerpt_keeps_short_texts_and_cuts_long_ones_at_a_word():
 
 
 @pytest.mark.parametrize("api_name, arguments, message", [
-    ("/timelapse", dict(prompt="ice", seed="abc"), "Seed takes a whole number, not 'abc'"),
-    ("/timelapse", dict(prompt="ice", steps="many"), "Steps takes a number from 1 to 100, not 'many'"),
+    ("/timelapse", dict(prompt="ice", seed="abc"), "Seed takes a whole number from 0 to 4294967295, not 'abc'"),
+    ("/timelapse", dict(prompt="ice", steps="many"), "Steps takes a whole number from 1 to 100, not 'many'"),
     ("/timelapse", dict(prompt="ice", safety="yes"), "Safety guard takes true or false, not 'yes'"),
     ("/identity", dict(photos=[handle_file(PHOTO)], prompt="a man", identity_strength="strong"),
      "Identity strength takes a number from 0 to 1.5"),

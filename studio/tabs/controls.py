@@ -294,13 +294,21 @@ def wire_generate(engine, triggers: list, fn, inputs: list, area: ResultArea, se
     return runs[0]
 
 
+def _number(value: float) -> str:
+    """A bound as a person writes it: 4294967295, not 4.29497e+09; 0.5 as it is."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
 def _expects(component) -> str:
     """What a component takes, in a person's words (for the message about a value it could not read)."""
     if isinstance(component, gr.Slider):
         whole = "a whole number" if component.precision == 0 else "a number"
-        return f"{whole} from {component.minimum:g} to {component.maximum:g}"
+        return f"{whole} from {_number(component.minimum)} to {_number(component.maximum)}"
     if isinstance(component, gr.Number):
-        return "a whole number" if component.precision == 0 else "a number"
+        kind = "a whole number" if component.precision == 0 else "a number"
+        if component.minimum is not None and component.maximum is not None:
+            return f"{kind} from {_number(component.minimum)} to {_number(component.maximum)}"
+        return kind
     if isinstance(component, gr.Checkbox):
         return "true or false"
     if isinstance(component, gr.CheckboxGroup):
