@@ -123,3 +123,18 @@ def test_generated_clips_are_shown_as_results_not_upload_boxes(client):
     assert all(props[name]["interactive"] is False for name in outputs), {n: props[n].get("interactive")
                                                                            for n in outputs}
     assert props["segmentation-input"].get("interactive") is not False          # the one video you upload
+
+
+def test_whole_number_parameters_are_typed_as_integers_and_steps_default_to_the_mode(client):
+    """view_api() is what a client reads first: frames, steps and seeds are integers there, not floats, and steps and
+    guidance are optional (left out: the mode's own, see tests/test_fast_modes.py)."""
+    endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    for api_name, whole in (("/timelapse", ("num_frames", "steps", "seed")), ("/identity", ("num_frames", "steps")),
+                            ("/safe_generate", ("num_frames", "steps", "seed")),
+                            ("/segment", ("ground_frames", "reground_every"))):
+        parameters = {p["parameter_name"]: p for p in endpoints[api_name]["parameters"]}
+        for name in whole:
+            assert parameters[name]["type"]["type"] == "integer", (api_name, name, parameters[name]["type"])
+        if "steps" in parameters:
+            assert parameters["steps"]["parameter_has_default"] and parameters["steps"]["parameter_default"] is None
+            assert parameters["guidance"]["parameter_default"] is None
