@@ -234,6 +234,9 @@ def test_identity_in_browser(page):
         "() => (document.querySelector('#identity-summary')?.innerText || '').includes('Identity')")
     summary = page.locator("#identity-summary").inner_text()
     assert "Seed" in summary and "frames" in summary
+    # the tiny profile's noise has no face: its random scores still draw the report, and say they are random
+    assert "random: tiny profile" in summary
+    page.locator("#identity-similarity").wait_for(state="visible")
 
     assert _visible_error_texts(page) == []
     _close_toasts(page)   # any warning is in the summary too; the screenshot shows the tab

@@ -281,17 +281,21 @@ def wire_generate(engine, triggers: list, fn, inputs: list, area: ResultArea, se
             lambda: gr.update(visible=False), None, stop, queue=False, api_name=False)
         if after is not None:
             after(event)
+    wire_stop(engine, area, runs)
+    return runs[0]
+
+
+def wire_stop(engine, area: ResultArea, runs: list) -> None:
+    """Stop for a tab's runs: the stopped state, Stop hidden again. Both the flag (engine.stop: the call ends at its
+    next step and unwinds its locks) and Gradio's cancel (the page's event ends at once, so the next click is not
+    dropped as "still pending"; on ZeroGPU the flag cannot reach the GPU worker, the cancel can). A cancelled event
+    may end in Gradio's red "Error" over the outputs: assets/studio.css hides that pill on the result components
+    (page_run turns every real error into the refused state, so only a cancel can raise it)."""
     def stopped(request: gr.Request):
         engine.stop(request)
         return (*area.state(STOPPED_LINE), gr.update(visible=False))
 
-    # Both the flag (engine.stop: the call ends at its next step and unwinds its locks) and Gradio's cancel (the
-    # page's event ends at once, so the next click is not dropped as "still pending"; on ZeroGPU the flag cannot
-    # reach the GPU worker, the cancel can). A cancelled event may end in Gradio's red "Error" over the outputs:
-    # assets/studio.css hides that pill on the result components (page_run turns every real error into the
-    # refused state, so only a cancel can raise it) and the summary says "Stopped".
-    stop.click(stopped, None, [*outputs, stop], cancels=runs, api_name=False)   # queued: its toast needs it
-    return runs[0]
+    area.stop.click(stopped, None, [*area.outputs, area.stop], cancels=runs, api_name=False)   # queued: its toast
 
 
 def _number(value: float) -> str:

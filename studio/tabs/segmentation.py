@@ -186,11 +186,7 @@ def build(engine: Engine) -> gr.Video:
         event.then(after_segmenting, info, [shown, key_frame], queue=False, api_name=False).then(
             lambda: gr.update(visible=False), None, stop, queue=False, api_name=False)
 
-    def stopped(request: gr.Request):
-        engine.stop(request)
-        return (*area.state(controls.STOPPED_LINE), gr.update(visible=False))
-
-    stop.click(stopped, None, [*page_outputs, stop], cancels=[first, example, again], api_name=False)   # as controls   # queued: its toast needs it
+    controls.wire_stop(engine, area, [first, example, again])
     # VD-IT uses neither the grounder nor the tracker, and takes no clicks: their controls step aside.
     backend.change(lambda chosen: [gr.update(visible=chosen == "grounding")] * 3
                    + [gr.update(visible=chosen == "vdit"), gr.update(label=KEY_LABELS[chosen])], backend,
