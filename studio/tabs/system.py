@@ -11,11 +11,13 @@ from studio.engine import Engine
 def build(engine: Engine) -> tuple[Callable, list[gr.components.Component]]:
     """Lay out the panel; return (the report function, its outputs) for other events to refresh it."""
     with gr.Accordion("System", open=False, elem_id="system"):
-        summary = gr.Markdown()
-        table = gr.Dataframe(headers=SYSTEM_COLUMNS, interactive=False, wrap=True, elem_id="system-table",
+        # Labels name the outputs in the API's description (view_api), so a client reads them by name, not position.
+        summary = gr.Markdown(label="summary")
+        table = gr.Dataframe(headers=SYSTEM_COLUMNS, label="components", show_label=False, interactive=False,
+                             wrap=True, elem_id="system-table",
                              column_widths=["18%", "30%", "26%", "8%", "9%", "9%"])
         with gr.Accordion("Cache keys (what each entry is, exactly)", open=False):
-            keys = gr.JSON(show_label=False)
+            keys = gr.JSON(label="keys", show_label=False)
         refresh = gr.Button("Refresh", size="sm")
 
     def system():
