@@ -31,6 +31,11 @@ AttnProcessor), VAE slicing + tiling for the full decode, and with `--compile` t
     options: --only timelapse,timelapse_fast,identity,lightning,decode,sam2  --peak-tflops 989  --steps-scale
 """
 
+# The suite's smoke run (tests/test_benches.py): the smallest settings, and the `name: value` figures it
+# must print, each with a number. A bench without these fails the suite.
+SMOKE_ARGS = ["--size", "smoke", "--device", "cpu", "--threads", "1"]
+FIGURES = ("timelapse_25step_cfg_s", "identity_lightning_4step_s", "decode_full_vae_s", "sam2_propagation_fps", "lightning_vs_30step_ratio", "timelapse_fast_vs_25step_ratio", "tiny_vs_full_decode_ratio")
+
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -20,6 +20,11 @@ First the frames must match exactly (else exit 1); then both are timed, interlea
 Last line: `identity_overhead_ratio: <studio median / bare median>` (goal <= 1.05).
 """
 
+# The suite's smoke run (tests/test_benches.py): the smallest settings, and the `name: value` figures it
+# must print, each with a number. A bench without these fails the suite.
+SMOKE_ARGS = ["--repeats", "1", "--steps", "1", "--frames", "8", "--threads", "1"]
+FIGURES = ("identity_overhead_ratio",)
+
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -32,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import harness
+import _harness as harness
 import torch
 from diffusers import AnimateDiffPipeline, DDIMScheduler
 from skimage import data

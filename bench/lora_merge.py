@@ -5,10 +5,15 @@ on every attention projection and feed-forward layer (Hyper-SD15's targets, kohy
 latent (`--latent 32`: 256 px) with a batch of 2 (guidance): merged (fuse_lora) against unmerged (PEFT's extra
 matmuls), interleaved, by median. Also prints the merge's one-off cost and the bytes a second UNet costs.
 
-    .venv/bin/python bench/lora_merge.py [--repeats 5] [--latent 32] [--rank 64] [--threads 2]
+    .venv/bin/python bench/lora_merge.py [--repeats 5] [--latent 32] [--rank 64] [--threads 2] [--smoke]
 
 Last line: `unmerged_vs_merged_ratio: <unmerged median / merged median>`.
 """
+
+# The suite's smoke run (tests/test_benches.py): the smallest settings, and the `name: value` figures it
+# must print, each with a number. A bench without these fails the suite.
+SMOKE_ARGS = ["--smoke", "--repeats", "1", "--latent", "8", "--rank", "4", "--threads", "1"]
+FIGURES = ("unmerged_vs_merged_ratio",)
 
 import os
 
@@ -33,14 +38,20 @@ parser.add_argument("--repeats", type=int, default=5)
 parser.add_argument("--latent", type=int, default=32)
 parser.add_argument("--rank", type=int, default=64)
 parser.add_argument("--threads", type=int, default=0)
+parser.add_argument("--smoke", action="store_true", help="a two-block UNet of width 32 instead of SD1.5's (the suite's "
+                    "smoke run: the same code path in seconds; its figures mean nothing)")
 args = parser.parse_args()
 if args.threads:
     torch.set_num_threads(args.threads)
 
 # SD1.5's unet/config.json (runwayml/stable-diffusion-v1-5), the values that differ from diffusers' defaults.
 SD15_UNET = dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
+SMOKE_UNET = dict(sample_size=8, cross_attention_dim=32, attention_head_dim=2, block_out_channels=(32, 64),
+                  down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                  up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1)
+config = SMOKE_UNET if args.smoke else SD15_UNET
 torch.manual_seed(0)
-base = UNet2DConditionModel(**SD15_UNET).eval()
+base = UNet2DConditionModel(**config).eval()
 g = torch.Generator().manual_seed(1)
 speed = {}
 for name, module in base.named_modules():
@@ -68,7 +79,7 @@ weights = sum(p.numel() * p.element_size() for p in base.parameters())
 print(f"a second UNet costs {weights / 2**20:.0f} MiB fp32 ({weights / 2**21:.0f} MiB fp16)")
 
 x = torch.randn(2, 4, args.latent, args.latent)
-text = torch.randn(2, 77, 768)
+text = torch.randn(2, 77, config["cross_attention_dim"])
 t = torch.tensor([500, 500])
 
 

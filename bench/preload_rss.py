@@ -20,6 +20,11 @@ measured here. Segmentation's models (~2.6 GiB) are counted by size only.
 
 from __future__ import annotations
 
+# The suite's smoke run (tests/test_benches.py): the smallest settings, and the `name: value` figures it
+# must print, each with a number. A bench without these fails the suite.
+SMOKE_ARGS = ["--groups", "0"]
+FIGURES = ("whole_preload_held_gib", "start_rss_gib", "groups_built", "projected_peak_rss_gib")
+
 import argparse
 import ctypes
 import gc

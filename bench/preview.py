@@ -9,6 +9,11 @@ frames (exit 1 if not): a preview may never change the clip. Tiny profile; `--si
 Last line: `preview_ratio: <with preview median / without median>` (goal <= 1.05).
 """
 
+# The suite's smoke run (tests/test_benches.py): the smallest settings, and the `name: value` figures it
+# must print, each with a number. A bench without these fails the suite.
+SMOKE_ARGS = ["--repeats", "1", "--steps", "2", "--frames", "8", "--size", "64", "--threads", "1"]
+FIGURES = ("preview_ratio",)
+
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -21,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 
-import harness
+import _harness as harness
 import numpy as np
 import torch
 

@@ -13,6 +13,11 @@ Last two lines: `reattention_overhead_ratio: ...`, then `safety_overhead_ratio: 
 median>` (goal <= 1.15, without re-attention).
 """
 
+# The suite's smoke run (tests/test_benches.py): the smallest settings, and the `name: value` figures it
+# must print, each with a number. A bench without these fails the suite.
+SMOKE_ARGS = ["--repeats", "1", "--steps", "1", "--frames", "8", "--threads", "1"]
+FIGURES = ("reattention_overhead_ratio", "safety_overhead_ratio")
+
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -24,8 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import _harness as harness
 import cv2
-import harness
 import numpy as np
 import torch
 

@@ -12,8 +12,14 @@ identical across clients. After --max-seconds no new request is issued and the f
 Last line: `soak_unexpected_errors: <n>` (exit 1 when n > 0).
 """
 
+# The suite's smoke run (tests/test_benches.py): the smallest settings, and the `name: value` figures it
+# must print, each with a number. A bench without these fails the suite.
+SMOKE_ARGS = ["--clients", "2", "--requests", "2", "--max-seconds", "60"]
+FIGURES = ("soak_unexpected_errors",)
+
 import argparse
 import os
+import re
 import shutil
 import socket
 import sys
@@ -29,6 +35,10 @@ import numpy as np
 # Before anything imports huggingface_hub or gradio (the studio's modules are imported inside the functions): no
 # hub, no analytics, Gradio's files in a folder of our own.
 ROOT_TMP = Path(tempfile.mkdtemp(prefix="studio-soak-"))
+# gradio_client downloads each result through a fresh folder in the system temp directory and leaves that folder
+# behind, empty (gradio_client/client.py, `secrets.token_hex(20)`): one per file. Those the soak's clients leave are
+# removed at the end (`remove_client_leftovers`); what was there before is not touched.
+TEMP_BEFORE = set(os.listdir(tempfile.gettempdir()))
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ["GRADIO_TEMP_DIR"] = str(ROOT_TMP / "gradio")
@@ -201,6 +211,15 @@ def percentiles(seconds: list[float]) -> str:
     return f"p50 {p50:.2f} s, p95 {p95:.2f} s, max {max(seconds):.2f} s"
 
 
+def remove_client_leftovers() -> None:
+    """The empty download folders gradio_client left in the system temp directory during this run (see TEMP_BEFORE)."""
+    temp = Path(tempfile.gettempdir())
+    for name in set(os.listdir(temp)) - TEMP_BEFORE:
+        folder = temp / name
+        if re.fullmatch(r"[0-9a-f]{40}", name) and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=8)
@@ -359,4 +378,5 @@ if __name__ == "__main__":
     finally:
         if "--keep" not in sys.argv:
             shutil.rmtree(ROOT_TMP, ignore_errors=True)
+        remove_client_leftovers()
     sys.exit(code)

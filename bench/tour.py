@@ -8,11 +8,18 @@ its modes and the segmentation tab. Prints the cache's loads after each tour and
 Last line: `second_tour_loads: <n>` (goal 0).
 """
 
+# The suite's smoke run (tests/test_benches.py): the smallest settings, and the `name: value` figures it
+# must print, each with a number. A bench without these fails the suite.
+SMOKE_ARGS = []
+FIGURES = ("second_tour_loads",)
+
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
+import atexit
+import shutil
 import sys
 import tempfile
 import time
@@ -30,6 +37,7 @@ from studio.tabs.timelapse_api import TimelapseAPI
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = str(ROOT / "assets" / "examples" / "astronaut.jpg")
 folder = Path(tempfile.mkdtemp(prefix="tour-"))
+atexit.register(shutil.rmtree, folder, ignore_errors=True)       # the clips and the calibration file
 engine = Engine(Settings(profile="tiny", device="cpu", dtype="float32", resolution=64, output_dir=folder / "out",
                          calibration_path=folder / "calibration.json"))
 quiet = dict(progress=lambda *a, **k: None)

@@ -14,6 +14,11 @@ paper's 360 (full). The floor beside the figure is reference/vdit.md's FLOP coun
 Last line: `vdit_s_per_frame: <value>`.
 """
 
+# The suite's smoke run (tests/test_benches.py): the smallest settings, and the `name: value` figures it
+# must print, each with a number. A bench without these fails the suite.
+SMOKE_ARGS = ["--size", "tiny", "--frames", "2", "--threads", "1"]
+FIGURES = ("vdit_s_per_clip", "vdit_floor_s_per_frame", "vdit_s_per_frame")
+
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.bench_smoke import smoke
+
 ROOT = Path(__file__).resolve().parents[1]
 NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 GENERATIONS = ("timelapse_25step_cfg", "timelapse_fast_8step_cfg", "identity_30step_cfg", "identity_lightning_4step")
@@ -36,7 +38,8 @@ def smoke_run(*options: str) -> subprocess.CompletedProcess:
 
 
 def test_smoke_run_prints_every_figure():
-    result = smoke_run()
+    result = smoke("gpu.py")            # the suite's one smoke run of it (SMOKE_ARGS in bench/gpu.py)
+    assert result.args[:2] == ["--size", "smoke"] and result.returncode == 0, result.stderr[-3000:]
     lines = [line for line in result.stdout.splitlines() if line and not line.startswith("#")]
     figures = {}
     for name in EXPECTED:

@@ -547,9 +547,10 @@ def test_under_spaces_zerogpu_everything_reachable_is_preloaded_and_each_click_r
 
 
 def test_the_preload_rss_bench_projects_the_whole_preload_without_building_it():
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "preload_rss.py"), "--groups", "0"],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    from tests.bench_smoke import smoke
+
+    done = smoke("preload_rss.py")      # the suite's one smoke run of it: --groups 0
+    assert done.args == ["--groups", "0"] and done.returncode == 0, done.stderr[-2000:]
     figures = dict(line.split(": ", 1) for line in done.stdout.splitlines() if ": " in line and line[0] != "#")
     held = float(figures["whole_preload_held_gib"].split()[0])
     assert 20 < held < 42, "the ZeroGPU preload must stay under spaces' xlarge_threshold (42 GiB)"
