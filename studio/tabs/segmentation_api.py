@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import numpy as np
 import pandas as pd
 
 from pipelines.core.errors import InputError
@@ -130,7 +131,6 @@ class SegmentationAPI:
              key_frame, request, progress, backend="grounding", vdit_pass="chunks") -> tuple:
         engine = self.engine
         with user_errors():
-            waited = queue_wait_seconds()
             if not video:
                 raise InputError("Upload a video (or press “Segment this clip” under a generated one).")
             if backend == "vdit" and not engine.settings.vdit:
@@ -138,7 +138,31 @@ class SegmentationAPI:
             start = time.perf_counter()
             source: dict = {}
             frames, fps = read_clip(video, MAX_FRAMES, MAX_SECONDS, MAX_PIXELS, details=source)
-            read_seconds = time.perf_counter() - start
+            source["read_seconds"] = time.perf_counter() - start
+            return self._segment(frames, fps, source, f"{clip_name(video)} {expression}", expression, tracker,
+                                 grounder, ground_frames, reground_every, box_threshold, clicks, key_frame, request,
+                                 progress, backend, vdit_pass)
+
+    def segment_frames(self, frames, expression: str, name: str = "", fps: float = 24.0,
+                       tracker: str = DEFAULT_TRACKER, grounder: str = DEFAULT_GROUNDER, backend: str = "grounding",
+                       progress=None) -> tuple:
+        """`segment` on decoded frames ((T, H, W, 3) uint8: a dataset's JPEG folder, `python -m studio.batch`),
+        with the same request checks, GPU call and outputs; `name` is what the downloads are called after."""
+        with user_errors():
+            if backend == "vdit" and not self.engine.settings.vdit:
+                raise InputError(VDIT_OFF)
+            return self._segment(np.asarray(frames), fps, {"read_seconds": 0.0}, name, expression, tracker, grounder,
+                                 SegmentationRequest.ground_frames, SegmentationRequest.reground_every,
+                                 SegmentationRequest.box_threshold, (), None, None,
+                                 progress or (lambda *args, **kwargs: None), backend,
+                                 SegmentationRequest.vdit_pass)
+
+    def _segment(self, frames, fps, source, name, expression, tracker, grounder, ground_frames, reground_every,
+                 box_threshold, clicks, key_frame, request, progress, backend, vdit_pass) -> tuple:
+        engine = self.engine
+        with user_errors():
+            waited = queue_wait_seconds()
+            read_seconds = source.pop("read_seconds")
             job = SegmentationRequest(
                 frames=frames, expression=expression, fps=fps, tracker=tracker, grounder=grounder,
                 ground_frames=whole(ground_frames), reground_every=whole(reground_every),
@@ -155,8 +179,7 @@ class SegmentationAPI:
             if source.get("variable_rate"):
                 result.warnings.append(f"The video has a variable frame rate: the overlay shows its {len(frames)} "
                                        f"frames at a constant {fps:.2f} fps, the same {source['duration_s']:.2f} s.")
-            outputs = self.publish(job, frames, fps, result, source,
-                                   name=f"{clip_name(video)} {job.expression}")
+            outputs = self.publish(job, frames, fps, result, source, name=name)
             outputs[-1]["gpu_reservation_s"] = reserved
         return outputs
 
@@ -180,7 +203,7 @@ class SegmentationAPI:
         for warning in result.warnings:
             gr.Warning(warning)
         info = {
-            "expression": job.expression, "num_frames": int(len(frames)), "fps": fps,
+            "expression": job.expression, "num_frames": len(frames), "fps": fps,
             "size": [int(frames.shape[2]), int(frames.shape[1])], "key_frame": result.key_frame,
             # H.264 in yuv420p codes even sizes only: an odd side gets one repeated edge pixel in the overlay
             "overlay_size": [int(frames.shape[2]) + frames.shape[2] % 2, int(frames.shape[1]) + frames.shape[1] % 2],
