@@ -7,9 +7,10 @@ import logging
 import os
 import sys
 
-TABS = ("timelapse", "identity", "segmentation", "vdit")
+TABS = ("timelapse", "identity", "segmentation", "vdit", "evaluation")
 # What `download` fetches without --tab: every tab's defaults. VD-IT (the segmentation tab's second backend, ~10 GB,
-# its backbone CC-BY-NC-4.0) only when asked for with --tab vdit.
+# its backbone CC-BY-NC-4.0) only when asked for with --tab vdit; the evaluations' CLIP ViT-L/14 (python -m
+# studio.evaluate, not the studio) with --tab evaluation.
 DEFAULT_TABS = ("timelapse", "identity", "segmentation")
 
 
@@ -47,6 +48,11 @@ def tab_files(tabs: list[str]) -> list:
             return SegmentationRegistry("real").default_downloads()
         if tab == "vdit":
             return SegmentationRegistry.vdit_downloads()
+        if tab == "evaluation":
+            from pipelines.core.hub import HubFile
+            from studio.evaluate.clip import CLIP_L, CLIP_L_FILES
+
+            return [HubFile(CLIP_L, name) for name in CLIP_L_FILES]
         return {"timelapse": timelapse_downloads, "identity": identity_downloads}[tab]()
 
     files = [f for tab in tabs for f in files_of(tab)]

@@ -139,8 +139,12 @@ def test_studio_evaluate_is_one_module_per_evaluation():
     from studio.evaluate import cli
 
     names = [e.__name__.rsplit(".", 1)[-1] for e in cli.EVALUATIONS]
-    assert names == ["safety", "segmentation"]
+    assert names == ["identity", "timelapse", "safety", "segmentation"]          # one per tab
     assert all(callable(e.add_parser) and callable(e.run_evaluation) for e in cli.EVALUATIONS)
+    # Every other module of the folder is shared plumbing, not a hidden evaluation.
+    shared = {"__init__", "__main__", "cli", "common", "report", "clip"}
+    modules = {p.stem for p in (ROOT / "studio" / "evaluate").glob("*.py")}
+    assert modules == shared | set(names)
 
 
 def attack_prompts() -> set[str]:

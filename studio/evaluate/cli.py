@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from studio.evaluate import safety, segmentation
+from studio.evaluate import identity, safety, segmentation, timelapse
 from studio.evaluate.common import DataError
 
-EVALUATIONS = (safety, segmentation)
+EVALUATIONS = (identity, timelapse, safety, segmentation)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.core.errors import InputError, StudioError
 
     try:
-        return args.run(args)
+        return args.handler(args)
     except (DataError, InputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

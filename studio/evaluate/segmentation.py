@@ -338,9 +338,65 @@ def write_failures(path: Path, failures: list[dict]) -> None:
         writer.writerows(failures)
 
 
+def evaluate_run(run: Path) -> int:
+    """J&F of a batch run over a dataset split: each expression's masks (run/masks/<video>/<expression id>/) against
+    its object's annotation, as `score_expressions`; a refused expression has no masks and scores as empty ones."""
+    from dataclasses import replace
+
+    from studio.evaluate.report import Plot, Report, Table, describe_options, read_run, refused_table, write_report
+
+    meta, rows = read_run(run, "segmentation")
+    if not all("dataset" in r["input"] for r in rows):
+        raise DataError(f"{run} segmented clips without ground truth (a CSV of video, expression): J&F needs a "
+                        "Ref-DAVIS / Ref-YouTube-VOS split (JPEGImages/, Annotations/, meta_expressions.json) "
+                        "as --prompts of the batch run.")
+    data = Path(meta["prompts"])
+    asked = {(r["input"]["video"], r["input"]["expression_id"]) for r in rows}
+    videos = []
+    for video in read_dataset(data).videos:
+        kept = tuple(e for e in video.expressions if (video.name, e.key) in asked)
+        if kept:
+            videos.append(replace(video, expressions=kept))
+    dataset = Dataset(tuple(videos), per_expression=True)
+    scored = score_expressions(dataset, data / "Annotations", run / "masks")
+    table, mean = segmentation_table(scored)
+    print(table)
+
+    def bars(figure):
+        ax = figure.add_subplot()
+        names = [r["video"] for r in scored]
+        ax.barh(names, [r["JF"] for r in scored], color="#7c3aed")
+        ax.axvline(mean["JF"], color="#111827", linewidth=1, linestyle="--", label=f"mean {mean['JF']:.3f}")
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("J&F")
+        ax.invert_yaxis()
+        ax.legend(fontsize=8)
+
+    tables = [Table("J&F per video and expression", ["video/expression", "frames", "J", "F", "J&F"],
+                    [[r["video"], r["frames"], r["J"], r["F"], r["JF"]] for r in [*scored, mean]],
+                    note="The mean row averages the expressions, DAVIS's way.")]
+    refused = refused_table(rows)
+    if refused:
+        tables.append(refused)
+    report = Report(
+        "Segmentation evaluation: J&F (DAVIS)", profile=meta["profile"],
+        intro=[f"Run `{run}`: {len(rows)} expressions of `{data}`, profile `{meta['profile']}`, "
+               f"options: {describe_options(meta['options'])}."],
+        tables=tables, plots=[Plot("jf-per-video", "J&F per video and expression", bars,
+                                   size=(6.4, max(2.4, 0.3 * len(scored) + 1)))],
+        notes=["J = region similarity (IoU), F = boundary F-measure, as DAVIS's evaluation code computes them "
+               "(pipelines/segmentation/metrics.py); J&F = (J + F) / 2, over the annotated frames."])
+    write_report(run, report, ["video", "frames", "J", "F", "JF"], [*scored, mean])
+    print(f"J&F: {mean['JF']:.3f}")
+    print(f"report: {run / 'report.html'}")
+    return 0
+
+
 def run_evaluation(args: argparse.Namespace) -> int:
     """Score predicted masks against DAVIS-layout ground truth (--pred, --gt), or segment then score (--data)."""
     failures = None
+    if args.run:
+        return evaluate_run(Path(args.run))
     if args.data:
         if not args.out or args.gt:
             raise DataError("--data needs --out, the folder for the predicted masks and scores.csv, and no --gt: "
@@ -385,6 +441,8 @@ def add_parser(commands) -> None:
                     "empty masks, a line on stderr and a row in --out/failures.csv; the run goes on.")
     source = score.add_mutually_exclusive_group(required=True)
     source.add_argument("--pred", help="folder of predicted masks, <video>/<frame>.png")
+    source.add_argument("--run", help="a finished `python -m studio.batch segmentation` run of a Ref-DAVIS / "
+                                      "Ref-YouTube-VOS split: J&F per expression, its scores.csv and report.html")
     source.add_argument("--data", help="a Ref-YouTube-VOS / Ref-DAVIS split folder: JPEGImages/, Annotations/, "
                                        "meta_expressions.json (or expressions.json)")
     score.add_argument("--gt", help="folder of ground-truth masks, <video>/<frame>.png (with --pred)")
@@ -394,4 +452,4 @@ def add_parser(commands) -> None:
                             "'hungarian', the assignment that maximises J&F (DAVIS unsupervised; ReferFormer's "
                             "Ref-DAVIS evaluation)")
     score.add_argument("--profile", choices=("tiny", "real"), default=os.environ.get("STUDIO_PROFILE", "real"))
-    score.set_defaults(run=run_evaluation)
+    score.set_defaults(handler=run_evaluation)
