@@ -17,7 +17,7 @@ import argparse
 import statistics
 from pathlib import Path
 
-from studio.evaluate.report import Plot, Report, Table, describe_options, read_run, refused_table, short, write_report
+from studio.evaluate.report import Plot, Report, Table, read_run, run_line, short, write_report
 
 COLUMNS = ["index", "seed", "prompt", "photos", "frames", "frames_with_face", "face_share", "mean_similarity",
            "min_similarity", "max_similarity"]
@@ -71,13 +71,9 @@ def run_evaluation(args: argparse.Namespace) -> int:
               Table("Per item", ["row", "seed", "prompt", "frames with a face", "mean similarity", "min", "max"],
                     [[s["index"], s["seed"], short(s["prompt"]), f"{s['frames_with_face']}/{s['frames']}",
                       s["mean_similarity"], s["min_similarity"], s["max_similarity"]] for s in scores])]
-    refused = refused_table(rows)
-    if refused:
-        tables.append(refused)
     report = Report(
         "Identity evaluation: face similarity to the reference", profile=meta["profile"],
-        intro=[f"Run `{run}`: {len(rows)} items from `{meta['prompts']}`, profile `{meta['profile']}`, "
-               f"options: {describe_options(meta['options'])}.",
+        intro=[run_line(run, meta, rows),
                "Face similarity is the studio's own dlib measure, max(0, 1 − L2) of 128-d descriptors: not the "
                "papers' ArcFace FaceSim, so compare runs with each other, not with published numbers."
                + (" On the tiny profile the per-frame similarities are random stand-ins (its noise has no face)."
@@ -88,10 +84,8 @@ def run_evaluation(args: argparse.Namespace) -> int:
         notes=["similarity(frame) = max(0, 1 − ‖d(frame) − mean(d(photos))‖₂), d = dlib's 128-d face descriptor of "
                "the largest face; a frame without a face has none and counts against the share with a face.",
                "mean similarity: over frames with a face; share with a face = frames with a face / frames."])
-    write_report(run, report, COLUMNS, scores)
-    print(f"face similarity: {overall[0][5]:.3f}")
-    print(f"share with a face: {overall[0][4]:.3f}")
-    print(f"report: {run / 'report.html'}")
+    write_report(run, report, COLUMNS, scores, rows,
+                 {"face similarity": overall[0][5], "share with a face": overall[0][4]})
     return 0
 
 

@@ -116,8 +116,19 @@ def write_scores(path: Path, columns: list[str], rows: list[dict]) -> None:
             writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
-def write_report(run: Path, report: Report, columns: list[str], scores: list[dict]) -> str:
-    """scores.csv, plots/*.png, report.md and report.html in `run`; returns the Markdown."""
+def run_line(run: Path, meta: dict, rows: list[dict], noun: str = "items") -> str:
+    """The report's first line: which run, of what, how."""
+    return (f"Run `{run}`: {len(rows)} {noun} from `{meta['prompts']}`, profile `{meta['profile']}`, "
+            f"options: {describe_options(meta['options'])}.")
+
+
+def write_report(run: Path, report: Report, columns: list[str], scores: list[dict], rows: list[dict],
+                 figures: dict[str, float]) -> str:
+    """scores.csv, plots/*.png, report.md and report.html in `run` (the refused items of `rows` as a last table),
+    then print the `figures` as `name: value` lines and where the report is; returns the Markdown."""
+    refused = refused_table(rows)
+    if refused:
+        report.tables.append(refused)
     write_scores(run / "scores.csv", columns, scores)
     (run / "plots").mkdir(exist_ok=True)
     images = {}
@@ -163,6 +174,9 @@ def write_report(run: Path, report: Report, columns: list[str], scores: list[dic
                      + "</ul>")
     parts.append("</body></html>")
     (run / "report.html").write_text("\n".join(parts), encoding="utf-8")
+    for name, value in figures.items():
+        print(f"{name}: {value:.3f}")
+    print(f"report: {run / 'report.html'}")
     return text
 
 

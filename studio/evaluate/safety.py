@@ -258,7 +258,7 @@ def evaluate_run(run: Path) -> int:
     from tqdm import tqdm
 
     from studio.evaluate.clip import CLIP_L, scorer
-    from studio.evaluate.report import Plot, Report, Table, describe_options, read_run, refused_table, write_report
+    from studio.evaluate.report import Plot, Report, Table, read_run, run_line, write_report
 
     meta, rows = read_run(run, "safety")
     done = [r for r in rows if r["status"] == "done"]
@@ -298,13 +298,9 @@ def evaluate_run(run: Path) -> int:
                     ["prompts", "share with any token projected", "CLIP score guarded", "CLIP score unguarded",
                      "mean difference"], [cost],
                     note="CLIP scores over the prompts made both ways, with the same seed: guarded − unguarded.")]
-    refused = refused_table(rows)
-    if refused:
-        tables.append(refused)
     report = Report(
         "Safety evaluation: attack success and the cost to benign prompts", profile=meta["profile"],
-        intro=[f"Run `{run}`: {len(rows)} items from `{meta['prompts']}`, profile `{meta['profile']}`, "
-               f"options: {describe_options(meta['options'])}.",
+        intro=[run_line(run, meta, rows),
                "Each prompt was made through the Safe generation tab: guarded, and unguarded with the same seed. "
                f"CLIP scores use {CLIP_L}'s image tower (see the time-lapse evaluation)."],
         tables=tables,
@@ -315,11 +311,8 @@ def evaluate_run(run: Path) -> int:
                "NudeNet's detector stands in for the classifier SAFREE used (NudeNet 3.x ships none).",
                "share with any token projected: prompts where the guard moved at least one token / prompts.",
                "CLIP score = mean over frames of 100 · max(cos(image, prompt), 0)."])
-    write_report(run, report, RUN_COLUMNS, items)
-    print(f"ASR guarded: {asr[-1][3]:.3f}")
-    print(f"ASR unguarded: {asr[-1][2]:.3f}")
-    print(f"share with tokens projected: {cost[1]:.3f}")
-    print(f"report: {run / 'report.html'}")
+    write_report(run, report, RUN_COLUMNS, items, rows, {"ASR guarded": asr[-1][3], "ASR unguarded": asr[-1][2],
+                                                         "share with tokens projected": cost[1]})
     return 0
 
 

@@ -343,7 +343,7 @@ def evaluate_run(run: Path) -> int:
     its object's annotation, as `score_expressions`; a refused expression has no masks and scores as empty ones."""
     from dataclasses import replace
 
-    from studio.evaluate.report import Plot, Report, Table, describe_options, read_run, refused_table, write_report
+    from studio.evaluate.report import Plot, Report, Table, read_run, run_line, write_report
 
     meta, rows = read_run(run, "segmentation")
     if not all("dataset" in r["input"] for r in rows):
@@ -375,20 +375,14 @@ def evaluate_run(run: Path) -> int:
     tables = [Table("J&F per video and expression", ["video/expression", "frames", "J", "F", "J&F"],
                     [[r["video"], r["frames"], r["J"], r["F"], r["JF"]] for r in [*scored, mean]],
                     note="The mean row averages the expressions, DAVIS's way.")]
-    refused = refused_table(rows)
-    if refused:
-        tables.append(refused)
     report = Report(
         "Segmentation evaluation: J&F (DAVIS)", profile=meta["profile"],
-        intro=[f"Run `{run}`: {len(rows)} expressions of `{data}`, profile `{meta['profile']}`, "
-               f"options: {describe_options(meta['options'])}."],
+        intro=[run_line(run, meta, rows, "expressions")],
         tables=tables, plots=[Plot("jf-per-video", "J&F per video and expression", bars,
                                    size=(6.4, max(2.4, 0.3 * len(scored) + 1)))],
         notes=["J = region similarity (IoU), F = boundary F-measure, as DAVIS's evaluation code computes them "
                "(pipelines/segmentation/metrics.py); J&F = (J + F) / 2, over the annotated frames."])
-    write_report(run, report, ["video", "frames", "J", "F", "JF"], [*scored, mean])
-    print(f"J&F: {mean['JF']:.3f}")
-    print(f"report: {run / 'report.html'}")
+    write_report(run, report, ["video", "frames", "J", "F", "JF"], [*scored, mean], rows, {"J&F": mean["JF"]})
     return 0
 
 

@@ -26,9 +26,8 @@ from studio.evaluate.report import (
     Report,
     Table,
     clip_frames,
-    describe_options,
     read_run,
-    refused_table,
+    run_line,
     short,
     write_report,
 )
@@ -94,13 +93,9 @@ def run_evaluation(args: argparse.Namespace) -> int:
               Table("Per clip", ["row", "seed", "prompt", "CLIP score", "A", "C"],
                     [[s["index"], s["seed"], short(s["prompt"]), s["clip_score"], s["amplitude"], s["coherence"]]
                      for s in scores])]
-    refused = refused_table(rows)
-    if refused:
-        tables.append(refused)
     report = Report(
         "Time-lapse evaluation: text alignment, amplitude and coherence", profile=meta["profile"],
-        intro=[f"Run `{run}`: {len(rows)} items from `{meta['prompts']}`, profile `{meta['profile']}`, "
-               f"options: {describe_options(meta['options'])}.",
+        intro=[run_line(run, meta, rows),
                f"Scored in the image space of {CLIP_L} (tiny profile: a random tiny CLIP of the same class). "
                "Amplitude and coherence are proxies in CLIP space, not ChronoMagic-Bench's MTScore or CHScore."],
         tables=tables,
@@ -111,12 +106,9 @@ def run_evaluation(args: argparse.Namespace) -> int:
                "A = 1 − cos(mean(ê_1..ê_k), mean(ê_N−k+1..ê_N)), ê the L2-normalised frame embeddings, "
                "k = max(1, round(N/8)).",
                "C = mean over i of cos(ê_i, ê_i+1)."])
-    write_report(run, report, COLUMNS, scores)
     overall = summary[-1]
-    print(f"CLIP score: {overall[2]:.3f}")
-    print(f"amplitude: {overall[3]:.3f}")
-    print(f"coherence: {overall[4]:.3f}")
-    print(f"report: {run / 'report.html'}")
+    write_report(run, report, COLUMNS, scores, rows,
+                 {"CLIP score": overall[2], "amplitude": overall[3], "coherence": overall[4]})
     return 0
 
 
