@@ -109,7 +109,9 @@ try:
     for name, xs in (("batch", batch_s), ("plain", plain_s)):
         print(f"{name:<8}{statistics.median(xs):>10.3f}{min(xs):>10.3f}{max(xs):>10.3f}")
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # torchrun (under accelerate launch) leaves an empty torchelastic_* log folder in TMPDIR: keep it in ours.
+    (scratch / "tmp").mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(scratch / "tmp")}
     accelerate = str(Path(sys.executable).with_name("accelerate"))
     commands = {
         1: [sys.executable, "-m", "studio.batch"],

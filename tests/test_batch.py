@@ -143,7 +143,9 @@ def test_two_accelerate_processes_do_each_item_once(tmp_path):
     the main process merges them."""
     out = tmp_path / "run"
     accelerate = str(Path(sys.executable).with_name("accelerate"))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "STUDIO_CALIBRATION": str(tmp_path / "calibration.json")}
+    (tmp_path / "tmp").mkdir()       # torchrun leaves an empty torchelastic_* log folder in TMPDIR: not in /tmp
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "STUDIO_CALIBRATION": str(tmp_path / "calibration.json"),
+           "TMPDIR": str(tmp_path / "tmp")}
     done = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "studio.batch", "timelapse",
                            "--prompts", str(prompts_csv(tmp_path)), "--out", str(out), "--seeds", "2", *TINY],
