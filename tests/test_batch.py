@@ -117,7 +117,6 @@ def test_another_tab_or_a_bad_prompt_file_in_a_run_folder_exits_2(timelapse_run,
 
 def test_the_timelapse_report_scores_every_clip_with_documented_formulas(timelapse_run, capsys):
     from studio.evaluate.clip import amplitude, coherence, scorer
-
     from studio.evaluate.report import clip_frames
 
     _, out, _ = timelapse_run
@@ -225,3 +224,46 @@ def test_safe_batch_and_what_the_guard_costs(tmp_path, capsys):
     assert len(scores) == 2 and all(0 <= float(s["clip_guarded"]) <= 100 for s in scores)
     page = (out / "report.html").read_text()
     assert "What the guard costs" in page and page.count("data:image/png;base64,") == 2
+
+
+# ----------------------------------------------------------------------------- the reports' sums, on constructed rows
+def test_what_the_guard_costs_on_constructed_items():
+    """Three prompts: two flagged; CLIP scores compared only where both clips exist (the third has no unguarded)."""
+    from studio.evaluate.safety import benign_cost
+
+    nan = float("nan")
+    items = [{"flagged_tokens": 2, "clip_guarded": 20.0, "clip_unguarded": 25.0},
+             {"flagged_tokens": 0, "clip_guarded": 30.0, "clip_unguarded": 30.0},
+             {"flagged_tokens": 1, "clip_guarded": 10.0, "clip_unguarded": nan}]
+    prompts, share, guarded, unguarded, difference = benign_cost(items)
+    assert (prompts, share) == (3, pytest.approx(2 / 3))
+    assert (guarded, unguarded, difference) == (25.0, 27.5, -2.5)
+
+
+def test_identity_scores_of_one_clip_on_constructed_similarities():
+    from studio.evaluate.identity import item_scores
+
+    row = {"index": 4, "seed": 7, "input": {"prompt": "p", "photos": ["a.jpg", "b.jpg"]},
+           "info": {"face_similarity": {"per_frame": [0.5, None, 0.7, 0.9]}}}
+    scores = item_scores(row)
+    assert (scores["photos"], scores["frames"], scores["frames_with_face"]) == (2, 4, 3)
+    assert scores["face_share"] == 0.75 and scores["mean_similarity"] == pytest.approx(0.7)
+    assert (scores["min_similarity"], scores["max_similarity"]) == (0.5, 0.9)
+    nobody = item_scores({**row, "info": {"face_similarity": {"per_frame": [None, None]}}})
+    assert nobody["face_share"] == 0 and np.isnan(nobody["mean_similarity"])
+
+
+def test_a_dataset_items_masks_are_every_chosen_object_together(tmp_path):
+    """"every dog" may choose two objects: the expression's mask (what J&F scores) is their union, per frame."""
+    from PIL import Image
+
+    from pipelines.segmentation.mask_export import write_coco_rle
+
+    masks = np.zeros((2, 3, 4, 5), bool)               # 2 objects, 3 frames, 4x5 pixels
+    masks[0, :, 0, 0] = True
+    masks[1, 1, 3, 4] = True
+    rle = write_coco_rle(masks, [1, 2], "every dog", tmp_path / "rle.json")
+    batch.write_dataset_masks(tmp_path / "v" / "0", str(rle), ["00000.jpg", "00005.jpg", "00010.jpg"])
+    written = [np.array(Image.open(tmp_path / "v" / "0" / f"{n}.png")) for n in ("00000", "00005", "00010")]
+    assert [w.dtype for w in written] == [np.uint8] * 3 and all(set(np.unique(w)) <= {0, 255} for w in written)
+    assert np.array_equal(np.stack(written) > 0, masks.any(axis=0))
