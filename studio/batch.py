@@ -400,8 +400,8 @@ def run_batch(args: argparse.Namespace) -> int:
     options = tab_options(args)
     items = READERS[args.tab](Path(args.prompts), args.seeds, args.seed)
     limit = args.limit if args.limit is not None else len(items)
-    rows_wanted = sorted({i.index for i in items})[:limit]
-    items = [i.keyed(args.tab, options) for i in items if i.index in set(rows_wanted)]
+    wanted = set(sorted({i.index for i in items})[:limit])     # the first N rows, with every seed of each
+    items = [i.keyed(args.tab, options) for i in items if i.index in wanted]
     if not items:
         raise DataError(f"{args.prompts} holds no items.")
     run = {"tab": args.tab, "prompts": str(Path(args.prompts).resolve()), "profile": args.profile,

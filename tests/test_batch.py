@@ -267,3 +267,10 @@ def test_a_dataset_items_masks_are_every_chosen_object_together(tmp_path):
     written = [np.array(Image.open(tmp_path / "v" / "0" / f"{n}.png")) for n in ("00000", "00005", "00010")]
     assert [w.dtype for w in written] == [np.uint8] * 3 and all(set(np.unique(w)) <= {0, 255} for w in written)
     assert np.array_equal(np.stack(written) > 0, masks.any(axis=0))
+
+
+def test_limit_takes_the_first_rows_with_every_seed_of_each(tmp_path):
+    out = tmp_path / "run"
+    argv = ["timelapse", "--prompts", str(prompts_csv(tmp_path)), "--out", str(out), "--seeds", "2", "--limit", "1"]
+    assert batch.main([*argv, *TINY]) == 0
+    assert [(r["index"], r["seed"]) for r in manifest(out)] == [(0, 0), (0, 1)]
